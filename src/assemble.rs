@@ -1,0 +1,498 @@
+//! The assemble step: base (or scratch) + new layers + config changes →
+//! an image pushed to a registry. Base layers never pass through here when
+//! the registry can mount them, and never touch the disk when it can't.
+
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use oci_client::Reference;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::oci::Platform;
+use crate::oci::config::{self, AddedLayer, ConfigChanges, ConfigError};
+use crate::oci::layer::{self, LayerDigests, LayerError, LayerOptions, LayerSource, LayerWriter};
+use crate::oci::registry::{
+    self, DOCKER_MANIFEST, OCI_MANIFEST, Registry, RegistryError, RegistryOptions,
+};
+
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Base blobs transferred at once.
+const PARALLEL_BLOBS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    #[error("spec {path}: {detail}")]
+    Spec { path: PathBuf, detail: String },
+    #[error("layers[{index}]: {source}")]
+    Layer {
+        index: usize,
+        #[source]
+        source: LayerError,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("base {reference}: {detail}")]
+    Base { reference: String, detail: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What the assemble step is asked to do (YAML or JSON).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssembleSpec {
+    /// Base image reference, or `scratch`.
+    pub base: String,
+    /// For a multi-platform base; also the platform of a scratch image.
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub layers: Vec<LayerSpec>,
+    #[serde(default)]
+    pub config: ConfigChanges,
+    pub target: String,
+    #[serde(default)]
+    pub additional_tags: Vec<String>,
+    #[serde(default)]
+    pub insecure: bool,
+    /// dockerconfigjson for every registry involved.
+    pub auth: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// One layer: files from disk at a destination, or a ready tar.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LayerSpec {
+    pub source: Option<PathBuf>,
+    pub destination: Option<String>,
+    /// Numeric `uid:gid`.
+    pub owner: Option<String>,
+    /// Octal mode, e.g. `0755`.
+    pub chmod: Option<String>,
+    /// A tar (plain or gzip), taken as is: e.g. a snapshot diff with whiteouts.
+    pub tar: Option<PathBuf>,
+    /// The history entry, e.g. the Dockerfile instruction.
+    pub created_by: Option<String>,
+}
+
+/// What was pushed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssembleResult {
+    /// `registry/repository@sha256:…`
+    pub reference: String,
+    pub digest: String,
+    /// Compressed size of the image: config and every layer.
+    pub size_bytes: u64,
+    /// The layers this step added.
+    pub layers: Vec<LayerDigests>,
+    /// The base as pinned for the whole assembly (`…@sha256:…`), absent for scratch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
+impl AssembleSpec {
+    /// Reads a spec; relative paths in it are taken from the spec's directory.
+    pub fn load(path: &Path) -> Result<Self, AssembleError> {
+        let spec_error = |detail: String| AssembleError::Spec {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| spec_error(e.to_string()))?;
+        // YAML is a superset of JSON: one parser for both.
+        let mut spec: Self = serde_yaml::from_str(&text).map_err(|e| spec_error(e.to_string()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for layer in &mut spec.layers {
+            layer.source.as_mut().map(resolve);
+            layer.tar.as_mut().map(resolve);
+        }
+        spec.auth.as_mut().map(resolve);
+        spec.ca_bundle.as_mut().map(resolve);
+        Ok(spec)
+    }
+}
+
+/// A layer spec checked and made ready to write.
+enum LayerPlan {
+    Files(LayerSource),
+    Tar(PathBuf),
+}
+
+fn plan_layers(spec: &AssembleSpec) -> Result<Vec<(LayerPlan, String)>, AssembleError> {
+    let invalid = |index: usize, detail: String| AssembleError::Spec {
+        path: PathBuf::from("(spec)"),
+        detail: format!("layers[{index}]: {detail}"),
+    };
+    spec.layers
+        .iter()
+        .enumerate()
+        .map(|(index, l)| {
+            let plan = match (&l.source, &l.tar) {
+                (Some(source), None) => {
+                    let destination = l.destination.clone().ok_or_else(|| {
+                        invalid(index, "`source` needs a `destination`".into())
+                    })?;
+                    let owner = l
+                        .owner
+                        .as_deref()
+                        .map(|o| parse_owner(o).ok_or_else(|| {
+                            invalid(index, format!("owner `{o}` is not numeric uid:gid"))
+                        }))
+                        .transpose()?;
+                    let chmod = l
+                        .chmod
+                        .as_deref()
+                        .map(|m| {
+                            u32::from_str_radix(m, 8)
+                                .ok()
+                                .filter(|m| *m <= 0o7777)
+                                .ok_or_else(|| invalid(index, format!("chmod `{m}` is not an octal mode")))
+                        })
+                        .transpose()?;
+                    if !source.exists() && source.symlink_metadata().is_err() {
+                        return Err(invalid(
+                            index,
+                            format!("source {} does not exist", source.display()),
+                        ));
+                    }
+                    LayerPlan::Files(LayerSource {
+                        source: source.clone(),
+                        destination,
+                        owner,
+                        chmod,
+                    })
+                }
+                (None, Some(tar)) => {
+                    if l.destination.is_some() || l.owner.is_some() || l.chmod.is_some() {
+                        return Err(invalid(
+                            index,
+                            "`tar` is taken as is: no destination, owner or chmod".into(),
+                        ));
+                    }
+                    LayerPlan::Tar(tar.clone())
+                }
+                _ => return Err(invalid(index, "give exactly one of `source` or `tar`".into())),
+            };
+            let created_by = l.created_by.clone().unwrap_or_else(|| match &plan {
+                LayerPlan::Files(s) => format!("COPY {} {}", s.source.display(), s.destination),
+                LayerPlan::Tar(t) => format!("ADD {}", t.display()),
+            });
+            Ok((plan, created_by))
+        })
+        .collect()
+}
+
+fn parse_owner(owner: &str) -> Option<(u64, u64)> {
+    let (uid, gid) = owner.split_once(':').unwrap_or((owner, owner));
+    Some((uid.parse().ok()?, gid.parse().ok()?))
+}
+
+/// The target's extra tags as references in the same repository.
+fn tag_references(target: &Reference, tags: &[String]) -> Result<Vec<Reference>, AssembleError> {
+    tags.iter()
+        .map(|tag| {
+            registry::parse_reference(&format!("{}:{tag}", registry::repository_name(target)))
+                .map_err(|_| AssembleError::Spec {
+                    path: PathBuf::from("(spec)"),
+                    detail: format!("additionalTags: `{tag}` is not a valid tag"),
+                })
+        })
+        .collect()
+}
+
+/// Writes the new layers into `dir`, one file each, on blocking threads.
+async fn write_layers(
+    plans: Vec<(LayerPlan, String)>,
+    dir: &Path,
+) -> Result<Vec<(PathBuf, LayerDigests, String)>, AssembleError> {
+    let options = LayerOptions::default();
+    let mut written = Vec::new();
+    for (index, (plan, created_by)) in plans.into_iter().enumerate() {
+        let out = dir.join(format!("layer-{index}.tar.gz"));
+        let path = out.clone();
+        let digests = tokio::task::spawn_blocking(move || match plan {
+            LayerPlan::Files(source) => {
+                let mut writer = LayerWriter::create(&path, options)?;
+                writer.add(&source)?;
+                writer.finish()
+            }
+            LayerPlan::Tar(tar) => layer::layer_from_tar(&tar, &path),
+        })
+        .await
+        .map_err(|e| AssembleError::Io(format!("layer writer stopped: {e}")))?
+        .map_err(|source| AssembleError::Layer { index, source })?;
+        tracing::info!(layer = index, digest = %digests.digest, size = digests.size, "layer written");
+        written.push((out, digests, created_by));
+    }
+    Ok(written)
+}
+
+/// Base layers into the target repository: already there, mounted from the
+/// base's repository on the same registry, or streamed across.
+async fn transfer_base_blobs(
+    registry: &Registry,
+    base: &Reference,
+    target: &Reference,
+    layers: &[Value],
+) -> Result<(), AssembleError> {
+    let same_registry = base.resolve_registry() == target.resolve_registry();
+    let same_repository = same_registry && base.repository() == target.repository();
+    futures::stream::iter(layers.iter().map(Ok))
+        .try_for_each_concurrent(PARALLEL_BLOBS, |layer| async move {
+            let digest = layer["digest"].as_str().unwrap_or_default();
+            let size = layer["size"].as_u64().unwrap_or_default();
+            let media_type = layer["mediaType"].as_str().unwrap_or_default();
+            // Foreign layers live outside the registry and are never pushed.
+            if media_type.contains("foreign") || media_type.contains("nondistributable") {
+                return Ok(());
+            }
+            if same_repository || registry.blob_exists(target, digest).await? {
+                tracing::debug!(%digest, "base layer already in the target repository");
+                return Ok(());
+            }
+            if same_registry && registry.mount(target, base, digest).await? {
+                tracing::debug!(%digest, "base layer mounted");
+                return Ok(());
+            }
+            tracing::info!(%digest, size, "copying base layer");
+            registry.copy_blob(base, target, digest, size).await?;
+            Ok::<_, AssembleError>(())
+        })
+        .await
+}
+
+/// Runs the whole assembly and pushes the result.
+pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleError> {
+    let platform: Platform = match &spec.platform {
+        Some(p) => p.parse().map_err(|detail| AssembleError::Spec {
+            path: PathBuf::from("(spec)"),
+            detail: format!("platform: {detail}"),
+        })?,
+        None => Platform::default(),
+    };
+    let target = registry::parse_reference(&spec.target)?;
+    if target.digest().is_some() {
+        return Err(AssembleError::Spec {
+            path: PathBuf::from("(spec)"),
+            detail: format!("target `{}` must be a tag, not a digest", spec.target),
+        });
+    }
+    let extra_tags = tag_references(&target, &spec.additional_tags)?;
+    let base = match spec.base.trim() {
+        "scratch" => None,
+        other => Some(registry::parse_reference(other)?),
+    };
+    let plans = plan_layers(spec)?;
+
+    let options = RegistryOptions {
+        insecure: spec.insecure,
+        ca_bundle: spec.ca_bundle.clone(),
+        auth_file: spec.auth.clone(),
+    };
+    let mut references = vec![&target];
+    references.extend(base.as_ref());
+    let registry = Registry::connect(&options, &references).await?;
+    registry
+        .authorize_push(&target, &base.iter().collect::<Vec<_>>())
+        .await?;
+
+    let work = tempfile::Builder::new()
+        .prefix("slimforge-assemble-")
+        .tempdir()
+        .map_err(|e| AssembleError::Io(format!("temporary directory: {e}")))?;
+    // New layers are written while the base's blobs move registry-side.
+    let layers_written = write_layers(plans, work.path());
+
+    let base_part = async {
+        let Some(base) = &base else {
+            return Ok::<_, AssembleError>((
+                None,
+                config::scratch_config(&platform),
+                Vec::new(),
+                OCI_MANIFEST.to_string(),
+            ));
+        };
+        let pinned = registry.resolve(base, &platform).await?;
+        tracing::info!(base = %base, digest = %pinned.digest, "base pinned");
+        let manifest: Value =
+            serde_json::from_slice(&pinned.bytes).map_err(|e| AssembleError::Base {
+                reference: base.to_string(),
+                detail: format!("manifest is not JSON: {e}"),
+            })?;
+        let config_digest = manifest["config"]["digest"].as_str().ok_or_else(|| {
+            AssembleError::Base {
+                reference: base.to_string(),
+                detail: "manifest has no config".into(),
+            }
+        })?;
+        let config_bytes = registry.blob_bytes(&pinned.reference, config_digest).await?;
+        let config: Value =
+            serde_json::from_slice(&config_bytes).map_err(|e| AssembleError::Base {
+                reference: base.to_string(),
+                detail: format!("config is not JSON: {e}"),
+            })?;
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        transfer_base_blobs(&registry, &pinned.reference, &target, &layers).await?;
+        Ok((
+            Some(pinned.reference.to_string()),
+            config,
+            layers,
+            pinned.media_type,
+        ))
+    };
+    let (written, base_part) = tokio::join!(layers_written, base_part);
+    let written = written?;
+    let (base_pinned, mut image_config, mut manifest_layers, base_media_type) = base_part?;
+
+    let docker = base_media_type == DOCKER_MANIFEST;
+    let (manifest_type, config_type, layer_type) = if docker {
+        (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER)
+    } else {
+        (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER)
+    };
+
+    futures::stream::iter(written.iter().map(Ok))
+        .try_for_each_concurrent(PARALLEL_BLOBS, |(path, digests, _)| {
+            let registry = &registry;
+            let target = &target;
+            async move {
+                if !registry.blob_exists(target, &digests.digest).await? {
+                    registry
+                        .push_file(target, path, &digests.digest, digests.size)
+                        .await?;
+                }
+                Ok::<_, AssembleError>(())
+            }
+        })
+        .await?;
+
+    let added: Vec<AddedLayer> = written
+        .iter()
+        .map(|(_, digests, created_by)| AddedLayer {
+            diff_id: digests.diff_id.clone(),
+            created_by: created_by.clone(),
+        })
+        .collect();
+    let created = config::rfc3339(layer::source_date_epoch());
+    config::apply(&mut image_config, &spec.config, &added, &created)?;
+    let config_bytes = serde_json::to_vec(&image_config)
+        .map_err(|e| AssembleError::Io(format!("serialising the config: {e}")))?;
+    let config_digest = registry::sha256_digest(&config_bytes);
+    if !registry.blob_exists(&target, &config_digest).await? {
+        registry
+            .push_bytes(&target, &config_bytes, &config_digest)
+            .await?;
+    }
+
+    manifest_layers.extend(written.iter().map(|(_, digests, _)| {
+        json!({"mediaType": layer_type, "digest": digests.digest, "size": digests.size})
+    }));
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": config_digest, "size": config_bytes.len()},
+        "layers": manifest_layers,
+    });
+    // The digest is of these exact bytes; nothing re-serialises them.
+    let manifest_bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| AssembleError::Io(format!("serialising the manifest: {e}")))?;
+    let digest = registry::sha256_digest(&manifest_bytes);
+    for reference in std::iter::once(&target).chain(&extra_tags) {
+        registry
+            .push_manifest(reference, &manifest_bytes, manifest_type)
+            .await?;
+        tracing::info!(reference = %reference, %digest, "pushed");
+    }
+
+    let size_bytes = config_bytes.len() as u64
+        + manifest_layers
+            .iter()
+            .map(|l| l["size"].as_u64().unwrap_or_default())
+            .sum::<u64>();
+    Ok(AssembleResult {
+        reference: format!("{}@{digest}", registry::repository_name(&target)),
+        digest,
+        size_bytes,
+        layers: written.into_iter().map(|(_, d, _)| d).collect(),
+        base: base_pinned,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> AssembleSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn spec_reads_the_documented_fields() {
+        let spec = spec(
+            r#"
+base: 127.0.0.1:5000/busybox:latest
+platform: linux/amd64
+layers:
+  - source: out/app
+    destination: /app
+    owner: "0:0"
+    chmod: "0755"
+  - tar: snapshot.tar
+config:
+  entrypoint: ["/app"]
+  cmd: ["--help"]
+  env: ["KEY=value"]
+  user: "65532"
+  workingDir: /
+  exposedPorts: ["8080/tcp"]
+  labels: {org.opencontainers.image.source: "https://example.com/repo"}
+  stopSignal: SIGTERM
+  volumes: ["/data"]
+  healthcheck: {test: ["CMD", "/app", "--health"]}
+target: 127.0.0.1:5000/goapp:v1
+additionalTags: [latest]
+insecure: true
+auth: /path/to/config.json
+"#,
+        );
+        assert_eq!(spec.layers.len(), 2);
+        assert_eq!(spec.config.user.as_deref(), Some("65532"));
+        assert_eq!(spec.additional_tags, ["latest"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_yaml::from_str::<AssembleSpec>("base: scratch\ntarget: x/y\nbse: 1\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("bse"), "{err}");
+    }
+
+    #[test]
+    fn layer_needs_exactly_one_kind() {
+        let both = spec("base: scratch\ntarget: r/x\nlayers: [{source: a, tar: b, destination: /a}]");
+        let err = plan_layers(&both).err().unwrap();
+        assert!(err.to_string().contains("layers[0]"), "{err}");
+        let bad_owner = spec("base: scratch\ntarget: r/x\nlayers: [{source: /, destination: /a, owner: root}]");
+        let err = plan_layers(&bad_owner).err().unwrap();
+        assert!(err.to_string().contains("owner `root`"), "{err}");
+    }
+
+    #[test]
+    fn owner_parses_uid_and_optional_gid() {
+        assert_eq!(parse_owner("1000:100"), Some((1000, 100)));
+        assert_eq!(parse_owner("1000"), Some((1000, 1000)));
+        assert_eq!(parse_owner("app"), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! slimforge: builds slim container images from multi-stage builds inside a
+//! Kubernetes cluster, without a Docker daemon.
+
+pub mod assemble;
+pub mod oci;

@@ -1,0 +1,69 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use slimforge::assemble::{AssembleSpec, assemble};
+
+#[derive(Parser)]
+#[command(name = "slimforge", version, about = "Slim container images from multi-stage builds, without a Docker daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Assemble an image from a base, new layers and config changes, and push it.
+    Assemble {
+        /// The assembly spec (YAML or JSON).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Also write the result as JSON here (e.g. the termination-message path).
+        #[arg(long)]
+        result: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env("SLIMFORGE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    // One TLS crypto provider for every client in the process: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Assemble { spec, result } => {
+            let spec = AssembleSpec::load(&spec)?;
+            let outcome = assemble(&spec).await?;
+            if let Some(path) = result {
+                let json = serde_json::to_vec(&outcome)?;
+                std::fs::write(&path, json)
+                    .map_err(|e| anyhow::anyhow!("writing result {}: {e}", path.display()))?;
+            }
+            println!("{}", outcome.reference);
+            Ok(())
+        }
+    }
+}
