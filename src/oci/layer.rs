@@ -324,6 +324,8 @@ impl LayerWriter {
         let mut header = Header::new_gnu();
         header.set_entry_type(EntryType::Regular);
         header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
         header.set_mtime(self.options.mtime);
         header.set_size(0);
         self.tar

@@ -208,11 +208,17 @@ impl Registry {
         } else {
             &["https"]
         };
-        let mut last_error = String::new();
-        for scheme in schemes {
+        let mut errors = Vec::new();
+        for (i, scheme) in schemes.iter().enumerate() {
             let url = format!("{scheme}://{host}/v2/");
+            // An insecure registry answering in plain HTTP fails the TLS
+            // handshake at once: no point retrying https.
+            let fall_back = i + 1 < schemes.len();
             let response = retry(&url, || async {
-                self.http.get(&url).send().await.map_err(Transient::from)
+                match self.http.get(&url).send().await.map_err(Transient::from) {
+                    Err(Transient::Retry(detail)) if fall_back => Err(Transient::Fatal(detail)),
+                    other => other,
+                }
             })
             .await;
             match response {
@@ -225,9 +231,10 @@ impl Registry {
                         .unwrap_or(Challenge::None);
                     return Ok((scheme, challenge));
                 }
-                Err(e) => last_error = e,
+                Err(e) => errors.push(e),
             }
         }
+        let last_error = errors.join("; then ");
         Err(RegistryError::Unreachable {
             registry: host.to_string(),
             detail: last_error,
