@@ -2,6 +2,7 @@
 //! an image pushed to a registry. Base layers never pass through here when
 //! the registry can mount them, and never touch the disk when it can't.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
@@ -11,7 +12,9 @@ use serde_json::{Value, json};
 
 use crate::oci::Platform;
 use crate::oci::config::{self, AddedLayer, ConfigChanges, ConfigError};
-use crate::oci::layer::{self, LayerDigests, LayerError, LayerOptions, LayerSource, LayerWriter};
+use crate::oci::layer::{
+    self, BaseDirectory, LayerDigests, LayerError, LayerOptions, LayerSource, LayerWriter,
+};
 use crate::oci::registry::{
     self, DOCKER_MANIFEST, OCI_MANIFEST, Registry, RegistryError, RegistryOptions,
 };
@@ -64,6 +67,19 @@ pub struct AssembleSpec {
     pub auth: Option<PathBuf>,
     /// Extra trusted CA certificates (PEM).
     pub ca_bundle: Option<PathBuf>,
+    /// The base's directories as the probe found them (`/tmp: {mode: "1777"}`):
+    /// parents of new files that are listed here keep the base's mode and owner.
+    #[serde(default)]
+    pub base_directories: BTreeMap<String, DirectorySpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectorySpec {
+    /// Octal mode, e.g. `1777`.
+    pub mode: String,
+    /// Numeric `uid:gid`, default `0:0`.
+    pub owner: Option<String>,
 }
 
 /// One layer: files from disk at a destination, or a ready tar.
@@ -141,24 +157,26 @@ fn plan_layers(spec: &AssembleSpec) -> Result<Vec<(LayerPlan, String)>, Assemble
         .map(|(index, l)| {
             let plan = match (&l.source, &l.tar) {
                 (Some(source), None) => {
-                    let destination = l.destination.clone().ok_or_else(|| {
-                        invalid(index, "`source` needs a `destination`".into())
-                    })?;
+                    let destination = l
+                        .destination
+                        .clone()
+                        .ok_or_else(|| invalid(index, "`source` needs a `destination`".into()))?;
                     let owner = l
                         .owner
                         .as_deref()
-                        .map(|o| parse_owner(o).ok_or_else(|| {
-                            invalid(index, format!("owner `{o}` is not numeric uid:gid"))
-                        }))
+                        .map(|o| {
+                            parse_owner(o).ok_or_else(|| {
+                                invalid(index, format!("owner `{o}` is not numeric uid:gid"))
+                            })
+                        })
                         .transpose()?;
                     let chmod = l
                         .chmod
                         .as_deref()
                         .map(|m| {
-                            u32::from_str_radix(m, 8)
-                                .ok()
-                                .filter(|m| *m <= 0o7777)
-                                .ok_or_else(|| invalid(index, format!("chmod `{m}` is not an octal mode")))
+                            parse_mode(m).ok_or_else(|| {
+                                invalid(index, format!("chmod `{m}` is not an octal mode"))
+                            })
                         })
                         .transpose()?;
                     if !source.exists() && source.symlink_metadata().is_err() {
@@ -183,13 +201,40 @@ fn plan_layers(spec: &AssembleSpec) -> Result<Vec<(LayerPlan, String)>, Assemble
                     }
                     LayerPlan::Tar(tar.clone())
                 }
-                _ => return Err(invalid(index, "give exactly one of `source` or `tar`".into())),
+                _ => {
+                    return Err(invalid(
+                        index,
+                        "give exactly one of `source` or `tar`".into(),
+                    ));
+                }
             };
             let created_by = l.created_by.clone().unwrap_or_else(|| match &plan {
                 LayerPlan::Files(s) => format!("COPY {} {}", s.source.display(), s.destination),
                 LayerPlan::Tar(t) => format!("ADD {}", t.display()),
             });
             Ok((plan, created_by))
+        })
+        .collect()
+}
+
+fn parse_mode(mode: &str) -> Option<u32> {
+    u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+fn base_directories(spec: &AssembleSpec) -> Result<BTreeMap<String, BaseDirectory>, AssembleError> {
+    spec.base_directories
+        .iter()
+        .map(|(path, dir)| {
+            let invalid = |what: &str| AssembleError::Spec {
+                path: PathBuf::from("(spec)"),
+                detail: format!("baseDirectories[{path}]: {what}"),
+            };
+            let mode = parse_mode(&dir.mode).ok_or_else(|| invalid("mode is not octal"))?;
+            let (uid, gid) = match &dir.owner {
+                Some(owner) => parse_owner(owner).ok_or_else(|| invalid("owner is not uid:gid"))?,
+                None => (0, 0),
+            };
+            Ok((path.clone(), BaseDirectory { mode, uid, gid }))
         })
         .collect()
 }
@@ -215,6 +260,7 @@ fn tag_references(target: &Reference, tags: &[String]) -> Result<Vec<Reference>,
 /// Writes the new layers into `dir`, one file each, on blocking threads.
 async fn write_layers(
     plans: Vec<(LayerPlan, String)>,
+    base_dirs: BTreeMap<String, BaseDirectory>,
     dir: &Path,
 ) -> Result<Vec<(PathBuf, LayerDigests, String)>, AssembleError> {
     let options = LayerOptions::default();
@@ -222,9 +268,11 @@ async fn write_layers(
     for (index, (plan, created_by)) in plans.into_iter().enumerate() {
         let out = dir.join(format!("layer-{index}.tar.gz"));
         let path = out.clone();
+        let base_dirs = base_dirs.clone();
         let digests = tokio::task::spawn_blocking(move || match plan {
             LayerPlan::Files(source) => {
-                let mut writer = LayerWriter::create(&path, options)?;
+                let mut writer =
+                    LayerWriter::create(&path, options)?.with_base_directories(&base_dirs);
                 writer.add(&source)?;
                 writer.finish()
             }
@@ -295,6 +343,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         other => Some(registry::parse_reference(other)?),
     };
     let plans = plan_layers(spec)?;
+    let base_dirs = base_directories(spec)?;
 
     let options = RegistryOptions {
         insecure: spec.insecure,
@@ -313,7 +362,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         .tempdir()
         .map_err(|e| AssembleError::Io(format!("temporary directory: {e}")))?;
     // New layers are written while the base's blobs move registry-side.
-    let layers_written = write_layers(plans, work.path());
+    let layers_written = write_layers(plans, base_dirs, work.path());
 
     let base_part = async {
         let Some(base) = &base else {
@@ -331,13 +380,16 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
                 reference: base.to_string(),
                 detail: format!("manifest is not JSON: {e}"),
             })?;
-        let config_digest = manifest["config"]["digest"].as_str().ok_or_else(|| {
-            AssembleError::Base {
-                reference: base.to_string(),
-                detail: "manifest has no config".into(),
-            }
-        })?;
-        let config_bytes = registry.blob_bytes(&pinned.reference, config_digest).await?;
+        let config_digest =
+            manifest["config"]["digest"]
+                .as_str()
+                .ok_or_else(|| AssembleError::Base {
+                    reference: base.to_string(),
+                    detail: "manifest has no config".into(),
+                })?;
+        let config_bytes = registry
+            .blob_bytes(&pinned.reference, config_digest)
+            .await?;
         let config: Value =
             serde_json::from_slice(&config_bytes).map_err(|e| AssembleError::Base {
                 reference: base.to_string(),
@@ -481,10 +533,12 @@ auth: /path/to/config.json
 
     #[test]
     fn layer_needs_exactly_one_kind() {
-        let both = spec("base: scratch\ntarget: r/x\nlayers: [{source: a, tar: b, destination: /a}]");
+        let both =
+            spec("base: scratch\ntarget: r/x\nlayers: [{source: a, tar: b, destination: /a}]");
         let err = plan_layers(&both).err().unwrap();
         assert!(err.to_string().contains("layers[0]"), "{err}");
-        let bad_owner = spec("base: scratch\ntarget: r/x\nlayers: [{source: /, destination: /a, owner: root}]");
+        let bad_owner =
+            spec("base: scratch\ntarget: r/x\nlayers: [{source: /, destination: /a, owner: root}]");
         let err = plan_layers(&bad_owner).err().unwrap();
         assert!(err.to_string().contains("owner `root`"), "{err}");
     }

@@ -8,7 +8,11 @@ use tracing_subscriber::EnvFilter;
 use slimforge::assemble::{AssembleSpec, assemble};
 
 #[derive(Parser)]
-#[command(name = "slimforge", version, about = "Slim container images from multi-stage builds, without a Docker daemon")]
+#[command(
+    name = "slimforge",
+    version,
+    about = "Slim container images from multi-stage builds, without a Docker daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -61,7 +61,10 @@ fn read_layer(path: &Path) -> Vec<(String, Entry)> {
     out
 }
 
-fn write(sources: &[LayerSource], mtime: u64) -> (tempfile::TempDir, slimforge::oci::layer::LayerDigests) {
+fn write(
+    sources: &[LayerSource],
+    mtime: u64,
+) -> (tempfile::TempDir, slimforge::oci::layer::LayerDigests) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("layer.tar.gz");
     let mut writer = LayerWriter::create(&out, LayerOptions { mtime }).unwrap();
@@ -184,12 +187,18 @@ fn digests_match_the_bytes_on_disk() {
     );
     let compressed = fs::read(dir.path().join("layer.tar.gz")).unwrap();
     assert_eq!(digests.size, compressed.len() as u64);
-    assert_eq!(digests.digest, slimforge::oci::registry::sha256_digest(&compressed));
+    assert_eq!(
+        digests.digest,
+        slimforge::oci::registry::sha256_digest(&compressed)
+    );
     let mut tar = Vec::new();
     flate2::read::GzDecoder::new(&compressed[..])
         .read_to_end(&mut tar)
         .unwrap();
-    assert_eq!(digests.diff_id, slimforge::oci::registry::sha256_digest(&tar));
+    assert_eq!(
+        digests.diff_id,
+        slimforge::oci::registry::sha256_digest(&tar)
+    );
 }
 
 #[test]
@@ -215,7 +224,10 @@ fn xattrs_are_kept() {
     let entries = read_layer(&dir.path().join("layer.tar.gz"));
     let xattrs = &entries[0].1.xattrs;
     assert_eq!(xattrs.get("security.capability"), Some(&cap));
-    assert_eq!(xattrs.get("user.origin").map(Vec::as_slice), Some(&b"slimforge"[..]));
+    assert_eq!(
+        xattrs.get("user.origin").map(Vec::as_slice),
+        Some(&b"slimforge"[..])
+    );
 }
 
 #[test]
@@ -224,7 +236,11 @@ fn long_and_non_ascii_names_survive_gnu_tar() {
     let long_dir = "d".repeat(120);
     let long_name = format!("{}-{}", "n".repeat(150), "é");
     fs::create_dir_all(src.path().join("t").join(&long_dir)).unwrap();
-    fs::write(src.path().join("t").join(&long_dir).join(&long_name), "long").unwrap();
+    fs::write(
+        src.path().join("t").join(&long_dir).join(&long_name),
+        "long",
+    )
+    .unwrap();
     fs::write(src.path().join("t/naïve-файл-名前.txt"), "utf8").unwrap();
     symlink(
         format!("{long_dir}/{long_name}"),
@@ -341,5 +357,62 @@ fn ready_tars_are_taken_as_is() {
     assert_eq!(
         from_gz.digest,
         slimforge::oci::registry::sha256_digest(&fs::read(&gz).unwrap())
+    );
+}
+
+#[test]
+fn parents_known_in_the_base_keep_its_mode_and_owner() {
+    use slimforge::oci::layer::BaseDirectory;
+    let src = tree();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.tar.gz");
+    let base = [
+        (
+            "/tmp".to_string(),
+            BaseDirectory {
+                mode: 0o1777,
+                uid: 0,
+                gid: 0,
+            },
+        ),
+        (
+            "/srv".to_string(),
+            BaseDirectory {
+                mode: 0o750,
+                uid: 0,
+                gid: 33,
+            },
+        ),
+    ]
+    .into();
+    let mut writer = LayerWriter::create(&out, LayerOptions { mtime: 0 })
+        .unwrap()
+        .with_base_directories(&base);
+    for destination in ["/tmp/a", "/tmp/b", "/srv/www/index", "/opt/x"] {
+        writer
+            .add(&LayerSource {
+                source: src.path().join("src/a.txt"),
+                destination: destination.into(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    writer.finish().unwrap();
+    let entries = read_layer(&out);
+    let summary: Vec<(String, u32, u64)> = entries
+        .iter()
+        .map(|(p, e)| (p.clone(), e.mode, e.gid))
+        .collect();
+    // /tmp once, before its files; /srv/www and /opt are not in the base: no entry.
+    assert_eq!(
+        summary,
+        [
+            ("tmp".to_string(), 0o1777, 0),
+            ("tmp/a".to_string(), 0o644, 0),
+            ("tmp/b".to_string(), 0o644, 0),
+            ("srv".to_string(), 0o750, 33),
+            ("srv/www/index".to_string(), 0o644, 0),
+            ("opt/x".to_string(), 0o644, 0),
+        ]
     );
 }

@@ -96,10 +96,10 @@ pub fn apply(
                 _ => return Err(ConfigError::Env(entry.clone())),
             };
             let prefix = format!("{key}=");
-            match list
-                .iter_mut()
-                .find(|v| v.as_str().is_some_and(|s| s.starts_with(&prefix) || s == key))
-            {
+            match list.iter_mut().find(|v| {
+                v.as_str()
+                    .is_some_and(|s| s.starts_with(&prefix) || s == key)
+            }) {
                 Some(existing) => *existing = json!(entry),
                 None => list.push(json!(entry)),
             }
@@ -166,15 +166,15 @@ pub fn apply(
     }
 
     let rootfs = object(image, "rootfs");
-    rootfs
-        .entry("type")
-        .or_insert_with(|| json!("layers"));
+    rootfs.entry("type").or_insert_with(|| json!("layers"));
     let diff_ids = array(rootfs, "diff_ids");
     diff_ids.extend(layers.iter().map(|l| json!(l.diff_id)));
     let history = array(image, "history");
-    history.extend(layers.iter().map(|l| {
-        json!({"created": created, "created_by": l.created_by, "comment": "slimforge"})
-    }));
+    history.extend(
+        layers.iter().map(
+            |l| json!({"created": created, "created_by": l.created_by, "comment": "slimforge"}),
+        ),
+    );
     image.insert("created".into(), json!(created));
     Ok(())
 }
@@ -315,10 +315,22 @@ mod tests {
             diff_id: "sha256:bb".into(),
             created_by: "COPY app /app".into(),
         }];
-        apply(&mut image, &ConfigChanges::default(), &layers, "1970-01-01T00:00:00Z").unwrap();
-        assert_eq!(image["rootfs"]["diff_ids"], json!(["sha256:aa", "sha256:bb"]));
+        apply(
+            &mut image,
+            &ConfigChanges::default(),
+            &layers,
+            "1970-01-01T00:00:00Z",
+        )
+        .unwrap();
+        assert_eq!(
+            image["rootfs"]["diff_ids"],
+            json!(["sha256:aa", "sha256:bb"])
+        );
         assert_eq!(image["history"].as_array().unwrap().len(), 2);
-        assert_eq!(image["history"][1]["created"], json!("1970-01-01T00:00:00Z"));
+        assert_eq!(
+            image["history"][1]["created"],
+            json!("1970-01-01T00:00:00Z")
+        );
         assert_eq!(image["created"], json!("1970-01-01T00:00:00Z"));
     }
 
@@ -338,7 +350,10 @@ mod tests {
         };
         apply(&mut image, &changes, &[], "t").unwrap();
         let config = &image["config"];
-        assert_eq!(config["ExposedPorts"], json!({"8080/tcp": {}, "53/udp": {}}));
+        assert_eq!(
+            config["ExposedPorts"],
+            json!({"8080/tcp": {}, "53/udp": {}})
+        );
         assert_eq!(config["Labels"], json!({"base": "yes", "app": "x"}));
         assert_eq!(config["Volumes"], json!({"/data": {}}));
         assert_eq!(config["Healthcheck"]["Interval"], json!(90_000_000_000u64));

@@ -184,9 +184,7 @@ fn deflate(input: &[u8], dictionary: &[u8], last: bool) -> io::Result<Vec<u8>> {
         match status {
             Status::StreamEnd => break,
             // A sync flush is complete once all input is in and output had room left.
-            Status::Ok | Status::BufError
-                if !last && done_input && out.len() < out.capacity() =>
-            {
+            Status::Ok | Status::BufError if !last && done_input && out.len() < out.capacity() => {
                 break;
             }
             _ => {}

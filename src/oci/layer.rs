@@ -1,7 +1,7 @@
 //! Reproducible layer tarballs: files on disk → a gzip-compressed tar whose
 //! compressed digest, size and uncompressed diffID come out of one pass.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -64,6 +64,14 @@ pub struct LayerSource {
     pub owner: Option<(u64, u64)>,
     /// Mode bits (including setuid/setgid/sticky) for every entry; default: kept.
     pub chmod: Option<u32>,
+}
+
+/// A directory as it is in the base image (reported by the probe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct BaseDirectory {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
 }
 
 /// Fixed knobs that make a layer reproducible.
@@ -137,6 +145,10 @@ pub struct LayerWriter {
     options: LayerOptions,
     /// First layer path of each (dev, inode) with more than one link.
     hard_links: HashMap<(u64, u64), PathBuf>,
+    /// The base's directories, by image path without the leading `/`.
+    base_directories: BTreeMap<PathBuf, BaseDirectory>,
+    /// Base directories already written as parents.
+    parents_written: HashSet<PathBuf>,
 }
 
 impl LayerWriter {
@@ -149,7 +161,53 @@ impl LayerWriter {
             tar,
             options,
             hard_links: HashMap::new(),
+            base_directories: BTreeMap::new(),
+            parents_written: HashSet::new(),
         })
+    }
+
+    /// Directories of the base (absolute paths, as the probe reports them).
+    /// A destination's parents found here are written with the base's mode
+    /// and owner: runtimes that unpack a layer into an empty directory
+    /// (containers/storage, Docker's overlay2) create missing parents as 0755
+    /// root and that upper directory then hides the base's (/tmp's 1777).
+    /// Parents not found here get no entry at all.
+    pub fn with_base_directories(mut self, dirs: &BTreeMap<String, BaseDirectory>) -> Self {
+        self.base_directories = dirs
+            .iter()
+            .filter_map(|(path, meta)| Some((image_path(path).ok()?, *meta)))
+            .filter(|(path, _)| !path.as_os_str().is_empty())
+            .collect();
+        self
+    }
+
+    /// Writes the base's own entries for `dest`'s ancestors (and `dest`
+    /// itself when `including_self`), outermost first.
+    fn write_parents(&mut self, dest: &Path, including_self: bool) -> Result<(), LayerError> {
+        let mut chain: Vec<PathBuf> = dest.ancestors().skip(1).map(Path::to_path_buf).collect();
+        chain.reverse();
+        if including_self {
+            chain.push(dest.to_path_buf());
+        }
+        for dir in chain {
+            let Some(meta) = self.base_directories.get(&dir).copied() else {
+                continue;
+            };
+            if !self.parents_written.insert(dir.clone()) {
+                continue;
+            }
+            let mut header = Header::new_gnu();
+            header.set_entry_type(EntryType::Directory);
+            header.set_mode(meta.mode & 0o7777);
+            header.set_uid(meta.uid);
+            header.set_gid(meta.gid);
+            header.set_mtime(self.options.mtime);
+            header.set_size(0);
+            self.tar
+                .append_data(&mut header, &dir, io::empty())
+                .map_err(io_err(&dir))?;
+        }
+        Ok(())
     }
 
     /// Adds a file or a directory tree at its destination. Only the entries the
@@ -159,6 +217,7 @@ impl LayerWriter {
         let meta = fs::metadata(&src.source).map_err(io_err(&src.source))?;
         let mut dest = image_path(&src.destination)?;
         if meta.is_dir() {
+            self.write_parents(&dest, true)?;
             let mut entries: Vec<_> = walkdir::WalkDir::new(&src.source)
                 .min_depth(1)
                 .follow_links(false)
@@ -187,11 +246,13 @@ impl LayerWriter {
             Ok(())
         } else {
             if src.destination.ends_with('/') || dest.as_os_str().is_empty() {
-                let name = src.source.file_name().ok_or_else(|| {
-                    LayerError::InvalidDestination(src.destination.clone())
-                })?;
+                let name = src
+                    .source
+                    .file_name()
+                    .ok_or_else(|| LayerError::InvalidDestination(src.destination.clone()))?;
                 dest.push(name);
             }
+            self.write_parents(&dest, false)?;
             self.append(&src.source, &meta, &dest, src)
         }
     }
@@ -321,6 +382,7 @@ impl LayerWriter {
     }
 
     fn marker(&mut self, path: &Path) -> Result<(), LayerError> {
+        self.write_parents(path, false)?;
         let mut header = Header::new_gnu();
         header.set_entry_type(EntryType::Regular);
         header.set_mode(0o644);
