@@ -104,6 +104,13 @@ fn seed_final_stage_runs_as_root_and_as_nobody() {
     let inspected = skopeo_inspect(reference);
     assert_eq!(inspected["Digest"], result["digest"]);
     assert_eq!(inspected["Layers"].as_array().unwrap().len(), 2);
+    // The extra tag names the same manifest.
+    let latest = skopeo_inspect(&registry.image("goapp", "latest"));
+    assert_eq!(latest["Digest"], result["digest"]);
+    // The base's tag was resolved with HEAD; GETs went by digest only.
+    let requests = registry.requests();
+    assert!(requests.contains(&"HEAD /v2/busybox/manifests/latest".to_string()), "{requests:#?}");
+    assert!(!requests.contains(&"GET /v2/busybox/manifests/latest".to_string()), "{requests:#?}");
     let printed = podman_run_for(reference, 2.5);
     assert!(printed.contains("user: root id: 0"), "{printed}");
 
@@ -128,8 +135,16 @@ fn same_spec_gives_the_same_digest_and_a_changed_file_a_new_one() {
         "insecure": true,
     });
     let first = assemble(&spec).ok()["digest"].clone();
+    let before = registry.requests().len();
     let second = assemble(&spec).ok()["digest"].clone();
     assert_eq!(first, second);
+    // Nothing is uploaded twice: the second run finds every blob in place.
+    let uploads: Vec<String> = registry.requests()[before..]
+        .iter()
+        .filter(|r| r.contains("/blobs/uploads/"))
+        .cloned()
+        .collect();
+    assert!(uploads.is_empty(), "{uploads:#?}");
     std::fs::write(files.path().join("message"), "hello!").unwrap();
     let changed = assemble(&spec);
     assert_ne!(first, changed.ok()["digest"]);

@@ -807,3 +807,83 @@ where
     }
     unreachable!("the last attempt returns")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    async fn attempts_until(outcomes: &[Result<(), Transient>]) -> (u32, Result<(), String>) {
+        let calls = AtomicU32::new(0);
+        let result = retry("test", || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst) as usize;
+            match &outcomes[n.min(outcomes.len() - 1)] {
+                Ok(()) => Ok(()),
+                Err(Transient::Retry(d)) => Err(Transient::Retry(d.clone())),
+                Err(Transient::Fatal(d)) => Err(Transient::Fatal(d.clone())),
+            }
+        })
+        .await;
+        (calls.load(Ordering::SeqCst), result)
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_and_others_are_not() {
+        let retry_twice = [
+            Err(Transient::Retry("503".into())),
+            Err(Transient::Retry("503".into())),
+            Ok(()),
+        ];
+        assert_eq!(attempts_until(&retry_twice).await, (3, Ok(())));
+        let fatal = [Err(Transient::Fatal("404".into())), Ok(())];
+        assert_eq!(attempts_until(&fatal).await, (1, Err("404".into())));
+        let always = [Err(Transient::Retry("refused".into()))];
+        assert_eq!(attempts_until(&always).await, (ATTEMPTS, Err("refused".into())));
+    }
+
+    #[test]
+    fn server_errors_retry_and_client_errors_do_not() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "http://r/v2/".into(),
+            message: String::new(),
+        };
+        assert!(matches!(Transient::classify(server(503)), Transient::Retry(_)));
+        assert!(matches!(Transient::classify(server(500)), Transient::Retry(_)));
+        assert!(matches!(Transient::classify(server(404)), Transient::Fatal(_)));
+        assert!(matches!(Transient::classify(server(429)), Transient::Fatal(_)));
+        let unauthorized = OciDistributionError::UnauthorizedError {
+            url: "http://r/v2/x".into(),
+        };
+        match Transient::classify(unauthorized) {
+            Transient::Fatal(detail) => assert!(detail.contains("401"), "{detail}"),
+            Transient::Retry(_) => panic!("401 retried"),
+        }
+    }
+
+    #[test]
+    fn challenges_parse_with_quoted_commas() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#,
+        );
+        match c {
+            Challenge::Bearer { realm, service } => {
+                assert_eq!(realm, "https://auth.example.com/token");
+                assert_eq!(service.as_deref(), Some("registry.example.com"));
+            }
+            _ => panic!("not a bearer challenge"),
+        }
+        assert!(matches!(parse_challenge(r#"Basic realm="x""#), Challenge::Basic));
+    }
+
+    #[test]
+    fn references_normalise_as_docker_does() {
+        let r = parse_reference("busybox").unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
+        assert_eq!(repository_name(&r), "docker.io/library/busybox");
+        let r = parse_reference("127.0.0.1:5000/team/app:v1").unwrap();
+        assert_eq!(r.resolve_registry(), "127.0.0.1:5000");
+        assert_eq!(r.repository(), "team/app");
+        assert!(parse_reference("Bad Name").is_err());
+    }
+}
