@@ -513,7 +513,18 @@ impl Registry {
         let result = retry(&what, || async {
             match self.oci.mount_blob(target, source, digest).await {
                 Ok(()) => Ok(true),
+                // 202: the registry opened an upload instead of mounting.
                 Err(OciDistributionError::SpecViolationError(_)) => Ok(false),
+                // No pull right on the source inside the push token: some
+                // registries refuse the whole request rather than answer 202.
+                Err(
+                    OciDistributionError::UnauthorizedError { .. }
+                    | OciDistributionError::RegistryError { .. }
+                    | OciDistributionError::ServerError {
+                        code: 401 | 403 | 404,
+                        ..
+                    },
+                ) => Ok(false),
                 Err(e) => Err(Transient::classify(e)),
             }
         })
