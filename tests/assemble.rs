@@ -94,7 +94,9 @@ fn layer_digests(reference: &str) -> Vec<String> {
 fn seed_final_stage_runs_as_root_and_as_nobody() {
     let registry = Registry::start();
     let base = push_busybox(&registry, "busybox", Format::Docker);
-    let run = assemble(&seed_spec(&base, &registry.image("goapp", "v1")));
+    let mut spec = seed_spec(&base, &registry.image("goapp", "v1"));
+    spec["additionalTags"] = json!(["latest"]);
+    let run = assemble(&spec);
     let result = run.ok();
     let reference = result["reference"].as_str().unwrap();
     // The last stdout line is the pushed reference by digest.
@@ -109,8 +111,14 @@ fn seed_final_stage_runs_as_root_and_as_nobody() {
     assert_eq!(latest["Digest"], result["digest"]);
     // The base's tag was resolved with HEAD; GETs went by digest only.
     let requests = registry.requests();
-    assert!(requests.contains(&"HEAD /v2/busybox/manifests/latest".to_string()), "{requests:#?}");
-    assert!(!requests.contains(&"GET /v2/busybox/manifests/latest".to_string()), "{requests:#?}");
+    assert!(
+        requests.contains(&"HEAD /v2/busybox/manifests/latest".to_string()),
+        "{requests:#?}"
+    );
+    assert!(
+        !requests.contains(&"GET /v2/busybox/manifests/latest".to_string()),
+        "{requests:#?}"
+    );
     let printed = podman_run_for(reference, 2.5);
     assert!(printed.contains("user: root id: 0"), "{printed}");
 

@@ -1,0 +1,123 @@
+//! Test harness shared by the integration tests (`mod support;` in each
+//! `tests/*.rs`): real registries (plain, htpasswd, bearer token), podman and
+//! skopeo behind a private configuration, and base images made from Debian
+//! packages. Everything is blocking and thread-based, so it works from both
+//! `#[test]` and `#[tokio::test]`.
+//!
+//! Tools it needs: see `scripts/install-deps`.
+#![allow(dead_code)]
+// Re-exports below are used by some test binaries and not others.
+#![allow(unused_imports)]
+
+mod http;
+mod images;
+mod podman;
+mod registry;
+mod token;
+
+pub use http::{HttpReply, basic_auth, http_get, http_request, percent_decode, percent_encode};
+pub use images::{BusyboxLayout, Format, push_busybox, push_busybox_with, push_golang, seed_app};
+pub use podman::{
+    container_tool, containers_dir, podman, podman_env, podman_run, podman_run_for,
+    podman_run_for_with, podman_run_with, skopeo, skopeo_copy, skopeo_inspect,
+    skopeo_inspect_config, skopeo_inspect_raw, skopeo_manifest_bytes,
+};
+pub use registry::Registry;
+pub use token::{TokenPolicy, TokenRequest};
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The cargo target directory this test binary was built into.
+pub fn target_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is `<target>/tmp` and follows CARGO_TARGET_DIR.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR has a parent")
+        .to_path_buf()
+}
+
+/// Where built base images and the seed binary are kept between runs:
+/// `$SLIMFORGE_CACHE`, else `target/slimforge-cache`.
+pub fn cache_dir() -> PathBuf {
+    let dir = match std::env::var_os("SLIMFORGE_CACHE") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => target_dir().join("slimforge-cache"),
+    };
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+/// The project's own fixtures (`tests/fixtures`).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// An exclusive lock on `path` (created if missing), shared across test
+/// processes; released when the returned file is dropped.
+pub fn lock_file(path: &Path) -> File {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create lock dir");
+    }
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open lock {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
+}
+
+/// Runs a command to completion, panicking with its output if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run_any(cmd);
+    if !out.status.success() {
+        panic!(
+            "{} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Runs a command to completion whatever its exit status; panics only if it
+/// cannot be started.
+pub fn run_any(cmd: &mut Command) -> Output {
+    cmd.stdin(std::process::Stdio::null());
+    cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {} ({e}); run scripts/install-deps",
+            describe(cmd)
+        )
+    })
+}
+
+pub(crate) fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// A name unique across the tests running now on this machine.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
