@@ -362,6 +362,39 @@ fn base_on_another_registry_is_streamed_across() {
 }
 
 #[test]
+fn a_refused_mount_falls_back_to_copying() {
+    // This token server grants one scope per token, so the push token never
+    // carries pull on the base's repository and Distribution refuses the mount.
+    let registry = Registry::start_token_auth(TokenPolicy::grant_all().single_scope());
+    let base = push_busybox(&registry, "library/busybox", Format::Docker);
+    let base_layers = layer_digests(&base);
+    let before = registry.requests().len();
+    let run = assemble(&seed_spec(&base, &registry.image("team/goapp", "v1")));
+    let reference = run.ok()["reference"].as_str().unwrap().to_string();
+    let during = registry.requests()[before..].to_vec();
+    for digest in &base_layers {
+        // Tried to mount, then read from the base and written to the target.
+        assert!(
+            during
+                .iter()
+                .any(|r| r.starts_with("POST /v2/team/goapp/blobs/uploads/?")
+                    && r.contains(digest.as_str()))
+        );
+        assert!(during.iter().any(
+            |r| r.starts_with("GET /v2/library/busybox/blobs/") && r.contains(digest.as_str())
+        ));
+        assert!(
+            during
+                .iter()
+                .any(|r| r.starts_with("PUT /v2/team/goapp/blobs/uploads/")
+                    && r.contains(digest.as_str()))
+        );
+    }
+    let printed = podman_run_for(&reference, 2.5);
+    assert!(printed.contains("user: root id: 0"), "{printed}");
+}
+
+#[test]
 fn htpasswd_registry_takes_the_right_password_and_names_a_wrong_one() {
     let registry = Registry::start_htpasswd("builder", "correct-horse");
     let base = push_busybox(&registry, "busybox", Format::Docker);

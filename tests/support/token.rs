@@ -50,6 +50,9 @@ pub struct TokenPolicy {
     /// Repositories whose name contains one of these strings never get `pull`
     /// (nor `*`); other actions on them are still granted.
     pub deny_pull: Vec<String>,
+    /// Grant only the first scope of a request, as token servers that issue
+    /// one repository per token do: a mount's pull on the source is dropped.
+    pub single_scope: bool,
 }
 
 impl TokenPolicy {
@@ -59,6 +62,11 @@ impl TokenPolicy {
 
     pub fn with_credentials(mut self, user: &str, password: &str) -> Self {
         self.credentials = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    pub fn single_scope(mut self) -> Self {
+        self.single_scope = true;
         self
     }
 
@@ -286,7 +294,13 @@ fn answer_token(shared: &Shared, query: &str, authorization: Option<&str>) -> (u
     }
 
     let mut access = Vec::new();
-    for scope in &scopes {
+    // A single-repository server answers only the first scope it is asked.
+    let asked = if policy.single_scope {
+        &scopes[..scopes.len().min(1)]
+    } else {
+        &scopes[..]
+    };
+    for scope in asked {
         if let Some((kind, name, actions)) = policy.grant(scope) {
             record
                 .granted
