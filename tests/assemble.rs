@@ -395,6 +395,38 @@ fn a_refused_mount_falls_back_to_copying() {
 }
 
 #[test]
+fn tls_registry_is_verified_against_the_extra_ca_bundle() {
+    let registry = Registry::start_tls();
+    let base = push_busybox(&registry, "busybox", Format::Docker);
+    let mut spec = seed_spec(&base, &registry.image("tls", "v1"));
+    spec["insecure"] = json!(false);
+    // An unknown CA is refused...
+    let line = one_line_error(&assemble(&spec).failed());
+    assert!(
+        line.contains(&registry.addr()) && line.to_lowercase().contains("certificate"),
+        "{line}"
+    );
+    // ...trusted once given...
+    spec["caBundle"] = json!(registry.ca_pem());
+    let reference = assemble(&spec).ok()["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        skopeo_inspect(&reference)["Layers"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    );
+    // ...and skipped only when asked: `insecure` is unverified TLS here, not plain HTTP.
+    let mut spec = seed_spec(&base, &registry.image("tls", "v2"));
+    spec["insecure"] = json!(true);
+    assemble(&spec).ok();
+    assert!(!registry.requests().is_empty());
+}
+
+#[test]
 fn htpasswd_registry_takes_the_right_password_and_names_a_wrong_one() {
     let registry = Registry::start_htpasswd("builder", "correct-horse");
     let base = push_busybox(&registry, "busybox", Format::Docker);

@@ -716,6 +716,11 @@ enum Transient {
 impl From<reqwest::Error> for Transient {
     fn from(e: reqwest::Error) -> Self {
         let detail = error_chain(&e);
+        // A certificate the client refuses stays refused. rustls's error is
+        // buried in hyper's connect error; its text is what surfaces.
+        if detail.contains("invalid peer certificate") {
+            return Transient::Fatal(detail);
+        }
         if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
             Transient::Retry(detail)
         } else {
@@ -849,7 +854,10 @@ mod tests {
         let fatal = [Err(Transient::Fatal("404".into())), Ok(())];
         assert_eq!(attempts_until(&fatal).await, (1, Err("404".into())));
         let always = [Err(Transient::Retry("refused".into()))];
-        assert_eq!(attempts_until(&always).await, (ATTEMPTS, Err("refused".into())));
+        assert_eq!(
+            attempts_until(&always).await,
+            (ATTEMPTS, Err("refused".into()))
+        );
     }
 
     #[test]
@@ -859,10 +867,22 @@ mod tests {
             url: "http://r/v2/".into(),
             message: String::new(),
         };
-        assert!(matches!(Transient::classify(server(503)), Transient::Retry(_)));
-        assert!(matches!(Transient::classify(server(500)), Transient::Retry(_)));
-        assert!(matches!(Transient::classify(server(404)), Transient::Fatal(_)));
-        assert!(matches!(Transient::classify(server(429)), Transient::Fatal(_)));
+        assert!(matches!(
+            Transient::classify(server(503)),
+            Transient::Retry(_)
+        ));
+        assert!(matches!(
+            Transient::classify(server(500)),
+            Transient::Retry(_)
+        ));
+        assert!(matches!(
+            Transient::classify(server(404)),
+            Transient::Fatal(_)
+        ));
+        assert!(matches!(
+            Transient::classify(server(429)),
+            Transient::Fatal(_)
+        ));
         let unauthorized = OciDistributionError::UnauthorizedError {
             url: "http://r/v2/x".into(),
         };
@@ -884,7 +904,10 @@ mod tests {
             }
             _ => panic!("not a bearer challenge"),
         }
-        assert!(matches!(parse_challenge(r#"Basic realm="x""#), Challenge::Basic));
+        assert!(matches!(
+            parse_challenge(r#"Basic realm="x""#),
+            Challenge::Basic
+        ));
     }
 
     #[test]

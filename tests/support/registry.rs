@@ -26,7 +26,12 @@ pub(crate) fn auth_file_for(reference: &str) -> Option<PathBuf> {
 
 enum Auth {
     None,
-    Htpasswd { user: String, password: String },
+    /// No auth, served over TLS with a certificate from a test CA.
+    Tls,
+    Htpasswd {
+        user: String,
+        password: String,
+    },
     Token(TokenPolicy),
 }
 
@@ -57,6 +62,17 @@ impl Registry {
     /// (see `token.rs`) granting what `policy` says.
     pub fn start_token_auth(policy: TokenPolicy) -> Self {
         Self::launch(Auth::Token(policy))
+    }
+
+    /// No authentication, HTTPS only, with a certificate for 127.0.0.1 signed
+    /// by a CA of its own ([`Registry::ca_pem`]).
+    pub fn start_tls() -> Self {
+        Self::launch(Auth::Tls)
+    }
+
+    /// The CA that signed a TLS registry's certificate.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// `127.0.0.1:PORT`
@@ -177,8 +193,10 @@ impl Registry {
             .expect("registry temp dir");
         std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
 
+        let tls = matches!(auth, Auth::Tls);
         let (auth_yaml, credentials, token) = match auth {
             Auth::None => (String::new(), None, None),
+            Auth::Tls => (make_tls_certificates(dir.path()), None, None),
             Auth::Htpasswd { user, password } => {
                 let entry = run_ok(Command::new("htpasswd").args(["-Bbn", &user, &password]));
                 let path = dir.path().join("htpasswd");
@@ -219,7 +237,7 @@ impl Registry {
                 .unwrap_or_else(|e| {
                     panic!("cannot start docker-registry ({e}); run scripts/install-deps")
                 });
-            if wait_until_up(&mut child, &addr, &log_path) {
+            if wait_until_up(&mut child, &addr, &log_path, tls) {
                 let registry = Registry {
                     addr,
                     child,
@@ -290,7 +308,7 @@ http:
 /// Waits for our child to log that it listens (so an answer cannot come
 /// from another process that won the port) and `GET /v2/` to answer 200
 /// (or 401 under auth).
-fn wait_until_up(child: &mut Child, addr: &str, log_path: &Path) -> bool {
+fn wait_until_up(child: &mut Child, addr: &str, log_path: &Path, tls: bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(15);
     let url = format!("http://{addr}/v2/");
     let listening = format!("listening on {addr}");
@@ -302,7 +320,8 @@ fn wait_until_up(child: &mut Child, addr: &str, log_path: &Path) -> bool {
         if log.contains(&listening)
             && let Ok(reply) = http_get(&url, None)
         {
-            return matches!(reply.status, 200 | 401);
+            // Over plain HTTP a TLS listener answers 400.
+            return matches!(reply.status, 200 | 401) || (tls && reply.status == 400);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -315,4 +334,68 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("find a free port")
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`; returns the
+/// registry's `http.tls` configuration.
+fn make_tls_certificates(dir: &Path) -> String {
+    let path = |name: &str| dir.join(name).display().to_string();
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=slimforge-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.pem"),
+    ]));
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &path("server.key"),
+        "-out",
+        &path("server.csr"),
+    ]));
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write server.ext");
+    run_ok(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &path("server.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &path("server.ext"),
+        "-out",
+        &path("server.pem"),
+    ]));
+    format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        path("server.pem"),
+        path("server.key")
+    )
 }
