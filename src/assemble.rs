@@ -30,6 +30,8 @@ const PARALLEL_BLOBS: usize = 4;
 pub enum AssembleError {
     #[error("spec {path}: {detail}")]
     Spec { path: PathBuf, detail: String },
+    #[error("spec: {0}")]
+    Invalid(String),
     #[error("layers[{index}]: {source}")]
     Layer {
         index: usize,
@@ -147,10 +149,8 @@ enum LayerPlan {
 }
 
 fn plan_layers(spec: &AssembleSpec) -> Result<Vec<(LayerPlan, String)>, AssembleError> {
-    let invalid = |index: usize, detail: String| AssembleError::Spec {
-        path: PathBuf::from("(spec)"),
-        detail: format!("layers[{index}]: {detail}"),
-    };
+    let invalid =
+        |index: usize, detail: String| AssembleError::Invalid(format!("layers[{index}]: {detail}"));
     spec.layers
         .iter()
         .enumerate()
@@ -225,10 +225,8 @@ fn base_directories(spec: &AssembleSpec) -> Result<BTreeMap<String, BaseDirector
     spec.base_directories
         .iter()
         .map(|(path, dir)| {
-            let invalid = |what: &str| AssembleError::Spec {
-                path: PathBuf::from("(spec)"),
-                detail: format!("baseDirectories[{path}]: {what}"),
-            };
+            let invalid =
+                |what: &str| AssembleError::Invalid(format!("baseDirectories[{path}]: {what}"));
             let mode = parse_mode(&dir.mode).ok_or_else(|| invalid("mode is not octal"))?;
             let (uid, gid) = match &dir.owner {
                 Some(owner) => parse_owner(owner).ok_or_else(|| invalid("owner is not uid:gid"))?,
@@ -249,9 +247,8 @@ fn tag_references(target: &Reference, tags: &[String]) -> Result<Vec<Reference>,
     tags.iter()
         .map(|tag| {
             registry::parse_reference(&format!("{}:{tag}", registry::repository_name(target)))
-                .map_err(|_| AssembleError::Spec {
-                    path: PathBuf::from("(spec)"),
-                    detail: format!("additionalTags: `{tag}` is not a valid tag"),
+                .map_err(|_| {
+                    AssembleError::Invalid(format!("additionalTags: `{tag}` is not a valid tag"))
                 })
         })
         .collect()
@@ -324,18 +321,17 @@ async fn transfer_base_blobs(
 /// Runs the whole assembly and pushes the result.
 pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleError> {
     let platform: Platform = match &spec.platform {
-        Some(p) => p.parse().map_err(|detail| AssembleError::Spec {
-            path: PathBuf::from("(spec)"),
-            detail: format!("platform: {detail}"),
-        })?,
+        Some(p) => p
+            .parse()
+            .map_err(|detail| AssembleError::Invalid(format!("platform: {detail}")))?,
         None => Platform::default(),
     };
     let target = registry::parse_reference(&spec.target)?;
     if target.digest().is_some() {
-        return Err(AssembleError::Spec {
-            path: PathBuf::from("(spec)"),
-            detail: format!("target `{}` must be a tag, not a digest", spec.target),
-        });
+        return Err(AssembleError::Invalid(format!(
+            "target `{}` must be a tag, not a digest",
+            spec.target
+        )));
     }
     let extra_tags = tag_references(&target, &spec.additional_tags)?;
     let base = match spec.base.trim() {
