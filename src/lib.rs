@@ -2,4 +2,6 @@
 //! Kubernetes cluster, without a Docker daemon.
 
 pub mod assemble;
+pub mod dockerfile;
 pub mod oci;
+pub mod plan;

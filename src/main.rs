@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use slimforge::assemble::{AssembleSpec, assemble};
+use slimforge::plan::PlanRequest;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,28 @@ enum Command {
         #[arg(long)]
         result: Option<PathBuf>,
     },
+    /// Plan a build: a Dockerfile or an ImageBuild manifest → chains, exports, final image.
+    Plan {
+        /// A Dockerfile, or an ImageBuild manifest with an inline spec.dockerfile.
+        file: PathBuf,
+        /// NAME=value, repeatable; wins over the manifest's spec.buildArgs.
+        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+        build_args: Vec<String>,
+        /// Stop at this stage.
+        #[arg(long)]
+        target: Option<String>,
+        /// os/arch[/variant] (default linux/amd64).
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = PlanOutput::Text)]
+        output: PlanOutput,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlanOutput {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +97,35 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("writing result {}: {e}", path.display()))?;
             }
             println!("{}", outcome.reference);
+            Ok(())
+        }
+        Command::Plan {
+            file,
+            build_args,
+            target,
+            platform,
+            output,
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                // Not text: the Dockerfile parser names the line.
+                slimforge::dockerfile::parse_bytes(&bytes)?;
+                anyhow::bail!("{}: not UTF-8 text", file.display());
+            };
+            let mut request = PlanRequest::from_text(text)?;
+            request.add_build_args(build_args.iter().map(String::as_str))?;
+            if target.is_some() {
+                request.target = target;
+            }
+            if platform.is_some() {
+                request.platform = platform;
+            }
+            let plan = request.plan()?;
+            match output {
+                PlanOutput::Text => print!("{}", plan.to_text()),
+                PlanOutput::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            }
             Ok(())
         }
     }
