@@ -5,3 +5,4 @@ pub mod assemble;
 pub mod dockerfile;
 pub mod oci;
 pub mod plan;
+pub mod stage;

@@ -7,6 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 use slimforge::assemble::{AssembleSpec, assemble};
 use slimforge::plan::PlanRequest;
+use slimforge::stage;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,43 @@ enum Command {
         platform: Option<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = PlanOutput::Text)]
         output: PlanOutput,
+    },
+    /// The helper that runs inside build pods.
+    #[command(subcommand)]
+    Stage(StageCommand),
+}
+
+/// The helper inside build pods: a static binary, no shell or libc needed.
+#[derive(Subcommand)]
+enum StageCommand {
+    /// Copy this executable to DIR/slimforge, mode 0755.
+    Install { dir: PathBuf },
+    /// Write this process's effective `uid:gid` to FILE.
+    Whoami { file: PathBuf },
+    /// In the runtime base: resolve destinations, directories, users and WORKDIR.
+    Probe {
+        /// JSON: {"destinations": [...], "users": [...], "workdir": "..."}.
+        #[arg(long)]
+        request: PathBuf,
+        /// Where the JSON answer goes.
+        #[arg(long)]
+        result: PathBuf,
+    },
+    /// Record the filesystem, then write what changed since as one layer.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Record the metadata of every path (mount points skipped) in STATE.
+    Record { state: PathBuf },
+    /// Write the changes since STATE as one gzip-compressed layer tar.
+    Diff {
+        state: PathBuf,
+        /// The layer (gzip-compressed whatever the name), for `layers: [{tar: …}]`.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -128,5 +166,31 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Stage(command) => run_stage(command),
     }
+}
+
+fn run_stage(command: StageCommand) -> anyhow::Result<()> {
+    match command {
+        StageCommand::Install { dir } => {
+            let installed = stage::install::install(&dir)?;
+            tracing::info!(path = %installed.display(), "helper installed");
+        }
+        StageCommand::Whoami { file } => {
+            let (uid, gid) = stage::whoami::whoami(&file)?;
+            tracing::info!(uid, gid, "user recorded");
+        }
+        StageCommand::Probe { request, result } => {
+            stage::probe::probe_files(&request, &result)?;
+        }
+        StageCommand::Snapshot(SnapshotCommand::Record { state }) => {
+            let paths = stage::snapshot::record(&state)?;
+            tracing::info!(paths, "filesystem recorded");
+        }
+        StageCommand::Snapshot(SnapshotCommand::Diff { state, out }) => {
+            let layer = stage::snapshot::diff(&state, &out)?;
+            tracing::info!(digest = %layer.digest, size = layer.size, "snapshot layer written");
+        }
+    }
+    Ok(())
 }

@@ -364,9 +364,31 @@ impl LayerWriter {
             .map_err(io_err(disk))
     }
 
+    /// Adds one entry exactly as it is on disk (not followed if a symlink, a
+    /// directory without its contents): type, mode with setuid/setgid/sticky,
+    /// numeric owner, xattrs, symlink target, hard links to entries already
+    /// in this layer. `destination` is absolute in the image. For snapshots,
+    /// where the caller chooses (and orders) every entry, parents included.
+    pub fn add_as_is(&mut self, disk: &Path, destination: &Path) -> Result<(), LayerError> {
+        let meta = fs::symlink_metadata(disk).map_err(io_err(disk))?;
+        let dest = image_path_of(destination)?;
+        let src = LayerSource {
+            source: disk.to_path_buf(),
+            destination: destination.display().to_string(),
+            owner: Some((u64::from(meta.uid()), u64::from(meta.gid()))),
+            chmod: None,
+        };
+        self.append(disk, &meta, &dest, &src)
+    }
+
     /// Deletes `path` (absolute, in the image) from the layers below.
     pub fn whiteout(&mut self, path: &str) -> Result<(), LayerError> {
-        let path = image_path(path)?;
+        self.whiteout_at(Path::new(path))
+    }
+
+    /// [`LayerWriter::whiteout`] for a path that need not be UTF-8.
+    pub fn whiteout_at(&mut self, path: &Path) -> Result<(), LayerError> {
+        let path = image_path_of(path)?;
         let name = path
             .file_name()
             .ok_or_else(|| LayerError::InvalidDestination(path.display().to_string()))?;
@@ -377,7 +399,12 @@ impl LayerWriter {
 
     /// Hides everything the layers below hold in directory `dir`.
     pub fn opaque_whiteout(&mut self, dir: &str) -> Result<(), LayerError> {
-        let dir = image_path(dir)?;
+        self.opaque_whiteout_at(Path::new(dir))
+    }
+
+    /// [`LayerWriter::opaque_whiteout`] for a path that need not be UTF-8.
+    pub fn opaque_whiteout_at(&mut self, dir: &Path) -> Result<(), LayerError> {
+        let dir = image_path_of(dir)?;
         self.marker(&dir.join(OPAQUE_WHITEOUT))
     }
 
@@ -454,12 +481,17 @@ pub fn layer_from_tar(tar_path: &Path, out: &Path) -> Result<LayerDigests, Layer
 
 /// `/usr/local/bin/app` → `usr/local/bin/app`; refuses relative paths and `..`.
 fn image_path(destination: &str) -> Result<PathBuf, LayerError> {
-    let invalid = || LayerError::InvalidDestination(destination.to_string());
-    if !destination.starts_with('/') {
+    image_path_of(Path::new(destination))
+}
+
+/// [`image_path`] for a path that need not be UTF-8.
+fn image_path_of(destination: &Path) -> Result<PathBuf, LayerError> {
+    let invalid = || LayerError::InvalidDestination(destination.display().to_string());
+    if !destination.has_root() {
         return Err(invalid());
     }
     let mut out = PathBuf::new();
-    for component in Path::new(destination).components() {
+    for component in destination.components() {
         match component {
             Component::RootDir | Component::CurDir => {}
             Component::Normal(part) => out.push(part),

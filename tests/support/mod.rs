@@ -121,3 +121,55 @@ pub fn unique_name(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The helper as build pods run it: `slimforge` built for
+/// x86_64-unknown-linux-musl (static, runs in busybox and scratch images),
+/// built once per test process and under a lock across processes, into the
+/// normal target directory. Needs `rustup target add
+/// x86_64-unknown-linux-musl` and musl-tools (scripts/install-deps).
+pub fn static_helper() -> PathBuf {
+    static HELPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HELPER
+        .get_or_init(|| {
+            const TARGET: &str = "x86_64-unknown-linux-musl";
+            let target = target_dir();
+            let _guard = lock_file(&target.join("slimforge-test/static-helper.lock"));
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new("nice");
+            // What `cargo test` sets for this test process would leak into the
+            // build scripts' rerun-if-env-changed checks (ring watches
+            // CARGO_MANIFEST_DIR) and rebuild half the tree every time.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_EXE_")
+                    || [
+                        "CARGO_MANIFEST_DIR",
+                        "CARGO_MANIFEST_PATH",
+                        "CARGO_MANIFEST_LINKS",
+                        "CARGO_CRATE_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                        "CARGO_TARGET_TMPDIR",
+                        "OUT_DIR",
+                    ]
+                    .contains(&name.as_ref())
+                {
+                    build.env_remove(name.as_ref());
+                }
+            }
+            run_ok(
+                build
+                    .args(["-n", "19"])
+                    .arg(cargo)
+                    .args(["build", "--quiet", "--target", TARGET, "--bin", "slimforge"])
+                    .arg("--manifest-path")
+                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                    .arg("--target-dir")
+                    .arg(&target),
+            );
+            let binary = target.join(TARGET).join("debug/slimforge");
+            assert!(binary.is_file(), "{} was not built", binary.display());
+            binary
+        })
+        .clone()
+}

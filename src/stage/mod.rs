@@ -1,0 +1,44 @@
+//! The helper that runs inside build pods (`slimforge stage …`). Build pods
+//! run arbitrary images, often without a shell, libc or coreutils, so this
+//! is part of the static binary and uses nothing but the filesystem.
+
+pub mod install;
+pub mod probe;
+pub mod snapshot;
+pub mod whoami;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::oci::layer::LayerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+    #[error("writing the layer: {0}")]
+    Layer(#[from] LayerError),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
+    move |source| StageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename, so a
+/// reader never sees half a file.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
