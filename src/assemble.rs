@@ -411,21 +411,6 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER)
     };
 
-    futures::stream::iter(written.iter().map(Ok))
-        .try_for_each_concurrent(PARALLEL_BLOBS, |(path, digests, _)| {
-            let registry = &registry;
-            let target = &target;
-            async move {
-                if !registry.blob_exists(target, &digests.digest).await? {
-                    registry
-                        .push_file(target, path, &digests.digest, digests.size)
-                        .await?;
-                }
-                Ok::<_, AssembleError>(())
-            }
-        })
-        .await?;
-
     let added: Vec<AddedLayer> = written
         .iter()
         .map(|(_, digests, created_by)| AddedLayer {
@@ -438,11 +423,32 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
     let config_bytes = serde_json::to_vec(&image_config)
         .map_err(|e| AssembleError::Io(format!("serialising the config: {e}")))?;
     let config_digest = registry::sha256_digest(&config_bytes);
-    if !registry.blob_exists(&target, &config_digest).await? {
-        registry
-            .push_bytes(&target, &config_bytes, &config_digest)
-            .await?;
-    }
+
+    // The config depends on the layers' diffIDs, not on their upload: all go at once.
+    let push_layers = futures::stream::iter(written.iter().map(Ok)).try_for_each_concurrent(
+        PARALLEL_BLOBS,
+        |(path, digests, _)| {
+            let registry = &registry;
+            let target = &target;
+            async move {
+                if !registry.blob_exists(target, &digests.digest).await? {
+                    registry
+                        .push_file(target, path, &digests.digest, digests.size)
+                        .await?;
+                }
+                Ok::<_, AssembleError>(())
+            }
+        },
+    );
+    let push_config = async {
+        if !registry.blob_exists(&target, &config_digest).await? {
+            registry
+                .push_bytes(&target, &config_bytes, &config_digest)
+                .await?;
+        }
+        Ok::<_, AssembleError>(())
+    };
+    futures::try_join!(push_layers, push_config)?;
 
     manifest_layers.extend(written.iter().map(|(_, digests, _)| {
         json!({"mediaType": layer_type, "digest": digests.digest, "size": digests.size})

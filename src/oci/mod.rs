@@ -3,6 +3,7 @@
 pub mod config;
 pub mod gzip;
 pub mod layer;
+pub mod reference;
 pub mod registry;
 
 use std::fmt;

@@ -67,12 +67,10 @@ pub struct RegistryOptions {
 /// Parses a reference the way Docker does: `busybox` is
 /// `docker.io/library/busybox:latest`.
 pub fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
-    reference
-        .parse::<Reference>()
-        .map_err(|e| RegistryError::InvalidReference {
-            reference: reference.to_string(),
-            reason: e.to_string(),
-        })
+    super::reference::parse(reference).map_err(|reason| RegistryError::InvalidReference {
+        reference: reference.to_string(),
+        reason,
+    })
 }
 
 /// `registry/repository`, as users write it (docker.io, not index.docker.io).
