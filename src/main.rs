@@ -68,6 +68,18 @@ enum StageCommand {
         #[arg(long)]
         result: PathBuf,
     },
+    /// In a chain pod: apply the chain's stages, run its RUNs, write its exports and result.
+    Run {
+        /// The BuildPlan (JSON).
+        #[arg(long)]
+        plan: PathBuf,
+        /// The id of the chain to run.
+        #[arg(long)]
+        chain: String,
+        /// The workspace: context/, exports/, whoami, results/.
+        #[arg(long, default_value = stage::run::DEFAULT_WORKSPACE)]
+        workspace: PathBuf,
+    },
     /// Record the filesystem, then write what changed since as one layer.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -182,6 +194,23 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
         }
         StageCommand::Probe { request, result } => {
             stage::probe::probe_files(&request, &result)?;
+        }
+        StageCommand::Run {
+            plan,
+            chain,
+            workspace,
+        } => {
+            let options = stage::run::RunOptions {
+                plan,
+                chain,
+                workspace,
+            };
+            match stage::run::run(&options)? {
+                stage::run::RunResult::Succeeded { exports } => {
+                    tracing::info!(chain = %options.chain, ?exports, "chain done");
+                }
+                stage::run::RunResult::Failed(failure) => anyhow::bail!("{failure}"),
+            }
         }
         StageCommand::Snapshot(SnapshotCommand::Record { state }) => {
             let paths = stage::snapshot::record(&state)?;

@@ -6,7 +6,6 @@ mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{Value, json};
 use support::{Format, Registry, podman_run_with, push_busybox, static_helper};
@@ -56,30 +55,6 @@ impl Mounts {
     }
 }
 
-/// Runs `slimforge assemble` (the host build) on `spec`; returns the pushed reference.
-fn assemble(spec: &Value) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let spec_path = dir.path().join("spec.yaml");
-    std::fs::write(&spec_path, serde_yaml::to_string(spec).unwrap()).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_slimforge"))
-        .arg("assemble")
-        .arg("--spec")
-        .arg(&spec_path)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "assemble failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .expect("the pushed reference")
-        .to_string()
-}
-
 /// Paths (no leading `/`) of every entry in a gzip-compressed layer.
 fn layer_paths(layer: &Path) -> Vec<String> {
     let gz = flate2::read::GzDecoder::new(std::fs::File::open(layer).unwrap());
@@ -93,7 +68,7 @@ fn layer_paths(layer: &Path) -> Vec<String> {
 #[test]
 fn install_in_a_scratch_image_copies_a_helper_that_runs() {
     let registry = Registry::start();
-    let operator = assemble(&json!({
+    let operator = support::assemble_spec(&json!({
         "base": "scratch",
         "layers": [{"source": static_helper(), "destination": "/slimforge"}],
         "target": registry.image("operator", "v1"),
@@ -124,7 +99,7 @@ fn install_in_a_scratch_image_copies_a_helper_that_runs() {
 fn whoami_records_the_images_user_or_root() {
     let registry = Registry::start();
     let busybox = push_busybox(&registry, "busybox", Format::Docker);
-    let nobody = assemble(&json!({
+    let nobody = support::assemble_spec(&json!({
         "base": busybox,
         "config": {"user": "65534"},
         "target": registry.image("nobody", "v1"),
@@ -203,7 +178,7 @@ fn probe_in_busybox_resolves_links_directories_and_users() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let image = assemble(&json!({
+    let image = support::assemble_spec(&json!({
         "base": busybox,
         "baseDirectories": dirs,
         "layers": [
@@ -267,7 +242,7 @@ fn snapshot_of_a_run_in_busybox_assembles_onto_the_base() {
         );
     }
 
-    let image = assemble(&json!({
+    let image = support::assemble_spec(&json!({
         "base": busybox,
         "layers": [{"tar": layer, "createdBy": "RUN adduser -D -u 10001 app && rm /bin/vi"}],
         "target": registry.image("snapshot", "v1"),

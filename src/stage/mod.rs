@@ -2,9 +2,12 @@
 //! run arbitrary images, often without a shell, libc or coreutils, so this
 //! is part of the static binary and uses nothing but the filesystem.
 
+pub mod copy;
 pub mod install;
 pub mod probe;
+pub mod run;
 pub mod snapshot;
+pub mod users;
 pub mod whoami;
 
 use std::io;

@@ -13,6 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::users::Users;
 use super::{StageError, io_err, write_atomically};
 
 /// Linux gives up after 40 links in one lookup (ELOOP); so do we.
@@ -98,10 +99,12 @@ pub fn probe(root: &Path, request: &ProbeRequest) -> Result<ProbeResult, StageEr
         result.workdir = Some(resolved.display().to_string());
     }
     if !request.users.is_empty() {
-        let passwd = read_table(root, "etc/passwd")?;
-        let group = read_table(root, "etc/group")?;
+        let users = Users::parse(
+            &read_table(root, "etc/passwd")?,
+            &read_table(root, "etc/group")?,
+        );
         for user in &request.users {
-            let resolution = match resolve_user(user, &passwd, &group) {
+            let resolution = match users.resolve_chown(user) {
                 Ok((uid, gid)) => UserResolution::Owner(format!("{uid}:{gid}")),
                 Err(e) => UserResolution::Error(e),
             };
@@ -244,69 +247,23 @@ fn add_directories(
     Ok(())
 }
 
-/// `name:x:id:…` lines of /etc/passwd or /etc/group: (name, fields); a
-/// missing file is an empty table (scratch-like bases).
-fn read_table(root: &Path, file: &str) -> Result<Vec<Vec<String>>, StageError> {
+/// The text of /etc/passwd or /etc/group, found through the base's links; a
+/// missing file is empty (scratch-like bases).
+fn read_table(root: &Path, file: &str) -> Result<String, StageError> {
     let path = resolve(root, &Path::new("/").join(file), true)?;
     let on_disk = in_root(root, &path);
-    let text = match fs::read(&on_disk) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    match fs::read(&on_disk) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
             ) =>
         {
-            return Ok(Vec::new());
+            Ok(String::new())
         }
-        Err(e) => return Err(io_err(&on_disk)(e)),
-    };
-    Ok(text
-        .lines()
-        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
-        .map(|line| line.split(':').map(str::to_string).collect())
-        .collect())
-}
-
-/// Docker's `--chown` rules: `user` → its uid and primary gid, `user:group`,
-/// a numeric user without group → gid = uid, numeric ids pass through.
-fn resolve_user(
-    spec: &str,
-    passwd: &[Vec<String>],
-    group: &[Vec<String>],
-) -> Result<(u32, u32), String> {
-    let (user, group_name) = match spec.split_once(':') {
-        Some((user, group)) => (user, Some(group)),
-        None => (spec, None),
-    };
-    if user.is_empty() || group_name.is_some_and(str::is_empty) {
-        return Err(format!("`{spec}` is not user, user:group, uid or uid:gid"));
+        Err(e) => Err(io_err(&on_disk)(e)),
     }
-    let (uid, primary_gid) = if let Ok(uid) = user.parse::<u32>() {
-        (uid, uid)
-    } else {
-        let entry = passwd
-            .iter()
-            .find(|fields| fields[0] == user)
-            .ok_or_else(|| format!("unknown user `{user}`: not in the base's /etc/passwd"))?;
-        let id = |index: usize| entry.get(index).and_then(|v| v.parse::<u32>().ok());
-        match (id(2), id(3)) {
-            (Some(uid), Some(gid)) => (uid, gid),
-            _ => return Err(format!("user `{user}`: malformed /etc/passwd line")),
-        }
-    };
-    let gid = match group_name {
-        None => primary_gid,
-        Some(name) => match name.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => group
-                .iter()
-                .find(|fields| fields[0] == name)
-                .and_then(|fields| fields.get(2)?.parse().ok())
-                .ok_or_else(|| format!("unknown group `{name}`: not in the base's /etc/group"))?,
-        },
-    };
-    Ok((uid, gid))
 }
 
 #[cfg(test)]
@@ -447,7 +404,7 @@ mod tests {
         assert_eq!(owner("0:staff"), "0:50");
         assert_eq!(
             result.users["ghost"],
-            UserResolution::Error("unknown user `ghost`: not in the base's /etc/passwd".into())
+            UserResolution::Error("unknown user `ghost`: not in the image's /etc/passwd".into())
         );
         assert!(
             matches!(&result.users["app:ghosts"], UserResolution::Error(e) if e.contains("`ghosts`"))

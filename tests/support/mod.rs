@@ -173,3 +173,27 @@ pub fn static_helper() -> PathBuf {
         })
         .clone()
 }
+
+/// Runs `slimforge assemble` (the host build) on `spec`, written as YAML;
+/// returns the pushed reference (its last stdout line). Panics on failure.
+pub fn assemble_spec(spec: &serde_json::Value) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec_path = dir.path().join("spec.yaml");
+    std::fs::write(
+        &spec_path,
+        serde_yaml::to_string(spec).expect("spec as YAML"),
+    )
+    .expect("write spec");
+    let output = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_slimforge"))
+            .arg("assemble")
+            .arg("--spec")
+            .arg(&spec_path),
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8 stdout")
+        .lines()
+        .last()
+        .expect("the pushed reference")
+        .to_string()
+}

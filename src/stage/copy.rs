@@ -1,0 +1,652 @@
+//! COPY/ADD inside a chain pod: sources matched (globs, `.dockerignore`)
+//! under a source root on disk (the context, or an unpacked export), copied
+//! to a destination in the container's own filesystem with Docker's rules;
+//! and the export archives chains hand to each other.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::path::{Component, Path, PathBuf};
+
+use super::{StageError, io_err};
+use crate::dockerfile::DockerIgnore;
+use crate::oci::layer::{LayerOptions, LayerWriter};
+
+/// Where the files come from.
+pub struct SourceRoot<'a> {
+    /// A directory on disk whose `/` the sources are relative to.
+    pub dir: &'a Path,
+    /// Paths it leaves out (the context's `.dockerignore`).
+    pub ignore: Option<&'a DockerIgnore>,
+}
+
+/// What one COPY/ADD does once its words are expanded.
+pub struct CopyRequest {
+    pub sources: Vec<String>,
+    /// Absolute, in the container.
+    pub destination: PathBuf,
+    /// The destination was written as a directory (`/`, `.`).
+    pub destination_is_dir: bool,
+    pub owner: (u32, u32),
+    pub chmod: Option<u32>,
+    /// ADD: local tar archives (plain or gzip) are extracted.
+    pub extract_archives: bool,
+}
+
+/// One matched source: where it is on disk and its path under the root.
+#[derive(Debug, Clone)]
+pub struct Match {
+    pub disk: PathBuf,
+    /// Relative to the root, `/`-separated, as matched (no leading `/`).
+    pub rel: String,
+}
+
+/// Copies the sources of `request` from `root`; returns how many entries were written.
+pub fn copy(root: &SourceRoot, request: &CopyRequest) -> Result<usize, StageError> {
+    let mut matches = Vec::new();
+    for source in &request.sources {
+        let found = match_source(root.dir, source, root.ignore)?;
+        if found.is_empty() {
+            return Err(StageError::Invalid {
+                path: PathBuf::from(source),
+                what: "no such file or directory in the source (or excluded by .dockerignore)"
+                    .into(),
+            });
+        }
+        matches.extend(found);
+    }
+    let many = matches.len() > 1;
+    let dest_is_dir = request.destination_is_dir
+        || many
+        || fs::metadata(&request.destination).is_ok_and(|m| m.is_dir());
+    let mut written = 0;
+    for found in &matches {
+        let meta = fs::metadata(&found.disk).map_err(io_err(&found.disk))?;
+        if meta.is_dir() {
+            ensure_dir(&request.destination, request.owner, request.chmod)?;
+            written += copy_tree(root, found, &request.destination, request)?;
+        } else if request.extract_archives && is_archive(&found.disk)? {
+            ensure_dir(&request.destination, (0, 0), None)?;
+            extract_archive(&found.disk, &request.destination)?;
+            written += 1;
+        } else {
+            let target = if dest_is_dir {
+                ensure_dir(&request.destination, (0, 0), None)?;
+                let name = Path::new(&found.rel)
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
+                request.destination.join(name)
+            } else {
+                if let Some(parent) = request.destination.parent() {
+                    ensure_dir(parent, (0, 0), None)?;
+                }
+                request.destination.clone()
+            };
+            copy_entry(&found.disk, &meta, &target, request)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// The paths under `root` that `source` names: itself, or every match of
+/// its glob (`*`, `?`, `[…]` per component), sorted, excluded ones left out.
+pub fn match_source(
+    root: &Path,
+    source: &str,
+    ignore: Option<&DockerIgnore>,
+) -> Result<Vec<Match>, StageError> {
+    let parts: Vec<String> = Path::new(source)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    // `..` never leaves the root.
+    let mut clean: Vec<String> = Vec::new();
+    for part in parts {
+        if part == ".." {
+            clean.pop();
+        } else {
+            clean.push(part);
+        }
+    }
+    let excluded = |rel: &str| ignore.is_some_and(|i| i.is_excluded(rel));
+    let mut current = vec![Match {
+        disk: root.to_path_buf(),
+        rel: String::new(),
+    }];
+    for part in &clean {
+        let mut next = Vec::new();
+        for m in current {
+            if has_glob(part) {
+                let Ok(entries) = fs::read_dir(scoped(root, &m.rel)?) else {
+                    continue;
+                };
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| glob_match(part, n))
+                    .collect();
+                names.sort();
+                for name in names {
+                    next.push(child(&m, &name));
+                }
+            } else {
+                let literal = unescape(part);
+                next.push(child(&m, &literal));
+            }
+        }
+        current = next;
+    }
+    let mut found = Vec::new();
+    for mut m in current {
+        // Links are followed as if the root were `/`: nothing outside it is read.
+        m.disk = scoped(root, &m.rel)?;
+        found.push(m);
+    }
+    let found = found
+        .into_iter()
+        .filter(|m| fs::symlink_metadata(&m.disk).is_ok())
+        .filter(|m| m.rel.is_empty() || !excluded(&m.rel) || is_dir_with_exceptions(m, ignore))
+        .collect();
+    Ok(found)
+}
+
+/// Where `rel` is on disk under `root`, its symlinks resolved inside `root`.
+fn scoped(root: &Path, rel: &str) -> Result<PathBuf, StageError> {
+    let inside = super::probe::resolve(root, &Path::new("/").join(rel), true)?;
+    Ok(root.join(inside.strip_prefix("/").unwrap_or(&inside)))
+}
+
+fn is_dir_with_exceptions(m: &Match, ignore: Option<&DockerIgnore>) -> bool {
+    ignore.is_some_and(DockerIgnore::has_exceptions) && m.disk.is_dir()
+}
+
+fn child(parent: &Match, name: &str) -> Match {
+    Match {
+        disk: parent.disk.join(name),
+        rel: if parent.rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", parent.rel)
+        },
+    }
+}
+
+fn has_glob(part: &str) -> bool {
+    part.contains(['*', '?', '['])
+}
+
+fn unescape(part: &str) -> String {
+    let mut out = String::new();
+    let mut chars = part.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Go's `filepath.Match` for one path component: `*`, `?`, `[a-z]`,
+/// `[^…]`/`[!…]`, `\` escapes.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    glob_at(&p, &n)
+}
+
+fn glob_at(p: &[char], n: &[char]) -> bool {
+    match p.first() {
+        None => n.is_empty(),
+        Some('*') => (0..=n.len()).any(|i| glob_at(&p[1..], &n[i..])),
+        Some('?') => !n.is_empty() && glob_at(&p[1..], &n[1..]),
+        Some('[') => {
+            let Some(c) = n.first() else { return false };
+            let mut i = 1;
+            let negated = matches!(p.get(1), Some('^' | '!'));
+            if negated {
+                i += 1;
+            }
+            let mut matched = false;
+            let mut first = true;
+            while i < p.len() && (p[i] != ']' || first) {
+                first = false;
+                let mut low = p[i];
+                if low == '\\' && i + 1 < p.len() {
+                    i += 1;
+                    low = p[i];
+                }
+                let mut high = low;
+                if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|c| *c != ']') {
+                    high = p[i + 2];
+                    i += 2;
+                }
+                if low <= *c && *c <= high {
+                    matched = true;
+                }
+                i += 1;
+            }
+            if i >= p.len() {
+                return false; // no closing `]`: a bad pattern matches nothing
+            }
+            matched != negated && glob_at(&p[i + 1..], &n[1..])
+        }
+        Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && glob_at(&p[2..], &n[1..]),
+        Some(c) => n.first() == Some(c) && glob_at(&p[1..], &n[1..]),
+    }
+}
+
+/// Creates `dir` and missing parents; the ones it creates get `owner`
+/// (0755, or `chmod`); existing ones are left alone.
+fn ensure_dir(dir: &Path, owner: (u32, u32), chmod: Option<u32>) -> Result<(), StageError> {
+    if fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        ensure_dir(parent, (0, 0), None)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    lchown(dir, Some(owner.0), Some(owner.1)).map_err(io_err(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(chmod.unwrap_or(0o755)))
+        .map_err(io_err(dir))
+}
+
+/// The contents of the matched directory into `dest`, `.dockerignore` applied.
+fn copy_tree(
+    root: &SourceRoot,
+    found: &Match,
+    dest: &Path,
+    request: &CopyRequest,
+) -> Result<usize, StageError> {
+    let mut written = 0;
+    let walk = walkdir::WalkDir::new(&found.disk)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name();
+    let mut skipped: Vec<PathBuf> = Vec::new();
+    for entry in walk {
+        let entry = entry.map_err(|e| StageError::Io {
+            path: found.disk.clone(),
+            source: e.into(),
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(&found.disk)
+            .expect("walkdir yields paths under its root");
+        if skipped.iter().any(|s| rel.starts_with(s)) {
+            continue;
+        }
+        let context_rel = if found.rel.is_empty() {
+            rel.display().to_string()
+        } else {
+            format!("{}/{}", found.rel, rel.display())
+        };
+        let meta = fs::symlink_metadata(entry.path()).map_err(io_err(entry.path()))?;
+        if let Some(ignore) = root.ignore
+            && ignore.is_excluded(&context_rel)
+        {
+            // An excluded directory is walked only when an exception may
+            // let something below it back in.
+            if !(meta.is_dir() && ignore.has_exceptions()) {
+                if meta.is_dir() {
+                    skipped.push(rel.to_path_buf());
+                }
+                continue;
+            }
+        }
+        copy_entry(entry.path(), &meta, &dest.join(rel), request)?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// One file, directory or symlink; owner from the request, mode kept (or `--chmod`).
+fn copy_entry(
+    disk: &Path,
+    meta: &fs::Metadata,
+    target: &Path,
+    request: &CopyRequest,
+) -> Result<(), StageError> {
+    if let Some(parent) = target.parent() {
+        ensure_dir(parent, (0, 0), None)?;
+    }
+    let existing = fs::symlink_metadata(target).ok();
+    let file_type = meta.file_type();
+    if file_type.is_dir() {
+        if existing.as_ref().is_some_and(|m| !m.is_dir()) {
+            fs::remove_file(target).map_err(io_err(target))?;
+        }
+        if !existing.as_ref().is_some_and(fs::Metadata::is_dir) {
+            fs::create_dir(target).map_err(io_err(target))?;
+        }
+    } else {
+        if let Some(existing) = &existing {
+            if existing.is_dir() {
+                return Err(StageError::Invalid {
+                    path: target.to_path_buf(),
+                    what: "cannot replace a directory with a file".into(),
+                });
+            }
+            fs::remove_file(target).map_err(io_err(target))?;
+        }
+        if file_type.is_symlink() {
+            let link = fs::read_link(disk).map_err(io_err(disk))?;
+            symlink(&link, target).map_err(io_err(target))?;
+        } else {
+            fs::copy(disk, target).map_err(io_err(target))?;
+        }
+    }
+    // chown first: it clears setuid/setgid, which the chmod puts back.
+    lchown(target, Some(request.owner.0), Some(request.owner.1)).map_err(io_err(target))?;
+    if !file_type.is_symlink() {
+        let mode = request.chmod.unwrap_or(meta.mode() & 0o7777);
+        fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(io_err(target))?;
+    }
+    Ok(())
+}
+
+/// A plain or gzip-compressed tar (by its bytes, as Docker's ADD decides).
+fn is_archive(path: &Path) -> Result<bool, StageError> {
+    let mut head = vec![0u8; 512];
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let mut n = 0;
+    while n < head.len() {
+        let read = file.read(&mut head[n..]).map_err(io_err(path))?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+    }
+    head.truncate(n);
+    Ok(head.starts_with(&[0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar"))
+}
+
+/// Unpacks a plain or gzip tar into `dest`, owners and modes as archived.
+pub fn extract_archive(path: &Path, dest: &Path) -> Result<(), StageError> {
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(io_err(path))?;
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    archive.unpack(dest).map_err(|e| StageError::Invalid {
+        path: path.to_path_buf(),
+        what: error_chain(&e),
+    })
+}
+
+/// An error and its causes on one line (the tar crate hides the cause).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Writes the export archive `out` of `pattern` (absolute, or relative to
+/// `/`; may be a glob) read under `root`: every match and everything below
+/// it, named by its matched path without the leading `/` (`go/app`), with
+/// owners, modes, xattrs, symlinks and hard links; gzip-compressed; mode 0644.
+pub fn write_export(root: &Path, pattern: &str, out: &Path) -> Result<usize, StageError> {
+    let matches = match_source(root, pattern, None)?;
+    if matches.is_empty() {
+        return Err(StageError::Invalid {
+            path: PathBuf::from(pattern),
+            what: "nothing to export: no such file or directory".into(),
+        });
+    }
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut writer = LayerWriter::create(&tmp, LayerOptions::default())?;
+    let mut entries = 0;
+    for found in matches {
+        let name = Path::new("/").join(&found.rel);
+        // The match itself is followed when it is a symlink (as COPY does).
+        let disk = fs::canonicalize(&found.disk).map_err(io_err(&found.disk))?;
+        writer.add_as_is(&disk, &name)?;
+        entries += 1;
+        if fs::symlink_metadata(&disk).is_ok_and(|m| m.is_dir()) {
+            for entry in walkdir::WalkDir::new(&disk)
+                .min_depth(1)
+                .follow_links(false)
+                .sort_by_file_name()
+            {
+                let entry = entry.map_err(|e| StageError::Io {
+                    path: disk.clone(),
+                    source: e.into(),
+                })?;
+                let rel = entry
+                    .path()
+                    .strip_prefix(&disk)
+                    .expect("walkdir yields paths under its root");
+                writer.add_as_is(entry.path(), &name.join(rel))?;
+                entries += 1;
+            }
+        }
+    }
+    writer.finish()?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, out).map_err(io_err(out))?;
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_follow_filepath_match() {
+        for (p, n) in [
+            ("*.go", "app.go"),
+            ("a?c", "abc"),
+            ("[a-c]x", "bx"),
+            ("[^a-c]x", "dx"),
+            ("[!a]", "b"),
+            ("\\*", "*"),
+            ("*", ""),
+        ] {
+            assert!(glob_match(p, n), "{p} {n}");
+        }
+        for (p, n) in [
+            ("*.go", "app.rs"),
+            ("a?c", "ac"),
+            ("[a-c]x", "dx"),
+            ("[a", "a"),
+        ] {
+            assert!(!glob_match(p, n), "{p} {n}");
+        }
+    }
+
+    /// Runs one COPY of `sources` to `dest` (under `out`) as the current user.
+    fn copy_to(
+        context: &Path,
+        ignore: Option<&DockerIgnore>,
+        sources: &[&str],
+        dest: &Path,
+        dir: bool,
+        chmod: Option<u32>,
+        add: bool,
+    ) -> usize {
+        let owner = crate::stage::whoami::current_ids().unwrap();
+        let root = SourceRoot {
+            dir: context,
+            ignore,
+        };
+        copy(
+            &root,
+            &CopyRequest {
+                sources: sources.iter().map(|s| s.to_string()).collect(),
+                destination: dest.to_path_buf(),
+                destination_is_dir: dir,
+                owner,
+                chmod,
+                extract_archives: add,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn copies_follow_dockers_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = dir.path().join("context");
+        let out = dir.path().join("out");
+        fs::create_dir_all(context.join("conf/sub")).unwrap();
+        fs::create_dir_all(&out).unwrap();
+        fs::write(context.join("conf/a.conf"), "a").unwrap();
+        fs::write(context.join("conf/skip.bak"), "x").unwrap();
+        fs::write(context.join("conf/sub/keep.bak"), "k").unwrap();
+        fs::write(context.join("run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(context.join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        symlink("a.conf", context.join("conf/link")).unwrap();
+        let ignore = DockerIgnore::parse("**/*.bak\n!conf/sub/keep.bak\n").unwrap();
+
+        // A directory copies its contents; ignored files stay out, exceptions come back.
+        copy_to(
+            &context,
+            Some(&ignore),
+            &["conf"],
+            &out.join("etc"),
+            false,
+            None,
+            false,
+        );
+        assert_eq!(fs::read_to_string(out.join("etc/a.conf")).unwrap(), "a");
+        assert!(!out.join("etc/skip.bak").exists());
+        assert_eq!(
+            fs::read_to_string(out.join("etc/sub/keep.bak")).unwrap(),
+            "k"
+        );
+        assert_eq!(
+            fs::read_link(out.join("etc/link")).unwrap(),
+            Path::new("a.conf")
+        );
+        // A file to a new name keeps its mode; into a directory keeps its name.
+        copy_to(
+            &context,
+            None,
+            &["run.sh"],
+            &out.join("bin/start"),
+            false,
+            None,
+            false,
+        );
+        let mode = fs::metadata(out.join("bin/start")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o750);
+        copy_to(
+            &context,
+            None,
+            &["/run.sh"],
+            &out.join("bin"),
+            false,
+            Some(0o700),
+            false,
+        );
+        let mode = fs::metadata(out.join("bin/run.sh")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        // Globs with several matches make a directory.
+        copy_to(
+            &context,
+            None,
+            &["conf/*.conf", "run.sh"],
+            &out.join("many"),
+            false,
+            None,
+            false,
+        );
+        assert!(out.join("many/a.conf").is_file() && out.join("many/run.sh").is_file());
+
+        // ADD extracts a tar; COPY copies it as a file.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o600);
+        let (uid, gid) = crate::stage::whoami::current_ids().unwrap();
+        header.set_uid(uid.into());
+        header.set_gid(gid.into());
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "in/x", &b"xx"[..])
+            .unwrap();
+        fs::write(context.join("t.tar"), builder.into_inner().unwrap()).unwrap();
+        copy_to(
+            &context,
+            None,
+            &["t.tar"],
+            &out.join("add"),
+            true,
+            None,
+            true,
+        );
+        assert_eq!(fs::read_to_string(out.join("add/in/x")).unwrap(), "xx");
+        copy_to(
+            &context,
+            None,
+            &["t.tar"],
+            &out.join("copy"),
+            true,
+            None,
+            false,
+        );
+        assert!(out.join("copy/t.tar").is_file());
+    }
+
+    #[test]
+    fn sources_match_literally_by_glob_and_stay_in_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("src/sub")).unwrap();
+        fs::write(root.join("src/a.go"), "a").unwrap();
+        fs::write(root.join("src/b.go"), "b").unwrap();
+        fs::write(root.join("src/c.txt"), "c").unwrap();
+        let rels = |source: &str, ignore: Option<&DockerIgnore>| -> Vec<String> {
+            match_source(root, source, ignore)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.rel)
+                .collect()
+        };
+        assert_eq!(rels("src/*.go", None), ["src/a.go", "src/b.go"]);
+        assert_eq!(rels("/src/c.txt", None), ["src/c.txt"]);
+        assert_eq!(rels("../../src/c.txt", None), ["src/c.txt"]);
+        assert_eq!(rels("src/", None), ["src"]);
+        assert!(rels("nope", None).is_empty());
+        std::os::unix::fs::symlink("/src", root.join("link")).unwrap();
+        std::os::unix::fs::symlink("../../../src/a.go", root.join("up")).unwrap();
+        let found = match_source(root, "link/c.txt", None).unwrap();
+        assert_eq!(found[0].disk, root.join("src/c.txt"));
+        let found = match_source(root, "up", None).unwrap();
+        assert_eq!(
+            (found[0].rel.as_str(), &found[0].disk),
+            ("up", &root.join("src/a.go"))
+        );
+        let ignore = DockerIgnore::parse("*/b.go\n").unwrap();
+        assert_eq!(rels("src/*.go", Some(&ignore)), ["src/a.go"]);
+    }
+}

@@ -1,0 +1,837 @@
+//! `stage run --plan PLAN --chain ID [--workspace /.slimforge]`: the main
+//! container of a chain pod (uid 0, in the chain's own image) applies the
+//! chain's stages in Dockerfile order and exports what later stages copy.
+//!
+//! Workspace (`--workspace`, default `/.slimforge`):
+//! - `context/`: the build context, already materialised; its
+//!   `.dockerignore`, when there is one, hides paths from COPY/ADD;
+//! - `exports/<export-id>.tar`: exports of chains and extractions, read by
+//!   `COPY --from` and written here at the end of each stage that has some.
+//!   An export is a gzip-compressed tar (named `.tar`: readers sniff the
+//!   magic, as [`crate::oci::layer::layer_from_tar`] does) holding every
+//!   match of the export's path and everything below it, named by the
+//!   matched path without its leading `/` (`go/app`, `go/bin/tool`), no
+//!   parent entries; numeric owners, modes (setuid included), xattrs,
+//!   symlinks and hard links kept; mtimes are `SOURCE_DATE_EPOCH` (0);
+//!   file mode 0644 so a non-root reader can open it;
+//! - `whoami`: `uid:gid` recorded by `stage whoami` in the init container
+//!   (the image's own USER); missing → 0:0;
+//! - `results/<chain-id>.json`: `{"status":"succeeded","exports":[…]}` or
+//!   `{"status":"failed","stage","line","instruction",…}` with `exitCode`
+//!   and `logTail` for a failed RUN, `error` for anything else (only
+//!   `error` when the chain could not start: plan unreadable, no such
+//!   chain, bad `.dockerignore`); at most 3 KiB (the termination message);
+//! - `tmp/`: scratch space: exports unpacked for one COPY (removed after
+//!   it), a `#!` heredoc script of a RUN (removed after it).
+//!
+//! Rules applied (Docker's, unless said otherwise):
+//! - the environment starts as this process's (the image's ENV); ENV words
+//!   expand with it, ARG values are visible to expansion and to RUN, and an
+//!   ENV of the same name wins over an ARG; ARGs are per stage, ENV, WORKDIR,
+//!   USER and SHELL carry over to the next stage of the chain;
+//! - WORKDIR is expanded, taken relative to the previous one (initially this
+//!   process's cwd, the image's WORKDIR); the directories it creates are
+//!   0755 and owned by the current RUN user (as BuildKit does: `USER app`
+//!   then `WORKDIR /app` gives app a place to write); existing ones are
+//!   left alone;
+//! - COPY/ADD sources are relative to the context (or the export's root),
+//!   never leave it, may be globs; a directory source copies its contents;
+//!   several sources or a destination ending in `/` (or `.`) make the
+//!   destination a directory; files are root-owned unless `--chown` (names
+//!   from the image's /etc/passwd and /etc/group), modes kept unless
+//!   `--chmod`; missing parents are created root-owned 0755; ADD extracts a
+//!   local plain or gzip tar (owners as archived). Hard links between copied
+//!   files are not kept, mtimes are not kept;
+//! - RUN runs as the Dockerfile's USER (name or uid[:gid] through
+//!   /etc/passwd, a uid not found there gets gid 0), else the whoami user,
+//!   with no supplementary groups (std drops them when it switches user as
+//!   root), env = ARGs + current environment + PATH defaulted when unset +
+//!   HOME from /etc/passwd (`/` when none) unless ENV set HOME (the
+//!   Dockerfile's, or the image's: a HOME in this process's environment
+//!   other than root's passwd home); non-UTF-8 variables are dropped; every step is announced on stderr as `[stage LINE] instruction`,
+//!   a RUN's output follows line by line with the same prefix, the last
+//!   40 lines are kept for the failure report; output of processes a RUN
+//!   leaves in the background is not waited for beyond 2 s (and, the
+//!   helper being PID 1 in the pod, such orphans are not reaped);
+//! - a RUN heredoc follows [`RunArgs`]: a command that is one heredoc runs
+//!   its body through SHELL (or, starting with `#!`, as a script file in
+//!   `tmp/`); otherwise line, bodies and terminators go to SHELL together.
+//!
+//! Not done yet: ADD of bzip2/xz archives (copied as files), `--chown` on
+//! ADD-extracted archives (archive owners kept), non-UTF-8 names in COPY
+//! sources, hard links between files copied by COPY, source mtimes; an
+//! excluded directory that `.dockerignore` exceptions make walked is
+//! created even when nothing below it is kept.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::copy::{CopyRequest, SourceRoot, copy, extract_archive, write_export};
+use super::users::Users;
+use super::{StageError, io_err, write_atomically};
+use crate::dockerfile::{
+    CommandForm, CopyArgs, DockerIgnore, Heredoc, Instruction, RunArgs, expand_heredoc, expand_word,
+};
+use crate::plan::{ArgOrigin, BuildPlan, Chain, ChainStage, CopySource, Step};
+
+/// The workspace inside every pod.
+pub const DEFAULT_WORKSPACE: &str = "/.slimforge";
+/// PATH for RUN when the environment has none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// A result file is the pod's termination message: keep it well under 4 KiB.
+pub const MAX_RESULT_BYTES: usize = 3 * 1024;
+/// How long the output of a finished RUN may still come (from processes
+/// it left in the background).
+const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Lines of RUN output kept for a failure report.
+const LOG_TAIL_LINES: usize = 40;
+
+/// What `stage run` reports, as written to `results/<chain>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "camelCase")]
+pub enum RunResult {
+    Succeeded { exports: Vec<String> },
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub stage: String,
+    pub line: usize,
+    /// The instruction's first line as written.
+    pub instruction: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One line: `stage S line N: INSTRUCTION: exit code C` (or the error).
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stage {} line {}: {}: ",
+            self.stage, self.line, self.instruction
+        )?;
+        match (self.exit_code, &self.error) {
+            (Some(code), _) => write!(f, "exit code {code}"),
+            (None, Some(error)) => f.write_str(error),
+            (None, None) => f.write_str("failed"),
+        }
+    }
+}
+
+impl RunResult {
+    /// The JSON, at most [`MAX_RESULT_BYTES`]: the log tail loses its oldest
+    /// bytes first, then the error and the instruction are cut (on UTF-8
+    /// boundaries).
+    pub fn to_json(&self) -> Vec<u8> {
+        let json = |r: &RunResult| serde_json::to_vec(r).expect("a result serializes");
+        let mut bytes = json(self);
+        let RunResult::Failed(failure) = self else {
+            return bytes;
+        };
+        let mut failure = failure.clone();
+        let fits = |f: &Failure| json(&RunResult::Failed(f.clone())).len() <= MAX_RESULT_BYTES;
+        // The most of the log's end, then of the error's start, that fits.
+        if let Some(tail) = failure.log_tail.clone() {
+            let keep = largest_fitting(tail.len(), |n| {
+                let mut f = failure.clone();
+                f.log_tail = Some(keep_last_bytes(&tail, n));
+                fits(&f)
+            });
+            failure.log_tail = Some(keep_last_bytes(&tail, keep));
+        }
+        if let Some(error) = failure.error.clone() {
+            let keep = largest_fitting(error.len(), |n| {
+                let mut f = failure.clone();
+                f.error = Some(keep_first_bytes(&error, n));
+                fits(&f)
+            });
+            failure.error = Some(keep_first_bytes(&error, keep));
+        }
+        if !fits(&failure) {
+            failure.instruction = keep_first_bytes(&failure.instruction, 200);
+        }
+        bytes = json(&RunResult::Failed(failure));
+        bytes
+    }
+}
+
+/// The largest `n <= max` with `fits(n)` (0 if none), `fits` being monotone.
+fn largest_fitting(max: usize, fits: impl Fn(usize) -> bool) -> usize {
+    let (mut low, mut high) = (0, max);
+    while low < high {
+        let mid = low + (high - low).div_ceil(2);
+        if fits(mid) {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    low
+}
+
+/// The last at most `n` bytes of `s`, starting on a character boundary.
+fn keep_last_bytes(s: &str, n: usize) -> String {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}
+
+/// The first at most `n` bytes of `s`, ending on a character boundary.
+fn keep_first_bytes(s: &str, n: usize) -> String {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// What `stage run` reads: the plan, the chain to run, the workspace.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub plan: PathBuf,
+    pub chain: String,
+    pub workspace: PathBuf,
+}
+
+/// Runs the chain; the result is also written to `results/<chain>.json`.
+/// `Err` only when the plan cannot be read or the result not written.
+pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
+    let results = options.workspace.join("results");
+    fs::create_dir_all(&results).map_err(io_err(&results))?;
+    let path = results.join(format!("{}.json", options.chain.replace('/', "_")));
+    let result = match run_chain(options) {
+        Ok(result) => result,
+        Err(e) => {
+            // The chain never started: the reason still goes in the result.
+            let message = keep_first_bytes(&e.to_string(), MAX_RESULT_BYTES - 64);
+            let json = serde_json::json!({"status": "failed", "error": message});
+            write_atomically(&path, json.to_string().as_bytes())?;
+            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
+            return Err(e);
+        }
+    };
+    write_atomically(&path, &result.to_json())?;
+    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
+    Ok(result)
+}
+
+fn run_chain(options: &RunOptions) -> Result<RunResult, StageError> {
+    let bytes = fs::read(&options.plan).map_err(io_err(&options.plan))?;
+    let plan: BuildPlan = serde_json::from_slice(&bytes).map_err(|e| StageError::Invalid {
+        path: options.plan.clone(),
+        what: e.to_string(),
+    })?;
+    let chain = plan
+        .chain(&options.chain)
+        .ok_or_else(|| StageError::Invalid {
+            path: options.plan.clone(),
+            what: format!("no chain `{}` in the plan", options.chain),
+        })?
+        .clone();
+    Ok(
+        match Runner::new(&plan, &options.workspace)?.run_chain(&chain) {
+            Ok(exports) => RunResult::Succeeded { exports },
+            Err(failure) => RunResult::Failed(*failure),
+        },
+    )
+}
+
+struct Runner<'a> {
+    plan: &'a BuildPlan,
+    workspace: PathBuf,
+    users: Users,
+    ignore: Option<DockerIgnore>,
+    /// The environment of later steps (starts as the process's).
+    env: BTreeMap<String, String>,
+    /// Names the Dockerfile's ENV (or the image's, for HOME) set: HOME
+    /// then is not replaced.
+    env_set: Vec<String>,
+    /// The current stage's ARGs with a value.
+    args: BTreeMap<String, String>,
+    workdir: PathBuf,
+    /// uid:gid for RUN.
+    user: (u32, u32),
+    shell: Vec<String>,
+}
+
+type StepResult<T> = Result<T, Box<Failure>>;
+
+impl<'a> Runner<'a> {
+    fn new(plan: &'a BuildPlan, workspace: &Path) -> Result<Self, StageError> {
+        let ignore_path = workspace.join("context/.dockerignore");
+        let ignore = match fs::read_to_string(&ignore_path) {
+            Ok(text) => Some(DockerIgnore::parse(&text).map_err(|e| StageError::Invalid {
+                path: ignore_path.clone(),
+                what: e.to_string(),
+            })?),
+            Err(_) => None,
+        };
+        let whoami = fs::read_to_string(workspace.join("whoami")).unwrap_or_default();
+        let user = whoami
+            .trim()
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+            .unwrap_or((0, 0));
+        let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let users = Users::load(Path::new("/"));
+        let env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        // The runtime sets HOME for this process (uid 0) only when the
+        // image's ENV has none: another value is the image's own, and stays.
+        let mut env_set = Vec::new();
+        if env.get("HOME").is_some_and(|home| *home != users.home(0)) {
+            env_set.push("HOME".to_string());
+        }
+        Ok(Self {
+            plan,
+            workspace: workspace.to_path_buf(),
+            users,
+            ignore,
+            env,
+            env_set,
+            args: BTreeMap::new(),
+            workdir,
+            user,
+            shell: vec!["/bin/sh".into(), "-c".into()],
+        })
+    }
+
+    fn run_chain(&mut self, chain: &Chain) -> StepResult<Vec<String>> {
+        let mut written = Vec::new();
+        for stage in &chain.stages {
+            self.args.clear();
+            for step in &stage.steps {
+                let first_line = step.text.lines().next().unwrap_or_default();
+                eprintln!("[{} {}] {first_line}", stage.stage.id(), step.line);
+                self.step(stage, step)
+                    .map_err(|error| self.failure(stage, step, Some(error)))?;
+            }
+            let id = stage.stage.id();
+            for export in chain
+                .exports
+                .iter()
+                .filter(|e| e.stage.as_deref() == Some(id.as_str()))
+            {
+                let dir = self.workspace.join("exports");
+                let out = dir.join(format!("{}.tar", export.id));
+                let done = fs::create_dir_all(&dir)
+                    .map_err(io_err(&dir))
+                    .and_then(|()| write_export(Path::new("/"), &export.path, &out));
+                match done {
+                    Ok(entries) => {
+                        tracing::info!(export = %export.id, path = %export.path, entries, "exported");
+                        written.push(export.id.clone());
+                    }
+                    Err(e) => {
+                        return Err(Box::new(Failure {
+                            stage: id.clone(),
+                            line: export
+                                .consumers
+                                .first()
+                                .map_or(stage.stage.line, |c| c.line),
+                            instruction: format!(
+                                "export {} for {}",
+                                export.path,
+                                consumers(export)
+                            ),
+                            exit_code: None,
+                            log_tail: None,
+                            error: Some(e.to_string()),
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    fn failure(&self, stage: &ChainStage, step: &Step, error: Option<StepError>) -> Box<Failure> {
+        let instruction = step.text.lines().next().unwrap_or_default().to_string();
+        let mut failure = Failure {
+            stage: stage.stage.id(),
+            line: step.line,
+            instruction,
+            exit_code: None,
+            log_tail: None,
+            error: None,
+        };
+        match error {
+            Some(StepError::Exit { code, tail }) => {
+                failure.exit_code = Some(code);
+                failure.log_tail = Some(tail);
+            }
+            Some(StepError::Other(message)) => failure.error = Some(message),
+            None => {}
+        }
+        Box::new(failure)
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.env.get(name).or_else(|| self.args.get(name)).cloned()
+    }
+
+    fn expand(&self, word: &str) -> Result<String, StepError> {
+        expand_word(word, self.plan.escape, &mut |name| self.lookup(name))
+            .map_err(|e| StepError::Other(format!("`{word}`: {e}")))
+    }
+
+    fn step(&mut self, stage: &ChainStage, step: &Step) -> Result<(), StepError> {
+        match &step.instruction {
+            Instruction::Arg(_) => {
+                for binding in &step.args {
+                    let value = match binding.from {
+                        ArgOrigin::BuildArg | ArgOrigin::Global => binding.value.clone(),
+                        ArgOrigin::Default => match &binding.value {
+                            Some(word) => Some(self.expand(word)?),
+                            None => None,
+                        },
+                        ArgOrigin::Unset => None,
+                    };
+                    match value {
+                        Some(value) => self.args.insert(binding.name.clone(), value),
+                        None => self.args.remove(&binding.name),
+                    };
+                }
+            }
+            Instruction::Env(pairs) => {
+                // Every value sees the environment from before the instruction.
+                let values = pairs
+                    .iter()
+                    .map(|pair| self.expand(&pair.value))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (pair, value) in pairs.iter().zip(values) {
+                    self.env.insert(pair.key.clone(), value);
+                    self.env_set.push(pair.key.clone());
+                }
+            }
+            Instruction::Workdir(word) => {
+                let dir = normalize(&self.workdir.join(self.expand(word)?));
+                create_owned(&dir, self.user)?;
+                self.workdir = dir;
+            }
+            Instruction::User(word) => {
+                let spec = self.expand(word)?;
+                self.user = self
+                    .users
+                    .resolve_user(&spec)
+                    .map_err(|e| StepError::Other(format!("USER {spec}: {e}")))?;
+            }
+            Instruction::Shell(shell) => self.shell = shell.clone(),
+            Instruction::Copy(args) | Instruction::Add(args) => {
+                let add = matches!(step.instruction, Instruction::Add(_));
+                self.copy(args, step.source.as_ref(), add)?;
+            }
+            Instruction::Run(args) => self.run(stage, step, args)?,
+            // Metadata: nothing to do in a builder chain.
+            Instruction::From(_)
+            | Instruction::Label(_)
+            | Instruction::Maintainer(_)
+            | Instruction::Cmd(_)
+            | Instruction::Entrypoint(_)
+            | Instruction::Expose(_)
+            | Instruction::StopSignal(_)
+            | Instruction::Healthcheck(_)
+            | Instruction::Volume(_) => {}
+        }
+        Ok(())
+    }
+
+    fn copy(
+        &mut self,
+        args: &CopyArgs,
+        source: Option<&CopySource>,
+        add: bool,
+    ) -> Result<(), StepError> {
+        let written = self.expand(&args.destination)?;
+        let destination_is_dir = written.ends_with('/')
+            || written == "."
+            || written == ".."
+            || written.ends_with("/.")
+            || written.ends_with("/..");
+        let destination = normalize(&self.workdir.join(&written));
+        let owner = match &args.chown {
+            Some(word) => {
+                let spec = self.expand(word)?;
+                self.users
+                    .resolve_chown(&spec)
+                    .map_err(|e| StepError::Other(format!("--chown={spec}: {e}")))?
+            }
+            None => (0, 0),
+        };
+        let chmod =
+            match &args.chmod {
+                Some(word) => {
+                    let mode = self.expand(word)?;
+                    Some(u32::from_str_radix(&mode, 8).map_err(|_| {
+                        StepError::Other(format!("--chmod={mode}: not an octal mode"))
+                    })?)
+                }
+                None => None,
+            };
+        let many = args.sources.len() + args.heredocs.len() > 1;
+        for heredoc in &args.heredocs {
+            self.copy_heredoc(
+                heredoc,
+                &destination,
+                destination_is_dir || many,
+                owner,
+                chmod,
+            )?;
+        }
+        if args.sources.is_empty() {
+            return Ok(());
+        }
+        let request = |sources: Vec<String>| CopyRequest {
+            sources,
+            destination: destination.clone(),
+            destination_is_dir: destination_is_dir || many,
+            owner,
+            chmod,
+            extract_archives: add,
+        };
+        match source {
+            Some(CopySource::Stage { paths, exports, .. })
+            | Some(CopySource::Image { paths, exports, .. }) => {
+                for (path, export) in paths.iter().zip(exports) {
+                    let archive = self.workspace.join("exports").join(format!("{export}.tar"));
+                    let tmp = self.workspace.join("tmp");
+                    fs::create_dir_all(&tmp).map_err(|e| other(&tmp, e))?;
+                    let staging = tempfile::tempdir_in(&tmp).map_err(|e| other(&tmp, e))?;
+                    extract_archive(&archive, staging.path())
+                        .map_err(|e| StepError::Other(e.to_string()))?;
+                    let root = SourceRoot {
+                        dir: staging.path(),
+                        ignore: None,
+                    };
+                    copy(&root, &request(vec![path.clone()]))
+                        .map_err(|e| StepError::Other(e.to_string()))?;
+                }
+            }
+            Some(CopySource::Inline) => {}
+            Some(CopySource::Context) | None => {
+                let sources = args
+                    .sources
+                    .iter()
+                    .map(|s| self.expand(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let context = self.workspace.join("context");
+                let root = SourceRoot {
+                    dir: &context,
+                    ignore: self.ignore.as_ref(),
+                };
+                copy(&root, &request(sources)).map_err(|e| StepError::Other(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_heredoc(
+        &self,
+        heredoc: &Heredoc,
+        destination: &Path,
+        is_dir: bool,
+        owner: (u32, u32),
+        chmod: Option<u32>,
+    ) -> Result<(), StepError> {
+        let content = if heredoc.expand {
+            expand_heredoc(&heredoc.content, self.plan.escape, &mut |n| self.lookup(n))
+                .map_err(|e| StepError::Other(e.to_string()))?
+        } else {
+            heredoc.content.clone()
+        };
+        let target = if is_dir || destination.is_dir() {
+            destination.join(&heredoc.name)
+        } else {
+            destination.to_path_buf()
+        };
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|e| other(parent, e))?;
+        }
+        fs::write(&target, content).map_err(|e| other(&target, e))?;
+        std::os::unix::fs::lchown(&target, Some(owner.0), Some(owner.1))
+            .map_err(|e| other(&target, e))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(chmod.unwrap_or(0o644)))
+            .map_err(|e| other(&target, e))
+    }
+
+    /// The argv of a RUN, and a script file to remove afterwards.
+    fn argv(&self, args: &RunArgs) -> Result<(Vec<String>, Option<PathBuf>), StepError> {
+        match &args.command {
+            CommandForm::Exec(words) => Ok((words.clone(), None)),
+            CommandForm::Shell(line) => {
+                let body = |h: &Heredoc| -> Result<String, StepError> {
+                    if h.expand {
+                        expand_heredoc(&h.content, self.plan.escape, &mut |n| self.lookup(n))
+                            .map_err(|e| StepError::Other(e.to_string()))
+                    } else {
+                        Ok(h.content.clone())
+                    }
+                };
+                let single = args.heredocs.len() == 1
+                    && crate::dockerfile::lexer::heredoc_marker(line.trim(), self.plan.escape)
+                        .is_some_and(|m| m.name == args.heredocs[0].name);
+                if single {
+                    let script = body(&args.heredocs[0])?;
+                    if script.starts_with("#!") {
+                        let tmp = self.workspace.join("tmp");
+                        fs::create_dir_all(&tmp).map_err(|e| other(&tmp, e))?;
+                        let path = tmp.join(format!("run-{}", std::process::id()));
+                        fs::write(&path, script).map_err(|e| other(&path, e))?;
+                        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                            .map_err(|e| other(&path, e))?;
+                        return Ok((vec![path.display().to_string()], Some(path)));
+                    }
+                    let mut argv = self.shell.clone();
+                    argv.push(script);
+                    return Ok((argv, None));
+                }
+                let mut script = line.clone();
+                for h in &args.heredocs {
+                    script.push('\n');
+                    script.push_str(&body(h)?);
+                    script.push_str(&h.name);
+                }
+                let mut argv = self.shell.clone();
+                argv.push(script);
+                Ok((argv, None))
+            }
+        }
+    }
+
+    fn run(&mut self, stage: &ChainStage, step: &Step, args: &RunArgs) -> Result<(), StepError> {
+        let (argv, script) = self.argv(args)?;
+        let Some((program, rest)) = argv.split_first() else {
+            return Err(StepError::Other("empty command".into()));
+        };
+        let mut env: BTreeMap<String, String> = self.args.clone();
+        env.extend(self.env.clone());
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
+        if !self.env_set.iter().any(|k| k == "HOME") {
+            env.insert("HOME".into(), self.users.home(self.user.0));
+        }
+        let prefix = format!("[{} {}]", stage.stage.id(), step.line);
+        let (reader, writer) = std::io::pipe().map_err(|e| StepError::Other(e.to_string()))?;
+        let child = {
+            let mut command = Command::new(program);
+            command
+                .args(rest)
+                .env_clear()
+                .envs(&env)
+                .current_dir(&self.workdir)
+                .uid(self.user.0)
+                .gid(self.user.1)
+                .stdin(Stdio::null())
+                .stdout(
+                    writer
+                        .try_clone()
+                        .map_err(|e| StepError::Other(e.to_string()))?,
+                )
+                .stderr(writer);
+            command.spawn()
+        };
+        let mut child =
+            child.map_err(|e| StepError::Other(format!("cannot start {program}: {e}")))?;
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let _lines = {
+            let tail = Arc::clone(&tail);
+            let prefix = prefix.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(reader);
+                let mut buf = Vec::new();
+                while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    eprintln!("{prefix} {line}");
+                    let mut tail = tail.lock().expect("log tail lock");
+                    if tail.len() == LOG_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                    buf.clear();
+                }
+                let _ = done.send(());
+            })
+        };
+        let status = child.wait().map_err(|e| StepError::Other(e.to_string()));
+        // A background process the command left behind may hold the pipe
+        // open forever: its output is not waited for past a grace period.
+        if finished.recv_timeout(OUTPUT_GRACE).is_err() {
+            eprintln!("{prefix} (output of background processes no longer shown)");
+        }
+        if let Some(script) = script {
+            let _ = fs::remove_file(script);
+        }
+        let status = status?;
+        if status.success() {
+            return Ok(());
+        }
+        let code = status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(1);
+        let tail = tail.lock().expect("log tail lock");
+        let tail: Vec<String> = tail.iter().cloned().collect();
+        Err(StepError::Exit {
+            code,
+            tail: tail.join("\n"),
+        })
+    }
+}
+
+fn consumers(export: &crate::plan::Export) -> String {
+    let list: Vec<String> = export
+        .consumers
+        .iter()
+        .map(|c| format!("stage {} line {}", c.stage, c.line))
+        .collect();
+    list.join(", ")
+}
+
+/// Why a step failed.
+#[derive(Debug)]
+enum StepError {
+    Exit { code: i32, tail: String },
+    Other(String),
+}
+
+fn other(path: &Path, e: std::io::Error) -> StepError {
+    StepError::Other(format!("{}: {e}", path.display()))
+}
+
+/// Creates `dir` and its missing parents, 0755, the ones created owned by `owner`.
+fn create_owned(dir: &Path, owner: (u32, u32)) -> Result<(), StepError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_owned(parent, owner)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(other(dir, e)),
+    }
+    std::os::unix::fs::lchown(dir, Some(owner.0), Some(owner.1)).map_err(|e| other(dir, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| other(dir, e))
+}
+
+/// `.` and `..` resolved lexically (`..` stops at `/`).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(part) => out.push(part),
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(tail: &str) -> RunResult {
+        RunResult::Failed(Failure {
+            stage: "builder".into(),
+            line: 7,
+            instruction: "RUN make".into(),
+            exit_code: Some(2),
+            log_tail: Some(tail.into()),
+            error: None,
+        })
+    }
+
+    #[test]
+    fn a_result_is_capped_at_3_kib_keeping_the_end_of_the_log() {
+        let tail = format!("{}the last line", "é\"\n".repeat(5000));
+        let json = failure(&tail).to_json();
+        assert!(json.len() <= MAX_RESULT_BYTES, "{}", json.len());
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["status"], "failed");
+        assert_eq!(value["line"], 7);
+        assert_eq!(value["exitCode"], 2);
+        assert!(
+            value["logTail"]
+                .as_str()
+                .unwrap()
+                .ends_with("the last line")
+        );
+        let small = failure("short").to_json();
+        let value: serde_json::Value = serde_json::from_slice(&small).unwrap();
+        assert_eq!(value["logTail"], "short");
+    }
+
+    #[test]
+    fn success_lists_the_exports() {
+        let json = RunResult::Succeeded {
+            exports: vec!["b-1".into()],
+        }
+        .to_json();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"status":"succeeded","exports":["b-1"]}"#
+        );
+    }
+
+    #[test]
+    fn a_chain_that_cannot_start_still_leaves_a_result() {
+        let ws = tempfile::tempdir().unwrap();
+        let plan = crate::plan::PlanRequest {
+            dockerfile: "FROM busybox AS b\nRUN true\nFROM scratch\nCOPY --from=b /x /x\n".into(),
+            ..Default::default()
+        }
+        .plan()
+        .unwrap();
+        let plan_path = ws.path().join("plan.json");
+        fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).unwrap();
+        let options = RunOptions {
+            plan: plan_path,
+            chain: "nope".into(),
+            workspace: ws.path().to_path_buf(),
+        };
+        let err = run(&options).unwrap_err();
+        assert!(err.to_string().contains("no chain `nope`"), "{err}");
+        let result: serde_json::Value =
+            serde_json::from_slice(&fs::read(ws.path().join("results/nope.json")).unwrap())
+                .unwrap();
+        assert_eq!(result["status"], "failed");
+        assert!(result["error"].as_str().unwrap().contains("no chain"));
+    }
+
+    #[test]
+    fn paths_normalize_lexically() {
+        assert_eq!(normalize(Path::new("/go/./a/../b")), Path::new("/go/b"));
+        assert_eq!(normalize(Path::new("/../..")), Path::new("/"));
+    }
+
+    #[test]
+    fn cutting_respects_utf8() {
+        assert_eq!(keep_last_bytes("aéb", 2), "b");
+        assert_eq!(keep_first_bytes("aéb", 2), "a");
+    }
+}

@@ -1,0 +1,550 @@
+//! `slimforge stage run` in real containers, as a chain pod runs it: the
+//! workspace at /.slimforge, the static helper read-only at /.slimforge-bin,
+//! uid 0, no network; the plan made by the library from an inline Dockerfile.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use slimforge::plan::{BuildPlan, PlanRequest};
+use support::{
+    Format, Registry, container_tool, fixtures_dir, podman_run_for_with, podman_run_with,
+    push_busybox, push_golang, run_any, static_helper,
+};
+
+const HELPER: &str = "/.slimforge-bin/slimforge";
+
+/// A workspace (context/, plan.json, exports/, results/) and a directory
+/// holding only the static helper.
+struct Workspace {
+    helper: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// What one `stage run` did.
+struct Outcome {
+    success: bool,
+    stderr: String,
+    result: Value,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        let helper = tempfile::tempdir_in(support::target_dir()).unwrap();
+        let binary = static_helper();
+        if std::fs::hard_link(&binary, helper.path().join("slimforge")).is_err() {
+            std::fs::copy(&binary, helper.path().join("slimforge")).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // `stage whoami` writes here as the image's user.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::create_dir(dir.path().join("context")).unwrap();
+        Self { helper, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Adds a file to the build context.
+    fn context_file(&self, name: &str, content: &[u8]) {
+        let path = self.path("context").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    /// Plans `dockerfile` and writes the plan as `plan.json`.
+    fn plan(&self, dockerfile: &str) -> BuildPlan {
+        let request = PlanRequest {
+            dockerfile: dockerfile.to_string(),
+            ..PlanRequest::default()
+        };
+        let plan = request.plan().unwrap();
+        std::fs::write(self.path("plan.json"), serde_json::to_vec(&plan).unwrap()).unwrap();
+        plan
+    }
+
+    fn mounts(&self) -> Vec<String> {
+        vec![
+            "-v".into(),
+            format!("{}:/.slimforge", self.dir.path().display()),
+            "-v".into(),
+            format!("{}:/.slimforge-bin:ro", self.helper.path().display()),
+        ]
+    }
+
+    /// `stage whoami` in `image` as the image's own user, as the init container does.
+    fn whoami(&self, image: &str) {
+        let mounts = self.mounts();
+        let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+        podman_run_with(
+            &mounts,
+            image,
+            &[HELPER, "stage", "whoami", "/.slimforge/whoami"],
+        );
+    }
+
+    /// `stage run` of `chain` in `image` as uid 0.
+    fn run(&self, image: &str, chain: &str) -> Outcome {
+        let mut cmd = container_tool("podman");
+        cmd.args([
+            "run",
+            "--rm",
+            "--network=none",
+            "--pull=always",
+            "--tls-verify=false",
+            "--user",
+            "0",
+        ])
+        .args(self.mounts())
+        .arg(image)
+        .args([
+            HELPER,
+            "stage",
+            "run",
+            "--plan",
+            "/.slimforge/plan.json",
+            "--chain",
+            chain,
+        ]);
+        let output = run_any(&mut cmd);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let result_path = self.path(&format!("results/{chain}.json"));
+        let bytes = std::fs::read(&result_path)
+            .unwrap_or_else(|e| panic!("{}: {e}\n--- stderr\n{stderr}", result_path.display()));
+        assert!(bytes.len() <= 3 * 1024, "result of {} bytes", bytes.len());
+        Outcome {
+            success: output.status.success(),
+            stderr,
+            result: serde_json::from_slice(&bytes).unwrap(),
+        }
+    }
+
+    fn run_ok(&self, image: &str, chain: &str) -> Outcome {
+        let outcome = self.run(image, chain);
+        assert!(
+            outcome.success,
+            "stage run failed: {:#}\n--- stderr\n{}",
+            outcome.result, outcome.stderr
+        );
+        assert_eq!(
+            outcome.result["status"], "succeeded",
+            "{:#}",
+            outcome.result
+        );
+        outcome
+    }
+
+    /// The entries of an export: path → (mode, uid, gid, content).
+    fn export(&self, id: &str) -> BTreeMap<String, Entry> {
+        let path = self.path(&format!("exports/{id}.tar"));
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644, "{id}.tar mode");
+        let gz = flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap());
+        let mut archive = tar::Archive::new(gz);
+        let mut entries = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let header = entry.header().clone();
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            entries.insert(
+                entry.path().unwrap().display().to_string(),
+                Entry {
+                    mode: header.mode().unwrap() & 0o7777,
+                    uid: header.uid().unwrap(),
+                    gid: header.gid().unwrap(),
+                    content,
+                },
+            );
+        }
+        entries
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    content: Vec<u8>,
+}
+
+impl Entry {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.content).into_owned()
+    }
+}
+
+#[test]
+fn the_seed_builds_in_the_go_image_and_its_export_runs_in_busybox() {
+    let registry = Registry::start();
+    let golang = push_golang(&registry, "golang");
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.context_file(
+        "app.go",
+        &std::fs::read(fixtures_dir().join("seed/app.go")).unwrap(),
+    );
+    let plan = ws.plan(&format!(
+        "FROM {golang} AS builder\nCOPY app.go .\nRUN CGO_ENABLED=0 go build app.go\n\
+         FROM {busybox}\nCOPY --from=builder /go/app /app\n"
+    ));
+    assert_eq!(plan.chains.len(), 1);
+    let export = plan.chains[0].exports[0].id.clone();
+    let outcome = ws.run_ok(&golang, "builder");
+    assert_eq!(outcome.result["exports"], json!([export]));
+    assert!(
+        outcome
+            .stderr
+            .contains("[builder 3] RUN CGO_ENABLED=0 go build app.go"),
+        "{}",
+        outcome.stderr
+    );
+
+    let entries = ws.export(&export);
+    assert_eq!(entries.keys().collect::<Vec<_>>(), ["go/app"]);
+    let app = &entries["go/app"];
+    assert_eq!((app.mode, app.uid, app.gid), (0o755, 0, 0));
+    // A static binary: it runs in busybox.
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(bin.path().join("app"), &app.content).unwrap();
+    std::fs::set_permissions(
+        bin.path().join("app"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let mount = format!("{}:/x:ro", bin.path().display());
+    let out = podman_run_for_with(&["-v", &mount], &busybox, &["/x/app"], 3.0);
+    assert!(out.starts_with("user: root id: 0\n"), "{out}");
+}
+
+#[test]
+fn a_failing_run_reports_stage_line_exit_code_and_the_end_of_its_output() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.plan(&format!(
+        "FROM {busybox} AS broken\n\
+         RUN for i in $(seq 1 300); do echo \"line $i: ééé\"; done; echo to stderr >&2; exit 3\n\
+         RUN echo never\n\
+         FROM {busybox}\nCOPY --from=broken /etc/passwd /x\n"
+    ));
+    let outcome = ws.run(&busybox, "broken");
+    assert!(!outcome.success);
+    let result = &outcome.result;
+    assert_eq!(result["status"], "failed", "{result:#}");
+    assert_eq!(result["stage"], "broken");
+    assert_eq!(result["line"], 2);
+    assert_eq!(result["exitCode"], 3);
+    assert!(
+        result["instruction"]
+            .as_str()
+            .unwrap()
+            .starts_with("RUN for i in"),
+        "{result:#}"
+    );
+    let tail = result["logTail"].as_str().unwrap();
+    assert!(tail.ends_with("line 300: ééé\nto stderr"), "{tail}");
+    assert!(!tail.contains("line 200:"), "{tail}");
+    assert!(outcome.stderr.contains("[broken 2] line 1: ééé"));
+    assert!(!outcome.stderr.contains("never"));
+    assert!(
+        outcome.stderr.contains("stage broken line 2: RUN for i in"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(!ws.path("exports").exists());
+
+    // Not only RUN: a missing source names its line too.
+    ws.plan(&format!(
+        "FROM {busybox} AS nocopy\nENV A=1\nCOPY missing.txt /x\n\
+         FROM {busybox}\nCOPY --from=nocopy /x /x\n"
+    ));
+    let outcome = ws.run(&busybox, "nocopy");
+    assert!(!outcome.success);
+    let result = &outcome.result;
+    assert_eq!(
+        (&result["stage"], &result["line"], &result["instruction"]),
+        (&json!("nocopy"), &json!(3), &json!("COPY missing.txt /x")),
+        "{result:#}"
+    );
+    let error = result["error"].as_str().unwrap();
+    assert!(error.contains("missing.txt"), "{error}");
+    assert!(result.get("exitCode").is_none());
+}
+
+#[test]
+fn user_switches_later_runs_while_copies_stay_root_owned_and_exports_feed_other_chains() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.context_file("f", b"from the context\n");
+    ws.context_file("conf/a.conf", b"a\n");
+    let plan = ws.plan(&format!(
+        "FROM {busybox} AS b\n\
+         RUN mkdir -m 777 /out\n\
+         COPY f /out/f\n\
+         USER nobody\n\
+         WORKDIR /w/x\n\
+         RUN id -u > /out/uid && echo \"$HOME\" > /out/home && touch mine \
+         && stat -c %u /w /w/x > /out/wd && id -G > /out/groups\n\
+         FROM {busybox} AS c\n\
+         ARG N=world\n\
+         ENV G=\"hello $N\" P=/srv\n\
+         WORKDIR $P\n\
+         WORKDIR sub\n\
+         COPY --from=b /out/ /got/\n\
+         COPY --chown=nobody --chmod=600 conf/ conf/\n\
+         RUN echo \"$G $N $(pwd) $HOME $(id -u)\" > /got/env\n\
+         FROM {busybox}\n\
+         COPY --from=c /got /got\n\
+         COPY --from=c /srv/sub/conf /conf\n"
+    ));
+    let ids = |chain: &str| -> Vec<String> {
+        plan.chain(chain)
+            .unwrap()
+            .exports
+            .iter()
+            .map(|e| e.id.clone())
+            .collect()
+    };
+    let b = ws.run_ok(&busybox, "b");
+    assert_eq!(b.result["exports"], json!(ids("b")));
+    let out = ws.export(&ids("b")[0]);
+    assert_eq!(out["out/uid"].text(), "65534\n");
+    assert_eq!((out["out/uid"].uid, out["out/uid"].gid), (65534, 65534));
+    assert_eq!(out["out/home"].text(), "/nonexistent\n");
+    // WORKDIR creates what it must for the current user, as BuildKit does.
+    assert_eq!(out["out/wd"].text(), "65534\n65534\n");
+    // No supplementary groups left from root.
+    assert_eq!(out["out/groups"].text(), "65534\n");
+    assert_eq!((out["out/f"].uid, out["out/f"].gid), (0, 0));
+    assert_eq!(out["out/f"].mode, 0o644);
+    assert_eq!(out["out"].mode, 0o777);
+
+    ws.run_ok(&busybox, "c");
+    let c = ids("c");
+    let got = ws.export(&c[0]);
+    // COPY --from: the directory's contents, root-owned, modes kept.
+    assert_eq!(got["got/uid"].text(), "65534\n");
+    assert_eq!((got["got/uid"].uid, got["got/f"].uid), (0, 0));
+    assert_eq!(
+        got["got/env"].text(),
+        "hello world world /srv/sub /root 0\n"
+    );
+    let conf = ws.export(&c[1]);
+    let a = &conf["srv/sub/conf/a.conf"];
+    assert_eq!((a.mode, a.uid, a.gid), (0o600, 65534, 65534));
+}
+
+#[test]
+fn runs_as_the_images_own_user_recorded_by_whoami_in_its_env_and_workdir() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let nobody = support::assemble_spec(&json!({
+        "base": busybox,
+        "config": {
+            "user": "65534",
+            "env": ["PATH=/usr/bin:/bin", "HOME=/data/home", "GREETING=hi"],
+            "workingDir": "/tmp",
+        },
+        "target": registry.image("nobody", "v1"),
+        "insecure": true,
+    }));
+    let ws = Workspace::new();
+    ws.plan(&format!(
+        "FROM {nobody}\n\
+         RUN id -u > /tmp/uid && id -u && echo \"$HOME $GREETING $(pwd)\" > /tmp/env\n\
+         FROM {busybox}\nCOPY --from=0 /tmp/uid /tmp/env /x/\n"
+    ));
+    ws.whoami(&nobody);
+    assert_eq!(
+        std::fs::read_to_string(ws.path("whoami")).unwrap(),
+        "65534:65534"
+    );
+    let outcome = ws.run_ok(&nobody, "0");
+    assert!(
+        outcome.stderr.contains("[0 2] 65534\n"),
+        "{}",
+        outcome.stderr
+    );
+    let export = ws.export("0-1");
+    assert_eq!(export["tmp/uid"].text(), "65534\n");
+    assert_eq!(export["tmp/uid"].uid, 65534);
+    // The image's own ENV (HOME included) and WORKDIR.
+    assert_eq!(ws.export("0-2")["tmp/env"].text(), "/data/home hi /tmp\n");
+}
+
+#[test]
+fn a_chain_of_copies_runs_in_an_image_without_a_shell() {
+    let registry = Registry::start();
+    let scratch = support::assemble_spec(&json!({
+        "base": "scratch",
+        "layers": [{"source": static_helper(), "destination": "/slimforge"}],
+        "target": registry.image("helper-only", "v1"),
+        "insecure": true,
+    }));
+    let ws = Workspace::new();
+    ws.context_file("conf/a.conf", b"a\n");
+    ws.context_file("conf/b.conf", b"b\n");
+    ws.context_file("conf/old.bak", b"ignored\n");
+    ws.context_file("secret", b"s3cret\n");
+    ws.context_file("data.tar", &tar_of(&[("inner/x.txt", b"x\n")]));
+    ws.context_file(".dockerignore", b"**/*.bak\n");
+    ws.plan(&format!(
+        "FROM {scratch} AS files\n\
+         COPY conf/ /etc/app/\n\
+         COPY --chown=1000:1000 --chmod=640 secret /etc/app/\n\
+         ADD data.tar /data/\n\
+         COPY <<EOF /etc/app/inline.txt\n\
+         inline\n\
+         EOF\n\
+         FROM {scratch}\n\
+         COPY --from=files /etc/app /app\n\
+         COPY --from=files /data /data\n"
+    ));
+    let outcome = ws.run_ok(&scratch, "files");
+    assert_eq!(outcome.result["exports"], json!(["files-1", "files-2"]));
+    let app = ws.export("files-1");
+    let names: Vec<&String> = app.keys().collect();
+    assert_eq!(
+        names,
+        [
+            "etc/app",
+            "etc/app/a.conf",
+            "etc/app/b.conf",
+            "etc/app/inline.txt",
+            "etc/app/secret"
+        ]
+    );
+    let secret = &app["etc/app/secret"];
+    assert_eq!((secret.mode, secret.uid, secret.gid), (0o640, 1000, 1000));
+    assert_eq!(app["etc/app/a.conf"].uid, 0);
+    assert_eq!(app["etc/app/inline.txt"].text(), "inline\n");
+    let data = ws.export("files-2");
+    assert_eq!(data["data/inner/x.txt"].text(), "x\n");
+}
+
+/// A plain tar of `(path, content)` files, 0644.
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder.append_data(&mut header, path, *content).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn later_stages_of_a_chain_copy_from_earlier_ones_as_they_were_and_heredocs_run() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let plan = ws.plan(&format!(
+        "FROM {busybox} AS a\n\
+         RUN echo one > /one\n\
+         FROM a AS d\n\
+         ARG N=v\n\
+         RUN echo two > /one\n\
+         COPY --from=a /one /from-a\n\
+         RUN <<EOF\n\
+         echo plain $N > /h1\n\
+         EOF\n\
+         RUN <<EOF\n\
+         #!/bin/sh\n\
+         echo script > /h2\n\
+         EOF\n\
+         RUN cat <<A > /h3 && cat <<'B' >> /h3\n\
+         x $N\n\
+         A\n\
+         y $N\n\
+         B\n\
+         FROM {busybox}\n\
+         COPY --from=d /from-a /h1 /h2 /h3 /x/\n"
+    ));
+    assert_eq!(plan.chains.len(), 1);
+    let outcome = ws.run_ok(&busybox, "d");
+    let exports: Vec<String> = plan.chains[0]
+        .exports
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(outcome.result["exports"], json!(exports));
+    let text = |id: &str, path: &str| ws.export(id)[path].text();
+    let by_path = |path: &str| {
+        let export = plan.chains[0]
+            .exports
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no export of {path}"));
+        export.id.clone()
+    };
+    assert_eq!(text(&by_path("/one"), "one"), "one\n");
+    assert_eq!(text(&by_path("/from-a"), "from-a"), "one\n");
+    assert_eq!(text(&by_path("/h1"), "h1"), "plain v\n");
+    assert_eq!(text(&by_path("/h2"), "h2"), "script\n");
+    assert_eq!(text(&by_path("/h3"), "h3"), "x v\ny $N\n");
+}
+
+#[test]
+fn exports_keep_setuid_hard_links_symlinks_and_owners_and_a_background_process_does_not_hang() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.plan(&format!(
+        "FROM {busybox} AS e\n\
+         RUN mkdir -p /e/sub && echo x > /e/f && chmod 4755 /e/f && ln /e/f /e/hard \
+         && ln -s f /e/link && chown 12:34 /e/sub\n\
+         RUN (sleep 30; echo late) &\n\
+         FROM {busybox}\n\
+         COPY --from=e /e /e\n"
+    ));
+    let started = std::time::Instant::now();
+    ws.run_ok(&busybox, "e");
+    assert!(
+        started.elapsed().as_secs() < 25,
+        "waited for the background process"
+    );
+    let path = ws.path("exports/e-1.tar");
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    let mut seen = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let header = entry.header();
+        let link = entry
+            .link_name()
+            .unwrap()
+            .map(|l| l.display().to_string())
+            .unwrap_or_default();
+        seen.insert(
+            entry.path().unwrap().display().to_string(),
+            (
+                header.entry_type(),
+                header.mode().unwrap() & 0o7777,
+                header.uid().unwrap(),
+                header.gid().unwrap(),
+                link,
+            ),
+        );
+    }
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    assert_eq!(seen["e"].0, Directory);
+    assert_eq!(seen["e/f"], (Regular, 0o4755, 0, 0, String::new()));
+    assert_eq!(seen["e/hard"].0, Link, "{seen:?}");
+    assert_eq!(seen["e/hard"].4, "e/f");
+    assert_eq!(seen["e/link"].0, Symlink);
+    assert_eq!(seen["e/link"].4, "f");
+    assert_eq!((seen["e/sub"].2, seen["e/sub"].3), (12, 34));
+}
