@@ -79,6 +79,9 @@ enum StageCommand {
         /// The workspace: context/, exports/, whoami, results/.
         #[arg(long, default_value = stage::run::DEFAULT_WORKSPACE)]
         workspace: PathBuf,
+        /// A runtime chain: write what it changed in the filesystem as one layer here.
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
     },
     /// Record the filesystem, then write what changed since as one layer.
     #[command(subcommand)]
@@ -199,11 +202,13 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
             plan,
             chain,
             workspace,
+            snapshot,
         } => {
             let options = stage::run::RunOptions {
                 plan,
                 chain,
                 workspace,
+                snapshot,
             };
             match stage::run::run(&options)? {
                 stage::run::RunResult::Succeeded { exports } => {

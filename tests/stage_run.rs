@@ -90,6 +90,11 @@ impl Workspace {
 
     /// `stage run` of `chain` in `image` as uid 0.
     fn run(&self, image: &str, chain: &str) -> Outcome {
+        self.run_with(image, chain, &[])
+    }
+
+    /// [`Workspace::run`] with more `stage run` arguments.
+    fn run_with(&self, image: &str, chain: &str, extra: &[&str]) -> Outcome {
         let mut cmd = container_tool("podman");
         cmd.args([
             "run",
@@ -110,7 +115,8 @@ impl Workspace {
             "/.slimforge/plan.json",
             "--chain",
             chain,
-        ]);
+        ])
+        .args(extra);
         let output = run_any(&mut cmd);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         let result_path = self.path(&format!("results/{chain}.json"));
@@ -125,7 +131,11 @@ impl Workspace {
     }
 
     fn run_ok(&self, image: &str, chain: &str) -> Outcome {
-        let outcome = self.run(image, chain);
+        self.run_ok_with(image, chain, &[])
+    }
+
+    fn run_ok_with(&self, image: &str, chain: &str, extra: &[&str]) -> Outcome {
+        let outcome = self.run_with(image, chain, extra);
         assert!(
             outcome.success,
             "stage run failed: {:#}\n--- stderr\n{}",
@@ -547,4 +557,44 @@ fn exports_keep_setuid_hard_links_symlinks_and_owners_and_a_background_process_d
     assert_eq!(seen["e/link"].0, Symlink);
     assert_eq!(seen["e/link"].4, "f");
     assert_eq!((seen["e/sub"].2, seen["e/sub"].3), (12, 34));
+}
+
+#[test]
+fn a_runtime_chain_is_snapshotted_and_assembles_onto_its_root_image() {
+    let registry = Registry::start();
+    let base = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    // Debian's busybox-static has no adduser: the same changes by hand.
+    let plan = ws.plan(&format!(
+        "FROM {base}\nRUN echo 'app:x:10001:10001::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:10001:' >> /etc/group && mkdir -p /home/app && chown 10001:10001 /home/app && rm /bin/vi\nUSER app\n"
+    ));
+    let chain = match &plan.final_image {
+        slimforge::plan::FinalImage::Runtime(runtime) => runtime.chain.clone(),
+        other => panic!("not a runtime image: {other:?}"),
+    };
+    ws.whoami(&base);
+    ws.run_ok_with(&base, &chain, &["--snapshot", "/.slimforge/final.tar.gz"]);
+    let layer = ws.path("final.tar.gz");
+    let image = support::assemble_spec(&json!({
+        "base": base,
+        "layers": [{"tar": layer}],
+        "config": {"user": "app"},
+        "target": registry.image("runtime", "v1"),
+        "insecure": true,
+    }));
+    let printed = podman_run_with(
+        &[],
+        &image,
+        &[
+            "sh",
+            "-c",
+            "id -u; id -un; test ! -e /bin/vi && echo vi-gone; stat -c %u /home/app; stat -c %a /tmp",
+        ],
+    );
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines,
+        ["10001", "app", "vi-gone", "10001", "1777"],
+        "{printed}"
+    );
 }

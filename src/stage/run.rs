@@ -208,6 +208,9 @@ pub struct RunOptions {
     pub plan: PathBuf,
     pub chain: String,
     pub workspace: PathBuf,
+    /// A runtime chain: record the filesystem first and, on success, write
+    /// what the chain changed as one layer here (see `stage::snapshot`).
+    pub snapshot: Option<PathBuf>,
 }
 
 /// Runs the chain; the result is also written to `results/<chain>.json`.
@@ -216,7 +219,12 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
     let results = options.workspace.join("results");
     fs::create_dir_all(&results).map_err(io_err(&results))?;
     let path = results.join(format!("{}.json", options.chain.replace('/', "_")));
-    let result = match run_chain(options) {
+    let state = options.workspace.join("snapshot.state");
+    let recorded = match &options.snapshot {
+        Some(_) => super::snapshot::record(&state).map(|_| ()),
+        None => Ok(()),
+    };
+    let result = match recorded.and_then(|()| run_chain(options)) {
         Ok(result) => result,
         Err(e) => {
             // The chain never started: the reason still goes in the result.
@@ -227,6 +235,11 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
             return Err(e);
         }
     };
+    if let (Some(layer), RunResult::Succeeded { .. }) = (&options.snapshot, &result) {
+        let digests = super::snapshot::diff(&state, layer)?;
+        let _ = fs::set_permissions(layer, fs::Permissions::from_mode(0o644));
+        tracing::info!(digest = %digests.digest, size = digests.size, "snapshot layer written");
+    }
     write_atomically(&path, &result.to_json())?;
     let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
     Ok(result)
@@ -439,7 +452,11 @@ impl<'a> Runner<'a> {
                 let add = matches!(step.instruction, Instruction::Add(_));
                 self.copy(args, step.source.as_ref(), add)?;
             }
-            Instruction::Run(args) => self.run(stage, step, args)?,
+            Instruction::Run(args) => {
+                self.run(stage, step, args)?;
+                // A RUN may add users (adduser): later USER and --chown see them.
+                self.users = Users::load(Path::new("/"));
+            }
             // Metadata: nothing to do in a builder chain.
             Instruction::From(_)
             | Instruction::Label(_)
@@ -813,6 +830,7 @@ mod tests {
             plan: plan_path,
             chain: "nope".into(),
             workspace: ws.path().to_path_buf(),
+            snapshot: None,
         };
         let err = run(&options).unwrap_err();
         assert!(err.to_string().contains("no chain `nope`"), "{err}");
