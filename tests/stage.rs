@@ -22,13 +22,7 @@ struct Mounts {
 
 impl Mounts {
     fn new() -> Self {
-        let helper = tempfile::tempdir_in(support::target_dir()).unwrap();
-        let binary = static_helper();
-        // A link, not a copy: 100+ MB of debug binary; a rebuild replaces
-        // the built file, not this inode.
-        if std::fs::hard_link(&binary, helper.path().join("slimforge")).is_err() {
-            std::fs::copy(&binary, helper.path().join("slimforge")).unwrap();
-        }
+        let helper = support::static_helper_dir();
         let workspace = tempfile::tempdir().unwrap();
         std::fs::set_permissions(workspace.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         Self { helper, workspace }

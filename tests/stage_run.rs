@@ -34,11 +34,7 @@ struct Outcome {
 
 impl Workspace {
     fn new() -> Self {
-        let helper = tempfile::tempdir_in(support::target_dir()).unwrap();
-        let binary = static_helper();
-        if std::fs::hard_link(&binary, helper.path().join("slimforge")).is_err() {
-            std::fs::copy(&binary, helper.path().join("slimforge")).unwrap();
-        }
+        let helper = support::static_helper_dir();
         let dir = tempfile::tempdir().unwrap();
         // `stage whoami` writes here as the image's user.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();

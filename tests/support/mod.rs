@@ -197,3 +197,15 @@ pub fn assemble_spec(spec: &serde_json::Value) -> String {
         .expect("the pushed reference")
         .to_string()
 }
+
+/// A directory holding only the static helper as `slimforge`, to mount
+/// read-only into containers. A link, not a copy (100+ MB debug binary); a
+/// rebuild replaces the built file, not this inode.
+pub fn static_helper_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(target_dir()).expect("helper dir");
+    let binary = static_helper();
+    if std::fs::hard_link(&binary, dir.path().join("slimforge")).is_err() {
+        std::fs::copy(&binary, dir.path().join("slimforge")).expect("copy the helper");
+    }
+    dir
+}
