@@ -413,7 +413,54 @@ pub struct Warning {
     pub message: String,
 }
 
+/// The environment variable that carries a plan (as JSON) into build pods:
+/// the controller may not create ConfigMaps, and a plan is small.
+pub const PLAN_ENV: &str = "SLIMFORGE_PLAN";
+
+/// A plan that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanLoadError {
+    #[error("reading plan {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plan {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no plan: give --plan FILE or set {PLAN_ENV}")]
+    Missing,
+}
+
 impl BuildPlan {
+    /// The plan from `path`, or else (no path) from the `SLIMFORGE_PLAN`
+    /// environment variable.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, PlanLoadError> {
+        let (origin, bytes) = match path {
+            Some(path) => (
+                path.display().to_string(),
+                std::fs::read(path).map_err(|source| PlanLoadError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            ),
+            None => (
+                format!("${PLAN_ENV}"),
+                std::env::var_os(PLAN_ENV)
+                    .ok_or(PlanLoadError::Missing)?
+                    .into_encoded_bytes(),
+            ),
+        };
+        serde_json::from_slice(&bytes).map_err(|source| PlanLoadError::Parse {
+            path: origin,
+            source,
+        })
+    }
+
     pub fn chain(&self, id: &str) -> Option<&Chain> {
         self.chains.iter().find(|c| c.id == id)
     }
