@@ -1,6 +1,7 @@
 //! slimforge: builds slim container images from multi-stage builds inside a
 //! Kubernetes cluster, without a Docker daemon.
 
+pub mod api;
 pub mod assemble;
 pub mod dockerfile;
 pub mod oci;

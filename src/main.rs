@@ -50,6 +50,8 @@ enum Command {
     /// The helper that runs inside build pods.
     #[command(subcommand)]
     Stage(StageCommand),
+    /// Print the ImageBuild CustomResourceDefinition (YAML).
+    Crd,
 }
 
 /// The helper inside build pods: a static binary, no shell or libc needed.
@@ -182,6 +184,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stage(command) => run_stage(command),
+        Command::Crd => {
+            print!("{}", slimforge::api::crd_yaml());
+            Ok(())
+        }
     }
 }
 
