@@ -10,7 +10,8 @@ use slimforge::api::{BuildContext, ImageBuildSpec, crd_yaml};
 #[test]
 fn committed_crd_matches_slimforge_crd() {
     let committed = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/imagebuilds.slimforge.dev.yaml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crds/imagebuilds.slimforge.dev.yaml"),
     )
     .expect("crds/imagebuilds.slimforge.dev.yaml");
     let printed = Command::new(env!("CARGO_BIN_EXE_slimforge"))
@@ -49,7 +50,10 @@ fn inline_context_is_capped_at_64_kib_by_cel() {
     let small = json!({"inline": {"app.go": "package main\n"}});
     assert!(BuildContext::validate_cel(&small, None).is_ok());
     let near = json!({"inline": {"a.txt": "x".repeat(30_000), "b.txt": "y".repeat(30_000)}});
-    assert!(BuildContext::validate_cel(&near, None).is_ok(), "60 kB is allowed");
+    assert!(
+        BuildContext::validate_cel(&near, None).is_ok(),
+        "60 kB is allowed"
+    );
     let big = json!({"inline": {"a.txt": "x".repeat(40_000), "b.txt": "y".repeat(30_000)}});
     let errors = BuildContext::validate_cel(&big, None).expect_err("70 kB of inline context");
     assert!(format!("{errors:?}").contains("64 KiB"), "{errors:?}");
@@ -61,7 +65,10 @@ fn context_needs_exactly_one_source() {
     assert!(BuildContext::validate_cel(&none, None).is_err());
     let two = json!({"inline": {"a": "b"}, "configMap": {"name": "src"}});
     let errors = BuildContext::validate_cel(&two, None).expect_err("two sources");
-    assert!(format!("{errors:?}").contains("exactly one of inline"), "{errors:?}");
+    assert!(
+        format!("{errors:?}").contains("exactly one of inline"),
+        "{errors:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,66 @@
+//! The operator: a pure reconcile core ([`reconcile`]) that decides, from an
+//! ImageBuild and what exists, which objects to create or delete and what
+//! the status says; pure builders for those objects ([`pods`]); and the
+//! shells that carry the decisions out (Kubernetes, and the local podman
+//! runner in [`crate::local`]).
+
+pub mod pods;
+pub mod reconcile;
+pub mod status;
+
+use std::time::Duration;
+
+pub use reconcile::{Decision, Observed, PodPhase, PodState, reconcile};
+
+/// Every child carries it: the controller watches only its own pods.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "slimforge";
+/// The ImageBuild a child belongs to.
+pub const BUILD_LABEL: &str = "slimforge.dev/build";
+/// The generation of the ImageBuild a child was made for.
+pub const GENERATION_LABEL: &str = "slimforge.dev/generation";
+/// What a pod does: `chain`, `extraction`, `probe`, `runtime`, `assemble`.
+pub const ROLE_LABEL: &str = "slimforge.dev/role";
+/// The pod's place in the build (`n` of `<ib>-g<generation>-<n>`).
+pub const UNIT_LABEL: &str = "slimforge.dev/unit";
+/// Which attempt of that unit (after an eviction).
+pub const ATTEMPT_LABEL: &str = "slimforge.dev/attempt";
+/// The stage (chain id) a pod runs: stage names are not label values.
+pub const STAGE_ANNOTATION: &str = "slimforge.dev/stage";
+
+/// Where the shared workspace is mounted in every pod.
+pub const WORKSPACE_MOUNT: &str = "/.slimforge";
+/// Where the helper is copied to in pods that run a stage image.
+pub const HELPER_MOUNT: &str = "/.slimforge-bin";
+/// Where a ConfigMap context is mounted.
+pub const CONTEXT_MOUNT: &str = "/.slimforge-src";
+/// Where the push credentials are mounted in the assemble pod.
+pub const AUTH_MOUNT: &str = "/.slimforge-auth";
+/// The environment variable carrying the context source to the helper.
+pub const CONTEXT_ENV: &str = "SLIMFORGE_CONTEXT";
+/// The uid the assemble pod runs as (non-root, no name needed).
+pub const ASSEMBLE_UID: i64 = 65532;
+
+/// What the controller is configured with (not per build).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The operator image: it provides the helper and runs the assembly.
+    pub helper_image: String,
+    /// The slimforge binary inside that image.
+    pub helper_path: String,
+    /// Evicted or preempted pods are recreated this many times.
+    pub max_pod_retries: u32,
+    /// A build's deadline when the spec gives none.
+    pub default_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            helper_image: format!("ghcr.io/slimforge/slimforge:{}", env!("CARGO_PKG_VERSION")),
+            helper_path: "/slimforge".into(),
+            max_pod_retries: 2,
+            default_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}

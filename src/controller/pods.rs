@@ -1,0 +1,544 @@
+//! The objects of one build generation, built from the ImageBuild and its
+//! plan: the workspace claim and the pods of DESIGN.md's data flow. Pure:
+//! the same inputs give the same objects, byte for byte.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::Resource;
+use serde_json::{Value, json};
+
+use super::{
+    ASSEMBLE_UID, ATTEMPT_LABEL, AUTH_MOUNT, BUILD_LABEL, CONTEXT_ENV, CONTEXT_MOUNT,
+    GENERATION_LABEL, HELPER_MOUNT, MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL, STAGE_ANNOTATION,
+    Settings, UNIT_LABEL, WORKSPACE_MOUNT,
+};
+use crate::api::ImageBuild;
+use crate::plan::{BuildPlan, CopySource, FinalImage, PLAN_ENV};
+
+/// Default workspace size.
+pub const DEFAULT_WORKSPACE_SIZE: &str = "2Gi";
+/// The runtime pod's snapshot layer, on the workspace.
+pub const SNAPSHOT_EXPORT: &str = "exports/snapshot.tar";
+/// The probe's answer, on the workspace.
+pub const PROBE_RESULT: &str = "results/probe.json";
+/// The assembly's answer, on the workspace.
+pub const ASSEMBLE_RESULT: &str = "results/assemble.json";
+
+/// One pod of the build, before it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// `n` in the pod name `<ib>-g<generation>-<n>`: 1, 2, …
+    pub n: usize,
+    pub kind: UnitKind,
+    /// The units whose results this one needs.
+    pub depends_on: Vec<usize>,
+    /// The name in `status.stages`: the chain's stage, `probe`, `assemble`.
+    pub name: String,
+    /// The image its main container runs.
+    pub image: String,
+    /// The Dockerfile line of the FROM that named `image`, for pull errors.
+    pub from_line: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitKind {
+    /// A chain of stages; the runtime chain writes a snapshot too.
+    Chain { id: String, runtime: bool },
+    /// `COPY --from=<image>`: files taken out of an image.
+    Extraction { id: String },
+    /// Resolves the final stage against its base.
+    Probe,
+    /// Builds and pushes the final image.
+    Assemble,
+}
+
+impl UnitKind {
+    pub fn role(&self) -> &'static str {
+        match self {
+            UnitKind::Chain { runtime: false, .. } => "chain",
+            UnitKind::Chain { runtime: true, .. } => "runtime",
+            UnitKind::Extraction { .. } => "extraction",
+            UnitKind::Probe => "probe",
+            UnitKind::Assemble => "assemble",
+        }
+    }
+
+    /// Runs the user's commands (or at least the user's image).
+    pub fn runs_user_code(&self) -> bool {
+        matches!(self, UnitKind::Chain { .. } | UnitKind::Extraction { .. })
+    }
+}
+
+/// The build's pods in a fixed order: chains and extractions by wave, then
+/// the probe (when the final image has a base to probe), then the assembly.
+pub fn units(plan: &BuildPlan) -> Vec<Unit> {
+    let mut units: Vec<Unit> = Vec::new();
+    let mut index_of: BTreeMap<String, usize> = BTreeMap::new();
+    for id in plan.waves.iter().flatten() {
+        let n = units.len() + 1;
+        let unit = if let Some(chain) = plan.chain(id) {
+            let runtime = matches!(&plan.final_image, FinalImage::Runtime(r) if r.chain == *id);
+            Unit {
+                n,
+                kind: UnitKind::Chain {
+                    id: id.clone(),
+                    runtime,
+                },
+                depends_on: chain
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| index_of.get(d).copied())
+                    .collect(),
+                name: id.clone(),
+                image: chain.image.clone(),
+                from_line: chain.stages.first().map(|s| s.stage.line),
+            }
+        } else if let Some(extraction) = plan.extraction(id) {
+            let line = extraction
+                .exports
+                .first()
+                .and_then(|e| e.consumers.first())
+                .map(|c| c.line);
+            Unit {
+                n,
+                kind: UnitKind::Extraction { id: id.clone() },
+                depends_on: Vec::new(),
+                name: format!("extract {}", extraction.image),
+                image: extraction.image.clone(),
+                from_line: line,
+            }
+        } else {
+            continue;
+        };
+        index_of.insert(id.clone(), n);
+        units.push(unit);
+    }
+    let (base, line) = final_base(plan);
+    if base != "scratch" {
+        units.push(Unit {
+            n: units.len() + 1,
+            kind: UnitKind::Probe,
+            depends_on: Vec::new(),
+            name: "probe".into(),
+            image: base,
+            from_line: Some(line),
+        });
+    }
+    let all = units.iter().map(|u| u.n).collect();
+    units.push(Unit {
+        n: units.len() + 1,
+        kind: UnitKind::Assemble,
+        depends_on: all,
+        name: "assemble".into(),
+        image: String::new(),
+        from_line: None,
+    });
+    units
+}
+
+/// The final image's base and the line of its FROM.
+pub fn final_base(plan: &BuildPlan) -> (String, usize) {
+    match &plan.final_image {
+        FinalImage::Assemble(a) => (a.base.clone(), a.stage.line),
+        FinalImage::Runtime(r) => (r.base.clone(), r.stage.line),
+    }
+}
+
+/// `<ib>-g<generation>-<n>`, and `-r<attempt>` for a retried pod.
+pub fn pod_name(build: &str, generation: i64, n: usize, attempt: u32) -> String {
+    if attempt == 0 {
+        format!("{build}-g{generation}-{n}")
+    } else {
+        format!("{build}-g{generation}-{n}-r{attempt}")
+    }
+}
+
+/// The workspace claim of a generation.
+pub fn claim_name(build: &str, generation: i64) -> String {
+    format!("{build}-g{generation}-workspace")
+}
+
+/// What every builder needs about the ImageBuild.
+pub struct BuildObjects<'a> {
+    pub ib: &'a ImageBuild,
+    pub plan: &'a BuildPlan,
+    pub settings: &'a Settings,
+    pub generation: i64,
+    /// Seconds for `activeDeadlineSeconds`.
+    pub deadline_seconds: i64,
+}
+
+impl BuildObjects<'_> {
+    fn name(&self) -> String {
+        self.ib.meta().name.clone().unwrap_or_default()
+    }
+
+    fn metadata(&self, name: &str, labels: Value, annotations: Value) -> Value {
+        let ib = self.ib.meta();
+        json!({
+            "name": name,
+            "namespace": ib.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": "slimforge.dev/v1alpha1",
+                "kind": "ImageBuild",
+                "name": ib.name,
+                "uid": ib.uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        })
+    }
+
+    fn labels(&self, role: &str) -> Value {
+        json!({
+            MANAGED_BY_LABEL: MANAGED_BY,
+            BUILD_LABEL: self.name(),
+            GENERATION_LABEL: self.generation.to_string(),
+            ROLE_LABEL: role,
+        })
+    }
+
+    pub fn claim(&self) -> PersistentVolumeClaim {
+        let workspace = self.ib.spec.workspace.clone().unwrap_or_default();
+        let access_modes = if workspace.access_modes.is_empty() {
+            vec!["ReadWriteOnce".to_string()]
+        } else {
+            workspace.access_modes
+        };
+        let mut spec = json!({
+            "accessModes": access_modes,
+            "resources": {"requests": {"storage": workspace.size.as_deref().unwrap_or(DEFAULT_WORKSPACE_SIZE)}},
+        });
+        if let Some(class) = workspace.storage_class_name {
+            spec["storageClassName"] = json!(class);
+        }
+        let claim = json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self.metadata(&claim_name(&self.name(), self.generation), self.labels("workspace"), json!({})),
+            "spec": spec,
+        });
+        serde_json::from_value(claim).expect("a claim built from typed values")
+    }
+
+    /// Whether every pod must run on one node (the workspace is ReadWriteOnce).
+    pub fn pinned(&self) -> bool {
+        let modes = self
+            .ib
+            .spec
+            .workspace
+            .as_ref()
+            .map(|w| w.access_modes.clone())
+            .unwrap_or_default();
+        !modes.iter().any(|m| m == "ReadWriteMany")
+    }
+
+    /// The pod of `unit`, pinned to `node` when given.
+    pub fn pod(&self, unit: &Unit, attempt: u32, node: Option<&str>) -> Pod {
+        let settings = self.settings;
+        let name = pod_name(&self.name(), self.generation, unit.n, attempt);
+        let mut labels = self.labels(unit.kind.role());
+        labels[UNIT_LABEL] = json!(unit.n.to_string());
+        labels[ATTEMPT_LABEL] = json!(attempt.to_string());
+        let annotations = json!({STAGE_ANNOTATION: unit.name});
+        let helper = format!("{HELPER_MOUNT}/slimforge");
+        let plan_json = serde_json::to_string(self.plan).unwrap_or_default();
+        let template = self.ib.spec.pod_template.clone().unwrap_or_default();
+
+        let mut volumes = vec![json!({
+            "name": "workspace",
+            "persistentVolumeClaim": {"claimName": claim_name(&self.name(), self.generation)},
+        })];
+        let workspace_mount = json!({"name": "workspace", "mountPath": WORKSPACE_MOUNT});
+        let helper_mount = json!({"name": "helper", "mountPath": HELPER_MOUNT});
+        let mut env = vec![json!({"name": PLAN_ENV, "value": plan_json})];
+        let needs_context = match &unit.kind {
+            UnitKind::Chain { id, .. } => self.plan.chain(id).is_some_and(|c| c.needs_context),
+            UnitKind::Assemble => final_copies_context(self.plan),
+            _ => false,
+        };
+        let mut context_mounts = Vec::new();
+        if needs_context && let Some((source, volume)) = self.context_source() {
+            env.push(json!({"name": CONTEXT_ENV, "value": source}));
+            if let Some(volume) = volume {
+                volumes.push(volume);
+                context_mounts
+                    .push(json!({"name": "context", "mountPath": CONTEXT_MOUNT, "readOnly": true}));
+            }
+        }
+
+        let install = json!({
+            "name": "install",
+            "image": settings.helper_image,
+            "command": [settings.helper_path, "stage", "install", HELPER_MOUNT],
+            "volumeMounts": [helper_mount],
+            "securityContext": {
+                "runAsUser": 0,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        });
+        // Root in the stage image, with its default capabilities (the
+        // `baseline` level): it creates root-owned files and switches users.
+        let root = json!({"runAsUser": 0, "runAsGroup": 0, "privileged": false});
+        let mut main_mounts = vec![workspace_mount.clone()];
+        let (init, main) = match &unit.kind {
+            UnitKind::Chain { id, runtime } => {
+                let whoami = json!({
+                    "name": "whoami",
+                    "image": unit.image,
+                    "command": [helper, "stage", "whoami", format!("{HELPER_MOUNT}/whoami")],
+                    "volumeMounts": [helper_mount],
+                    "securityContext": {"allowPrivilegeEscalation": false},
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                });
+                let mut command = vec![
+                    json!(helper),
+                    json!("stage"),
+                    json!("run"),
+                    json!("--chain"),
+                    json!(id),
+                    json!("--whoami"),
+                    json!(format!("{HELPER_MOUNT}/whoami")),
+                ];
+                if *runtime {
+                    command.push(json!("--snapshot"));
+                    command.push(json!(format!("{WORKSPACE_MOUNT}/{SNAPSHOT_EXPORT}")));
+                }
+                main_mounts.push(helper_mount.clone());
+                main_mounts.extend(context_mounts);
+                let mut container = json!({
+                    "name": "stage",
+                    "image": unit.image,
+                    "command": command,
+                    "env": env,
+                    "volumeMounts": main_mounts,
+                    "securityContext": root,
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                });
+                if let Some(resources) = &self.ib.spec.resources {
+                    container["resources"] = json!(resources);
+                }
+                (vec![install, whoami], container)
+            }
+            UnitKind::Extraction { id } => {
+                main_mounts.push(helper_mount.clone());
+                let container = json!({
+                    "name": "stage",
+                    "image": unit.image,
+                    "command": [helper, "stage", "run", "--chain", id],
+                    "env": env,
+                    "volumeMounts": main_mounts,
+                    "securityContext": root,
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                });
+                (vec![install], container)
+            }
+            UnitKind::Probe => {
+                main_mounts.push(helper_mount.clone());
+                let container = json!({
+                    "name": "probe",
+                    "image": unit.image,
+                    "command": [helper, "stage", "probe", "--result", format!("{WORKSPACE_MOUNT}/{PROBE_RESULT}")],
+                    "env": env,
+                    "volumeMounts": main_mounts,
+                    "securityContext": {
+                        "runAsUser": 0,
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                });
+                (vec![install], container)
+            }
+            UnitKind::Assemble => {
+                let output = &self.ib.spec.output;
+                let mut command = vec![
+                    json!(settings.helper_path),
+                    json!("assemble"),
+                    json!("--workspace"),
+                    json!(WORKSPACE_MOUNT),
+                    json!("--image"),
+                    json!(output.image),
+                    json!("--result"),
+                    json!(format!("{WORKSPACE_MOUNT}/{ASSEMBLE_RESULT}")),
+                ];
+                for tag in &output.additional_tags {
+                    command.push(json!("--tag"));
+                    command.push(json!(tag));
+                }
+                if output.insecure {
+                    command.push(json!("--insecure"));
+                }
+                if let Some(builder) = builder_image(self.plan) {
+                    command.push(json!("--builder-image"));
+                    command.push(json!(builder));
+                }
+                if let Some(secret) = &output.push_secret {
+                    command.push(json!("--auth"));
+                    command.push(json!(format!("{AUTH_MOUNT}/config.json")));
+                    volumes.push(json!({
+                        "name": "push-secret",
+                        "secret": {
+                            "secretName": secret,
+                            "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+                        },
+                    }));
+                    main_mounts.push(
+                        json!({"name": "push-secret", "mountPath": AUTH_MOUNT, "readOnly": true}),
+                    );
+                }
+                main_mounts.extend(context_mounts);
+                let container = json!({
+                    "name": "assemble",
+                    "image": settings.helper_image,
+                    "command": command,
+                    "env": env,
+                    "volumeMounts": main_mounts,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": ASSEMBLE_UID,
+                        "runAsGroup": ASSEMBLE_UID,
+                        "readOnlyRootFilesystem": true,
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                });
+                (Vec::new(), container)
+            }
+        };
+        if !matches!(unit.kind, UnitKind::Assemble) {
+            volumes.push(json!({"name": "helper", "emptyDir": {}}));
+        }
+
+        let mut node_selector: BTreeMap<String, String> = template.node_selector.clone();
+        let (os, arch) = os_arch(&self.plan.platform);
+        node_selector.insert("kubernetes.io/os".into(), os);
+        node_selector.insert("kubernetes.io/arch".into(), arch);
+        let mut security = json!({"seccompProfile": {"type": "RuntimeDefault"}});
+        if matches!(unit.kind, UnitKind::Assemble) {
+            security["runAsNonRoot"] = json!(true);
+            security["runAsUser"] = json!(ASSEMBLE_UID);
+            security["fsGroup"] = json!(ASSEMBLE_UID);
+        }
+        let mut spec = json!({
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": self.deadline_seconds,
+            "securityContext": security,
+            "nodeSelector": node_selector,
+            "initContainers": init,
+            "containers": [main],
+            "volumes": volumes,
+            "enableServiceLinks": false,
+        });
+        if unit.kind.runs_user_code() || !matches!(unit.kind, UnitKind::Assemble) {
+            spec["automountServiceAccountToken"] = json!(false);
+        } else if let Some(account) = &template.service_account_name {
+            spec["serviceAccountName"] = json!(account);
+        }
+        if matches!(unit.kind, UnitKind::Assemble) {
+            // The assembly talks to registries only.
+            spec["automountServiceAccountToken"] = json!(false);
+        }
+        if !template.tolerations.is_empty() {
+            spec["tolerations"] = json!(template.tolerations);
+        }
+        if !template.image_pull_secrets.is_empty() {
+            spec["imagePullSecrets"] = json!(template.image_pull_secrets);
+        }
+        if let Some(node) = node {
+            spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{
+                    "key": "kubernetes.io/hostname", "operator": "In", "values": [node],
+                }]}],
+            }}});
+        }
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": self.metadata(&name, labels, annotations),
+            "spec": spec,
+        });
+        serde_json::from_value(pod).expect("a pod built from typed values")
+    }
+
+    /// The helper's context source (JSON) and the volume it needs, if any.
+    fn context_source(&self) -> Option<(String, Option<Value>)> {
+        let context = &self.ib.spec.context;
+        if let Some(files) = &context.inline {
+            return Some((json!({"inline": files}).to_string(), None));
+        }
+        if let Some(config_map) = &context.config_map {
+            let items: Vec<Value> = config_map
+                .items
+                .iter()
+                .map(|item| {
+                    let mut value = json!({"key": item.key, "path": item.path});
+                    if let Some(mode) = item.mode {
+                        value["mode"] = json!(mode);
+                    }
+                    value
+                })
+                .collect();
+            let source = json!({"configMap": {"dir": CONTEXT_MOUNT, "items": items}});
+            // The whole ConfigMap, keys as file names: the helper places them.
+            let volume = json!({"name": "context", "configMap": {"name": config_map.name}});
+            return Some((source.to_string(), Some(volume)));
+        }
+        if let Some(git) = &context.git {
+            let dir = match git.sub_path.as_deref().map(|p| p.trim_matches('/')) {
+                Some(sub) if !sub.is_empty() => format!("{WORKSPACE_MOUNT}/source/{sub}"),
+                _ => format!("{WORKSPACE_MOUNT}/source"),
+            };
+            return Some((json!({"dir": dir}).to_string(), None));
+        }
+        None
+    }
+}
+
+/// Some COPY/ADD of the final stage reads the context.
+fn final_copies_context(plan: &BuildPlan) -> bool {
+    match &plan.final_image {
+        FinalImage::Assemble(a) => a
+            .steps
+            .iter()
+            .any(|s| matches!(s.source, Some(CopySource::Context))),
+        FinalImage::Runtime(_) => false,
+    }
+}
+
+/// The image the biggest builder chain ran in: the first builder chain the
+/// final image copies from (the seed's `builder`), else the first builder.
+pub fn builder_image(plan: &BuildPlan) -> Option<String> {
+    let copied_from: Vec<&str> = match &plan.final_image {
+        FinalImage::Assemble(a) => a
+            .steps
+            .iter()
+            .filter_map(|s| match &s.source {
+                Some(CopySource::Stage { chain, .. }) => Some(chain.as_str()),
+                _ => None,
+            })
+            .collect(),
+        FinalImage::Runtime(r) => vec![r.chain.as_str()],
+    };
+    copied_from
+        .iter()
+        .filter_map(|id| plan.chain(id))
+        .chain(plan.chains.iter())
+        .map(|c| c.image.clone())
+        .find(|image| image != "scratch")
+}
+
+/// `linux/arm64/v8` → (`linux`, `arm64`).
+fn os_arch(platform: &str) -> (String, String) {
+    let mut parts = platform.split('/');
+    let os = parts.next().filter(|s| !s.is_empty()).unwrap_or("linux");
+    let arch = parts.next().filter(|s| !s.is_empty()).unwrap_or("amd64");
+    (os.to_string(), arch.to_string())
+}

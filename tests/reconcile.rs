@@ -1,0 +1,477 @@
+//! The reconcile core with plain values: an ImageBuild, a world of pods
+//! that the test moves along by hand, and the decisions the core takes.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
+use slimforge::api::{ImageBuild, Phase};
+use slimforge::controller::reconcile::{Decision, Observed, PodPhase, PodState, Waiting};
+use slimforge::controller::status::{READY, RECONCILING, STALLED, find};
+use slimforge::controller::{ATTEMPT_LABEL, GENERATION_LABEL, Settings, UNIT_LABEL, reconcile};
+
+const SEED: &str = r#"
+apiVersion: slimforge.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: goapp, namespace: demo, uid: 1234-abcd, generation: 1}
+spec:
+  context:
+    inline: {app.go: "package main\nfunc main() {}\n"}
+  dockerfile: |
+    FROM golang:1.22 AS builder
+    WORKDIR /go
+    COPY app.go .
+    RUN CGO_ENABLED=0 go build app.go
+
+    FROM busybox
+    COPY --from=builder /go/app .
+    CMD ["./app"]
+  output: {image: "registry.example/team/goapp:v1", pushSecret: regcred}
+  timeout: 10m
+  ttlSecondsAfterFinished: 600
+"#;
+
+fn image_build(yaml: &str) -> ImageBuild {
+    serde_yaml::from_str(yaml).expect("ImageBuild YAML")
+}
+
+struct World {
+    ib: ImageBuild,
+    pods: Vec<PodState>,
+    claims: Vec<(String, i64)>,
+    missing: Vec<(String, String)>,
+    now: Timestamp,
+    settings: Settings,
+    created: Vec<String>,
+}
+
+impl World {
+    fn new(ib: ImageBuild) -> Self {
+        World {
+            ib,
+            pods: Vec::new(),
+            claims: Vec::new(),
+            missing: Vec::new(),
+            now: "2026-11-27T10:00:00Z".parse().unwrap(),
+            settings: Settings {
+                helper_image: "registry.example/slimforge:test".into(),
+                ..Settings::default()
+            },
+            created: Vec::new(),
+        }
+    }
+
+    fn observed(&self) -> Observed {
+        Observed {
+            pods: self.pods.clone(),
+            claims: self.claims.clone(),
+            missing: self.missing.clone(),
+            ..Observed::default()
+        }
+    }
+
+    /// One reconcile, its decision carried out: pods created start Pending
+    /// on node-a, deleted ones vanish, the status is written.
+    fn step(&mut self) -> Decision {
+        let decision = reconcile(&self.ib, &self.observed(), &self.settings, self.now);
+        if let Some(claim) = &decision.create_claim {
+            let generation = label(claim.meta(), GENERATION_LABEL).parse().unwrap();
+            self.claims
+                .push((claim.meta().name.clone().unwrap(), generation));
+        }
+        for pod in &decision.create_pods {
+            self.created.push(pod.meta().name.clone().unwrap());
+            self.pods.push(new_pod(pod));
+        }
+        self.pods
+            .retain(|p| !decision.delete_pods.contains(&p.name));
+        self.claims
+            .retain(|(c, _)| !decision.delete_claims.contains(c));
+        self.ib.status = Some(decision.status.clone());
+        decision
+    }
+
+    fn pod_mut(&mut self, unit: usize) -> &mut PodState {
+        self.pods
+            .iter_mut()
+            .filter(|p| p.unit == unit)
+            .max_by_key(|p| (p.generation, p.attempt))
+            .expect("a pod for that unit")
+    }
+
+    fn finish(&mut self, unit: usize, phase: PodPhase, result: &str) {
+        let now = self.now;
+        let pod = self.pod_mut(unit);
+        pod.phase = phase;
+        pod.started = Some(now);
+        pod.finished = Some(now);
+        pod.exit_code = Some(if phase == PodPhase::Succeeded { 0 } else { 1 });
+        pod.result = Some(result.to_string());
+    }
+
+    fn phase(&self) -> Phase {
+        self.ib.status.as_ref().unwrap().phase.unwrap()
+    }
+
+    fn ready(&self) -> (String, String, String) {
+        let c = find(&self.ib.status.as_ref().unwrap().conditions, READY).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn units_of_live_pods(&self) -> Vec<usize> {
+        let mut units: Vec<usize> = self.pods.iter().map(|p| p.unit).collect();
+        units.sort();
+        units
+    }
+}
+
+fn label(meta: &kube::core::ObjectMeta, key: &str) -> String {
+    meta.labels.as_ref().unwrap()[key].clone()
+}
+
+fn new_pod(pod: &Pod) -> PodState {
+    let meta = pod.meta();
+    PodState {
+        name: meta.name.clone().unwrap(),
+        generation: label(meta, GENERATION_LABEL).parse().unwrap(),
+        unit: label(meta, UNIT_LABEL).parse().unwrap(),
+        attempt: label(meta, ATTEMPT_LABEL).parse().unwrap(),
+        phase: PodPhase::Pending,
+        node: Some("node-a".into()),
+        started: None,
+        finished: None,
+        exit_code: None,
+        result: None,
+        waiting: None,
+        reason: None,
+        deleting: false,
+    }
+}
+
+const ASSEMBLED: &str = r#"{"reference":"registry.example/team/goapp@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","sizeBytes":2260000,"builderSizeBytes":186000000,"layers":[{"digest":"sha256:aa","size":1,"diffID":"sha256:bb"}]}"#;
+
+/// Units of the seed: 1 builder chain, 2 probe, 3 assemble.
+#[test]
+fn seed_goes_pending_running_succeeded() {
+    let mut world = World::new(image_build(SEED));
+    let first = world.step();
+    assert!(
+        first.create_claim.is_some(),
+        "the workspace claim comes first"
+    );
+    // ReadWriteOnce: only the first pod until it has a node.
+    assert_eq!(first.create_pods.len(), 1);
+    assert_eq!(world.created, ["goapp-g1-1"]);
+    assert_eq!(world.phase(), Phase::Running);
+    assert_eq!(world.ready().0, "False");
+    assert!(find(&world.ib.status.as_ref().unwrap().conditions, RECONCILING).is_some());
+
+    // Scheduled on node-a: the probe starts, pinned to that node; the
+    // assembly waits for both.
+    let second = world.step();
+    assert_eq!(world.created, ["goapp-g1-1", "goapp-g1-2"]);
+    let probe = &second.create_pods[0];
+    let affinity = serde_json::to_value(&probe.spec.as_ref().unwrap().affinity).unwrap();
+    assert_eq!(
+        affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["values"][0],
+        "node-a"
+    );
+    // Nothing new while they run; no duplicates on a second look.
+    assert!(world.step().create_pods.is_empty());
+    world.finish(
+        1,
+        PodPhase::Succeeded,
+        r#"{"status":"succeeded","exports":["builder-0"]}"#,
+    );
+    assert!(
+        world.step().create_pods.is_empty(),
+        "the probe is still running"
+    );
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    assert_eq!(world.created.last().unwrap(), "goapp-g1-3");
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    let done = world.step();
+    assert_eq!(world.phase(), Phase::Succeeded);
+    let status = world.ib.status.clone().unwrap();
+    let image = status.image.unwrap();
+    assert_eq!(image.short_digest, "0123456789ab");
+    assert_eq!(image.size_bytes, 2_260_000);
+    assert_eq!(image.builder_size_bytes, Some(186_000_000));
+    assert_eq!(world.ready().0, "True");
+    assert!(status.completion_time.is_some());
+    assert_eq!(status.stages.len(), 3);
+    assert!(done.events.iter().any(|e| e.reason == "Succeeded"));
+    assert!(find(&status.conditions, RECONCILING).is_none());
+}
+
+#[test]
+fn a_restart_in_the_middle_creates_no_duplicates() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    // The controller restarts: same inputs, same world; nothing to create.
+    let again = reconcile(&world.ib, &world.observed(), &world.settings, world.now);
+    assert!(again.create_pods.is_empty());
+    assert!(again.create_claim.is_none());
+    assert!(again.delete_pods.is_empty());
+    // And a fresh controller with no status at all sees the pods too.
+    let mut fresh = world.ib.clone();
+    fresh.status = None;
+    let cold = reconcile(&fresh, &world.observed(), &world.settings, world.now);
+    assert!(cold.create_pods.is_empty(), "{:?}", cold.create_pods.len());
+}
+
+#[test]
+fn a_failing_stage_fails_the_build_with_line_code_and_log() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    world.finish(
+        1,
+        PodPhase::Failed,
+        r#"{"status":"failed","stage":"builder","line":4,"instruction":"RUN CGO_ENABLED=0 go build app.go","exitCode":3,"logTail":"app.go:1: syntax error\n"}"#,
+    );
+    let decision = world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    let (status, reason, message) = world.ready();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "StageFailed"));
+    assert!(message.contains("stage builder, line 4"), "{message}");
+    assert!(message.contains("exit code 3"), "{message}");
+    assert!(message.contains("syntax error"), "{message}");
+    // The probe still running is stopped; nothing else starts.
+    assert!(decision.delete_pods.contains(&"goapp-g1-2".to_string()));
+    assert!(decision.create_pods.is_empty());
+    assert!(find(&world.ib.status.as_ref().unwrap().conditions, STALLED).is_some());
+    // Terminal: never rebuilt, even when its pods are gone.
+    world.pods.clear();
+    let later = world.step();
+    assert!(later.create_pods.is_empty());
+    assert_eq!(world.phase(), Phase::Failed);
+}
+
+#[test]
+fn an_unpullable_base_fails_naming_the_from_line() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.pod_mut(1).waiting = Some(Waiting {
+        container: "whoami".into(),
+        reason: "ImagePullBackOff".into(),
+        message: "Back-off pulling image \"golang:1.22\"".into(),
+    });
+    world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    let (_, reason, message) = world.ready();
+    assert_eq!(reason, "ImagePullFailed");
+    assert!(message.starts_with("line 1: FROM golang:1.22"), "{message}");
+}
+
+#[test]
+fn timeout_fails_the_build_and_stops_its_pods() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    world.now += SignedDuration::from_mins(11);
+    let decision = world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    assert_eq!(world.ready().1, "Timeout");
+    assert!(world.ready().2.contains("10m"));
+    assert_eq!(decision.delete_pods.len(), 2);
+}
+
+#[test]
+fn deadline_seconds_count_down_from_the_start() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.now += SignedDuration::from_mins(4);
+    let decision = world.step();
+    let spec = decision.create_pods[0].spec.clone().unwrap();
+    assert_eq!(spec.active_deadline_seconds, Some(6 * 60));
+}
+
+#[test]
+fn ttl_removes_pods_and_workspace_but_keeps_the_status() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    world.finish(1, PodPhase::Succeeded, "{}");
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    let done = world.step();
+    assert_eq!(
+        done.requeue_after,
+        Some(std::time::Duration::from_secs(600))
+    );
+    world.now += SignedDuration::from_mins(5);
+    let early = world.step();
+    assert!(early.delete_pods.is_empty());
+    world.now += SignedDuration::from_mins(6);
+    let expired = world.step();
+    assert_eq!(expired.delete_pods.len(), 3);
+    assert_eq!(expired.delete_claims, ["goapp-g1-workspace"]);
+    assert!(world.pods.is_empty() && world.claims.is_empty());
+    assert_eq!(world.phase(), Phase::Succeeded);
+    // Nothing comes back.
+    let after = world.step();
+    assert!(after.create_pods.is_empty() && after.create_claim.is_none());
+    assert!(world.ib.status.as_ref().unwrap().image.is_some());
+}
+
+#[test]
+fn a_new_generation_deletes_the_old_build_before_starting() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    world.finish(1, PodPhase::Succeeded, "{}");
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step(); // the old assembly is running now
+    assert!(world.pods.iter().any(|p| p.unit == 3));
+    world.ib.meta_mut().generation = Some(2);
+    let decision = reconcile(&world.ib, &world.observed(), &world.settings, world.now);
+    assert_eq!(decision.delete_pods.len(), 3, "every old pod goes");
+    assert!(
+        decision.create_pods.is_empty(),
+        "the new build waits until the old assembly is gone"
+    );
+    assert_eq!(decision.delete_claims, ["goapp-g1-workspace"]);
+    assert_eq!(decision.status.observed_generation, Some(2));
+    // Deletion in progress: still waiting.
+    for pod in &mut world.pods {
+        pod.deleting = true;
+    }
+    let waiting = world.step();
+    assert!(waiting.create_pods.is_empty());
+    assert_eq!(world.ready().1, "StoppingPreviousBuild");
+    world.pods.clear();
+    let started = world.step();
+    assert_eq!(
+        started.create_pods[0].meta().name.as_deref(),
+        Some("goapp-g2-1")
+    );
+    assert!(started.create_claim.is_some());
+}
+
+#[test]
+fn a_terminal_build_of_the_same_generation_is_a_no_op() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    world.finish(1, PodPhase::Succeeded, "{}");
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    world.step();
+    let before = world.ib.status.clone();
+    let again = world.step();
+    assert!(again.create_pods.is_empty() && again.delete_pods.is_empty());
+    assert_eq!(
+        world.ib.status, before,
+        "re-applied unchanged: nothing moves"
+    );
+}
+
+#[test]
+fn a_missing_secret_creates_nothing_and_retries_slowly() {
+    let mut world = World::new(image_build(SEED));
+    world.missing = vec![(
+        "spec.output.pushSecret".into(),
+        "Secret regcred not found".into(),
+    )];
+    let decision = world.step();
+    assert!(decision.create_pods.is_empty() && decision.create_claim.is_none());
+    assert_eq!(world.phase(), Phase::Pending);
+    let (status, reason, message) = world.ready();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretNotFound")
+    );
+    assert!(message.contains("spec.output.pushSecret"));
+    assert!(decision.requeue_after.unwrap() >= std::time::Duration::from_secs(30));
+    // The Secret appears: the build starts.
+    world.missing.clear();
+    assert_eq!(world.step().create_pods.len(), 1);
+}
+
+#[test]
+fn a_dockerfile_that_does_not_parse_creates_nothing_and_names_the_line() {
+    let yaml = SEED.replace("RUN CGO_ENABLED", "RUNN CGO_ENABLED");
+    let mut world = World::new(image_build(&yaml));
+    let decision = world.step();
+    assert!(decision.create_pods.is_empty() && decision.create_claim.is_none());
+    assert_eq!(world.phase(), Phase::Failed);
+    let (_, reason, message) = world.ready();
+    assert_eq!(reason, "InvalidDockerfile");
+    assert!(message.contains("line 4"), "{message}");
+    assert_eq!(decision.requeue_after, None, "no retry storm");
+}
+
+#[test]
+fn an_invalid_field_is_named() {
+    let yaml = SEED.replace("timeout: 10m", "timeout: soon");
+    let mut world = World::new(image_build(&yaml));
+    world.step();
+    let (_, reason, message) = world.ready();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(message.starts_with("spec.timeout `soon`"), "{message}");
+}
+
+#[test]
+fn an_evicted_pod_is_retried_a_bounded_number_of_times() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    for attempt in 1..=2 {
+        let pod = world.pod_mut(1);
+        pod.phase = PodPhase::Failed;
+        pod.reason = Some("Evicted".into());
+        let decision = world.step();
+        assert_eq!(
+            decision.create_pods[0].meta().name.as_deref(),
+            Some(format!("goapp-g1-1-r{attempt}").as_str())
+        );
+        assert_eq!(world.phase(), Phase::Running);
+    }
+    let pod = world.pod_mut(1);
+    pod.phase = PodPhase::Failed;
+    pod.reason = Some("Evicted".into());
+    world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    assert_eq!(world.ready().1, "PodDisrupted");
+}
+
+#[test]
+fn pod_security_rejection_is_reported() {
+    let mut world = World::new(image_build(SEED));
+    let observed = Observed {
+        forbidden: Some(
+            "pods \"goapp-g1-1\" is forbidden: violates PodSecurity \"restricted:latest\"".into(),
+        ),
+        ..world.observed()
+    };
+    let decision = reconcile(&world.ib, &observed, &world.settings, world.now);
+    world.ib.status = Some(decision.status);
+    assert_eq!(world.ready().1, "PodSecurityForbidden");
+    assert!(decision.create_pods.is_empty());
+}
+
+#[test]
+fn read_write_many_starts_independent_pods_together() {
+    let yaml = SEED.replace(
+        "  timeout: 10m",
+        "  timeout: 10m\n  workspace: {accessModes: [ReadWriteMany]}",
+    );
+    let mut world = World::new(image_build(&yaml));
+    let decision = world.step();
+    assert_eq!(
+        world.units_of_live_pods(),
+        [1, 2],
+        "the chain and the probe"
+    );
+    assert!(
+        decision
+            .create_pods
+            .iter()
+            .all(|p| p.spec.as_ref().unwrap().affinity.is_none())
+    );
+}
