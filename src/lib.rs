@@ -5,6 +5,7 @@ pub mod api;
 pub mod assemble;
 pub mod controller;
 pub mod dockerfile;
+pub mod local;
 pub mod oci;
 pub mod plan;
 pub mod stage;

@@ -52,6 +52,20 @@ enum Command {
     Stage(StageCommand),
     /// Print the ImageBuild CustomResourceDefinition (YAML).
     Crd,
+    /// Build an ImageBuild locally: the same pods as in a cluster, run by podman.
+    Build {
+        /// The ImageBuild manifest (ConfigMaps it names may be in the same file).
+        file: PathBuf,
+        /// The operator image for the pods (default: publish this binary as one).
+        #[arg(long)]
+        helper_image: Option<String>,
+        /// A static slimforge binary to publish as the helper image.
+        #[arg(long, conflicts_with = "helper_image")]
+        helper_binary: Option<PathBuf>,
+        /// dockerconfigjson with the push credentials (default: the usual auth files).
+        #[arg(long)]
+        push_secret: Option<PathBuf>,
+    },
 }
 
 /// The helper inside build pods: a static binary, no shell or libc needed.
@@ -184,6 +198,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stage(command) => run_stage(command),
+        Command::Build {
+            file,
+            helper_image,
+            helper_binary,
+            push_secret,
+        } => {
+            let options = slimforge::local::BuildOptions {
+                manifest: file,
+                helper_image,
+                helper_binary,
+                push_secret,
+            };
+            let report = slimforge::local::build(&options).await?;
+            if let Some(summary) = slimforge::local::size_summary(&report.status) {
+                eprintln!("{summary}");
+            }
+            let image = report
+                .status
+                .image
+                .ok_or_else(|| anyhow::anyhow!("the build succeeded without an image"))?;
+            println!("{}", image.reference);
+            Ok(())
+        }
         Command::Crd => {
             print!("{}", slimforge::api::crd_yaml());
             Ok(())
