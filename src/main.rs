@@ -52,6 +52,26 @@ enum Command {
     Stage(StageCommand),
     /// Print the ImageBuild CustomResourceDefinition (YAML).
     Crd,
+    /// Run the operator (in-cluster config or KUBECONFIG).
+    Controller {
+        /// The operator image build pods use for the helper and the assembly.
+        #[arg(long, env = "SLIMFORGE_HELPER_IMAGE")]
+        helper_image: String,
+        /// Watch only this namespace (default: all).
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Serve /metrics, /healthz and /readyz here.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_address: std::net::SocketAddr,
+        /// Run only while holding the leader Lease.
+        #[arg(long)]
+        leader_election: bool,
+        #[arg(long, default_value = "slimforge-controller")]
+        lease_name: String,
+        /// The Lease's namespace (default: the pod's, from POD_NAMESPACE).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+    },
     /// Build an ImageBuild locally: the same pods as in a cluster, run by podman.
     Build {
         /// The ImageBuild manifest (ConfigMaps it names may be in the same file).
@@ -220,6 +240,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("the build succeeded without an image"))?;
             println!("{}", image.reference);
             Ok(())
+        }
+        Command::Controller {
+            helper_image,
+            namespace,
+            metrics_address,
+            leader_election,
+            lease_name,
+            lease_namespace,
+        } => {
+            let options = slimforge::controller::run::ControllerOptions {
+                settings: slimforge::controller::Settings {
+                    helper_image,
+                    ..Default::default()
+                },
+                namespace,
+                metrics_address,
+                leader_election: leader_election.then_some((lease_name, lease_namespace)),
+            };
+            slimforge::controller::run::run(options).await
         }
         Command::Crd => {
             print!("{}", slimforge::api::crd_yaml());

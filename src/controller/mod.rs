@@ -4,8 +4,11 @@
 //! shells that carry the decisions out (Kubernetes, and the local podman
 //! runner in [`crate::local`]).
 
+pub mod cluster;
+pub mod metrics;
 pub mod pods;
 pub mod reconcile;
+pub mod run;
 pub mod status;
 
 use std::time::Duration;

@@ -1,0 +1,453 @@
+//! The Kubernetes shell: reads what exists (dereference), hands it to the
+//! pure core, and carries the decision out: children created and deleted,
+//! status applied server-side under one field manager, events recorded.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::reconcile::{Decision, Observed, PodPhase, PodState, Waiting, reconcile};
+use super::status::{BuildState, conditions};
+use super::{
+    ATTEMPT_LABEL, BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings,
+    UNIT_LABEL,
+};
+use crate::api::{ImageBuild, ImageBuildStatus, Phase};
+use crate::controller::metrics::Metrics;
+
+/// The field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "slimforge";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{action} {kind} {name}: {source}")]
+    Kube {
+        action: &'static str,
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("ImageBuild without a namespace")]
+    NoNamespace,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// Builds in flight, for the gauge (namespace/name, never a label).
+    pub in_flight: Mutex<BTreeSet<String>>,
+}
+
+/// One reconcile of one ImageBuild.
+pub async fn reconcile_build(
+    object: Arc<DeserializeGuard<ImageBuild>>,
+    context: Arc<Context>,
+) -> Result<Action, ClusterError> {
+    let ib = match &object.0 {
+        Ok(ib) => ib,
+        Err(invalid) => {
+            // A malformed object: say so on it, never break the watch.
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            let namespace = invalid
+                .metadata
+                .namespace
+                .clone()
+                .ok_or(ClusterError::NoNamespace)?;
+            let generation = invalid.metadata.generation.unwrap_or(1);
+            let status = ImageBuildStatus {
+                phase: Some(Phase::Failed),
+                observed_generation: Some(generation),
+                conditions: conditions(
+                    &[],
+                    generation,
+                    BuildState::Failed,
+                    "InvalidSpec",
+                    &format!(
+                        "the ImageBuild does not match its schema: {}",
+                        invalid.error
+                    ),
+                    Timestamp::now(),
+                ),
+                ..ImageBuildStatus::default()
+            };
+            let api: Api<ImageBuild> = Api::namespaced(context.client.clone(), &namespace);
+            patch_status(&api, &name, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let namespace = ib.namespace().ok_or(ClusterError::NoNamespace)?;
+    let name = ib.name_any();
+    let client = context.client.clone();
+    let observed = dereference(&client, ib, &namespace).await?;
+    let now = Timestamp::now();
+    let mut decision = reconcile(ib, &observed, &context.settings, now);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    for pod in &decision.delete_pods {
+        delete(&pods, "Pod", pod).await?;
+    }
+    for claim in &decision.delete_claims {
+        delete(&claims, "PersistentVolumeClaim", claim).await?;
+    }
+    if let Some(claim) = &decision.create_claim {
+        create(&claims, "PersistentVolumeClaim", claim).await?;
+    }
+    for pod in &decision.create_pods {
+        match pods.create(&PostParams::default(), pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(kube::Error::Api(status))
+                if status.code == 403 && status.message.contains("PodSecurity") =>
+            {
+                // The namespace's Pod Security level: the core says what that means.
+                let observed = Observed {
+                    forbidden: Some(status.message.clone()),
+                    ..observed.clone()
+                };
+                decision = reconcile(ib, &observed, &context.settings, now);
+                break;
+            }
+            Err(source) => {
+                return Err(ClusterError::Kube {
+                    action: "creating",
+                    kind: "Pod",
+                    name: pod.name_any(),
+                    source,
+                });
+            }
+        }
+    }
+
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &namespace);
+    let previous = ib.status.clone().unwrap_or_default();
+    if previous != decision.status {
+        patch_status(&api, &name, &decision.status).await?;
+    }
+    record(&context, ib, &decision).await;
+    observe_metrics(&context, ib, &previous, &decision);
+    Ok(match decision.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+/// Requeue after an error: a short pause, not a storm.
+pub fn error_policy(
+    _object: Arc<DeserializeGuard<ImageBuild>>,
+    error: &ClusterError,
+    _context: Arc<Context>,
+) -> Action {
+    tracing::warn!(%error, "reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// What exists: the build's pods and claims, and whether what it names is there.
+pub async fn dereference(
+    client: &Client,
+    ib: &ImageBuild,
+    namespace: &str,
+) -> Result<Observed, ClusterError> {
+    let name = ib.name_any();
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY},{BUILD_LABEL}={name}");
+    let list = ListParams::default().labels(&selector);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod_list = pods
+        .list(&list)
+        .await
+        .map_err(|source| ClusterError::Kube {
+            action: "listing",
+            kind: "Pod",
+            name: selector.clone(),
+            source,
+        })?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let claim_list = claims
+        .list(&list)
+        .await
+        .map_err(|source| ClusterError::Kube {
+            action: "listing",
+            kind: "PersistentVolumeClaim",
+            name: selector.clone(),
+            source,
+        })?;
+    let mut observed = Observed {
+        pods: pod_list.items.iter().filter_map(pod_state).collect(),
+        claims: claim_list
+            .items
+            .iter()
+            .filter_map(|c| {
+                let generation = c.labels().get(GENERATION_LABEL)?.parse().ok()?;
+                Some((c.name_any(), generation))
+            })
+            .collect(),
+        ..Observed::default()
+    };
+    let finished = ib.status.as_ref().is_some_and(|s| {
+        s.phase.is_some_and(Phase::is_terminal) && s.observed_generation == ib.meta().generation
+    });
+    if finished {
+        return Ok(observed);
+    }
+    // Secrets are read when needed, never watched.
+    if let Some(secret) = &ib.spec.output.push_secret {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let found = secrets
+            .get_opt(secret)
+            .await
+            .map_err(|source| ClusterError::Kube {
+                action: "reading",
+                kind: "Secret",
+                name: secret.clone(),
+                source,
+            })?;
+        if found.is_none() {
+            observed.missing.push((
+                "spec.output.pushSecret".into(),
+                format!("Secret {secret} not found in namespace {namespace}"),
+            ));
+        }
+    }
+    if let Some(context) = &ib.spec.context.config_map {
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let found =
+            config_maps
+                .get_opt(&context.name)
+                .await
+                .map_err(|source| ClusterError::Kube {
+                    action: "reading",
+                    kind: "ConfigMap",
+                    name: context.name.clone(),
+                    source,
+                })?;
+        match found {
+            None => observed.missing.push((
+                "spec.context.configMap.name".into(),
+                format!(
+                    "ConfigMap {} not found in namespace {namespace}",
+                    context.name
+                ),
+            )),
+            Some(config_map) => {
+                if let Some(path) = &ib.spec.dockerfile_path {
+                    let key = context
+                        .items
+                        .iter()
+                        .find(|i| i.path == path.trim_start_matches("./"))
+                        .map(|i| i.key.clone())
+                        .unwrap_or_else(|| path.clone());
+                    observed.dockerfile_from_context =
+                        config_map.data.as_ref().and_then(|d| d.get(&key).cloned());
+                }
+            }
+        }
+    }
+    Ok(observed)
+}
+
+/// A pod as the core sees it.
+pub fn pod_state(pod: &Pod) -> Option<PodState> {
+    let labels = pod.labels();
+    let generation = labels.get(GENERATION_LABEL)?.parse().ok()?;
+    let unit = labels.get(UNIT_LABEL)?.parse().ok()?;
+    let attempt = labels
+        .get(ATTEMPT_LABEL)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let status = pod.status.clone().unwrap_or_default();
+    let phase = match status.phase.as_deref() {
+        Some("Running") => PodPhase::Running,
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => PodPhase::Failed,
+        Some("Pending") | None => PodPhase::Pending,
+        Some(_) => PodPhase::Unknown,
+    };
+    let main = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let statuses: Vec<_> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .collect();
+    let waiting = statuses.iter().find_map(|s| {
+        let waiting = s.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.clone()?;
+        (reason != "PodInitializing" && reason != "ContainerCreating").then(|| Waiting {
+            container: s.name.clone(),
+            reason,
+            message: waiting.message.clone().unwrap_or_default(),
+        })
+    });
+    let main_status = statuses.iter().find(|s| s.name == main);
+    let terminated = main_status
+        .and_then(|s| s.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    // A failed init container ends the pod before its main container.
+    let failed_init = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find_map(|s| {
+            let t = s.state.as_ref()?.terminated.as_ref()?;
+            (t.exit_code != 0).then(|| (s.name.clone(), t.clone()))
+        });
+    let started = terminated
+        .and_then(|t| t.started_at.clone())
+        .or_else(|| {
+            main_status
+                .and_then(|s| s.state.as_ref())
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.clone())
+        })
+        .map(|t| t.0);
+    let (exit_code, result, finished) = match (terminated, &failed_init) {
+        (Some(t), _) => (
+            Some(t.exit_code),
+            t.message.clone(),
+            t.finished_at.clone().map(|f| f.0),
+        ),
+        (None, Some((container, t))) => (
+            Some(t.exit_code),
+            Some(format!(
+                "init container {container} failed: {}",
+                t.message.clone().unwrap_or_default()
+            )),
+            t.finished_at.clone().map(|f| f.0),
+        ),
+        (None, None) => (None, None, None),
+    };
+    Some(PodState {
+        name: pod.name_any(),
+        generation,
+        unit,
+        attempt,
+        phase,
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        started,
+        finished,
+        exit_code,
+        result,
+        waiting,
+        reason: status.reason.clone(),
+        deleting: pod.meta().deletion_timestamp.is_some(),
+    })
+}
+
+async fn create<K>(api: &Api<K>, kind: &'static str, object: &K) -> Result<(), ClusterError>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(source) => Err(ClusterError::Kube {
+            action: "creating",
+            kind,
+            name: object.meta().name.clone().unwrap_or_default(),
+            source,
+        }),
+    }
+}
+
+async fn delete<K>(api: &Api<K>, kind: &'static str, name: &str) -> Result<(), ClusterError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(ClusterError::Kube {
+            action: "deleting",
+            kind,
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+async fn patch_status(
+    api: &Api<ImageBuild>,
+    name: &str,
+    status: &ImageBuildStatus,
+) -> Result<(), ClusterError> {
+    let patch = json!({
+        "apiVersion": "slimforge.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| ClusterError::Kube {
+        action: "applying the status of",
+        kind: "ImageBuild",
+        name: name.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+async fn record(context: &Context, ib: &ImageBuild, decision: &Decision) {
+    let reference = ib.object_ref(&());
+    for event in &decision.events {
+        let event = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.clone(),
+            note: Some(event.note.chars().take(1000).collect()),
+            action: "Build".into(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "recording an event failed");
+        }
+    }
+}
+
+fn observe_metrics(
+    context: &Context,
+    ib: &ImageBuild,
+    previous: &ImageBuildStatus,
+    decision: &Decision,
+) {
+    let key = format!("{}/{}", ib.namespace().unwrap_or_default(), ib.name_any());
+    let status = &decision.status;
+    let terminal = status.phase.is_some_and(Phase::is_terminal);
+    let was_terminal = previous.phase.is_some_and(Phase::is_terminal)
+        && previous.observed_generation == status.observed_generation;
+    if let Ok(mut in_flight) = context.in_flight.lock() {
+        if terminal {
+            in_flight.remove(&key);
+        } else {
+            in_flight.insert(key);
+        }
+        context.metrics.in_flight.set(in_flight.len() as i64);
+    }
+    if terminal && !was_terminal {
+        context.metrics.record_build(status);
+    }
+}

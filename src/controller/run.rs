@@ -1,0 +1,156 @@
+//! `slimforge controller`: the kube-runtime Controller around the core,
+//! behind a Lease when leader election is on, with `/metrics`, `/healthz`
+//! and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::Client;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+
+use super::cluster::{Context, error_policy, reconcile_build};
+use super::metrics::Metrics;
+use super::{MANAGED_BY, MANAGED_BY_LABEL, Settings};
+use crate::api::ImageBuild;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub settings: Settings,
+    /// Watch only this namespace (default: every namespace).
+    pub namespace: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: SocketAddr,
+    /// Run only while holding this Lease (name, namespace).
+    pub leader_election: Option<(String, String)>,
+}
+
+/// Runs until a shutdown signal (or the loss of the Lease).
+pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(serve(
+        options.metrics_address,
+        metrics.clone(),
+        ready.clone(),
+    ));
+
+    let mut leadership = None;
+    if let Some((lease, namespace)) = &options.leader_election {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("slimforge-{}", std::process::id()));
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), lease)
+            .with_namespace(namespace)
+            .with_identity(identity)
+            .build()
+            .await?;
+        let (mut channel, task) = manager.watch().await;
+        tracing::info!(%lease, %namespace, "waiting for the leader lease");
+        while !*channel.borrow_and_update() {
+            channel.changed().await?;
+        }
+        tracing::info!("leading");
+        leadership = Some((channel, task));
+    }
+
+    let (builds, pods, claims) = match &options.namespace {
+        Some(ns) => (
+            Api::<DeserializeGuard<ImageBuild>>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let reporter = Reporter {
+        controller: "slimforge".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings: options.settings,
+        metrics,
+        in_flight: Default::default(),
+    });
+    ready.store(true, Ordering::Relaxed);
+    let controller = Controller::new(builds, watcher::Config::default())
+        .owns(pods, ours.clone())
+        .owns(claims, ours)
+        .shutdown_on_signal()
+        .run(reconcile_build, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile");
+            }
+        });
+    match leadership {
+        Some((mut channel, _task)) => {
+            tokio::select! {
+                () = controller => {}
+                _ = async {
+                    while *channel.borrow_and_update() {
+                        if channel.changed().await.is_err() { break; }
+                    }
+                } => anyhow::bail!("lost the leader lease"),
+            }
+        }
+        None => controller.await,
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+async fn serve(address: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        );
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "metrics server stopped");
+            }
+        }
+        Err(error) => tracing::error!(%error, %address, "cannot serve metrics"),
+    }
+}
