@@ -306,7 +306,9 @@ impl Runner {
             if phase.is_some_and(Phase::is_terminal) {
                 let pods = self.observe().await;
                 self.show_progress(&pods);
-                return self.finish(decision.status);
+                let report = self.finish(decision.status);
+                self.show_timeline();
+                return report;
             }
             tokio::time::sleep(POLL).await;
         }
@@ -331,6 +333,20 @@ impl Runner {
             .map(|c| (c.reason.clone(), c.message.clone()))
             .unwrap_or_else(|| ("Failed".into(), "the build failed".into()));
         Err(LocalError::Failed { reason, message })
+    }
+
+    /// When each pod's main container ran, from the build's start.
+    fn show_timeline(&self) {
+        for (name, pod) in &self.pods {
+            if let (Some(start), Some(end)) = (pod.started, pod.finished) {
+                self.progress(&format!(
+                    "{} ran {:.1}s–{:.1}s ({name})",
+                    pod.stage,
+                    self.seconds_since_start(start),
+                    self.seconds_since_start(end)
+                ));
+            }
+        }
     }
 
     fn seconds_since_start(&self, t: Timestamp) -> f64 {

@@ -209,3 +209,25 @@ pub fn static_helper_dir() -> tempfile::TempDir {
     }
     dir
 }
+
+/// [`static_helper`] without its debug symbols (22 MB instead of 140): what
+/// `slimforge build --helper-binary` publishes as the helper image.
+pub fn static_helper_stripped() -> PathBuf {
+    static STRIPPED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STRIPPED
+        .get_or_init(|| {
+            let binary = static_helper();
+            let target = target_dir();
+            let _guard = lock_file(&target.join("slimforge-test/static-helper-stripped.lock"));
+            let stripped = target.join("slimforge-test/slimforge-stripped");
+            let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            if fresh(&stripped) < fresh(&binary) || !stripped.exists() {
+                let tmp = stripped.with_extension("tmp");
+                std::fs::copy(&binary, &tmp).expect("copy the helper");
+                run_ok(Command::new("strip").arg(&tmp));
+                std::fs::rename(&tmp, &stripped).expect("place the stripped helper");
+            }
+            stripped
+        })
+        .clone()
+}

@@ -1,0 +1,276 @@
+//! `slimforge build` end to end: the ImageBuild's pods run by `podman kube
+//! play` against a real registry, the images checked by skopeo and podman.
+//! Nothing of ours may be left behind: pods, containers, volumes.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::{
+    Format, Registry, podman, podman_env, podman_run_for, push_busybox, push_golang,
+    skopeo_inspect, skopeo_inspect_raw, static_helper_stripped, unique_name,
+};
+
+const SEED_DOCKERFILE: &str = r#"FROM {golang} AS builder
+ARG DEBIAN_FRONTEND=noninteractive
+COPY app.go .
+RUN CGO_ENABLED=0 go build app.go
+
+FROM {busybox}
+COPY --from=builder /go/app .
+CMD ["./app"]
+"#;
+
+/// An ImageBuild manifest: `dockerfile` with its `{golang}`/`{busybox}`
+/// filled in, `files` inline, pushed to `image`.
+fn manifest(
+    name: &str,
+    dockerfile: &str,
+    files: &[(&str, &str)],
+    image: &str,
+    reg: &Registry,
+) -> String {
+    let golang = push_golang(reg, "golang");
+    let busybox = push_busybox(reg, "busybox", Format::Docker);
+    let dockerfile = dockerfile
+        .replace("{golang}", &golang)
+        .replace("{busybox}", &busybox);
+    let inline: serde_json::Map<String, Value> = files
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    let ib = serde_json::json!({
+        "apiVersion": "slimforge.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": name},
+        "spec": {
+            "context": {"inline": inline},
+            "dockerfile": dockerfile,
+            "output": {"image": image, "insecure": true},
+            "timeout": "10m",
+        },
+    });
+    serde_yaml::to_string(&ib).unwrap()
+}
+
+fn slimforge_build(manifest: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("build.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .envs(podman_env())
+        .arg("build")
+        .arg(&file)
+        .arg("--helper-binary")
+        .arg(static_helper_stripped())
+        .output()
+        .expect("run slimforge build");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn last_line(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `podman ps -a`, `podman pod ps` and `podman volume ls` name nothing of `build`.
+fn assert_nothing_left(build: &str) {
+    for args in [
+        &["ps", "-a", "--format", "{{.Names}}"][..],
+        &["pod", "ps", "--format", "{{.Name}}"],
+        &["volume", "ls", "--format", "{{.Name}}"],
+    ] {
+        let out = podman(args);
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !listed.lines().any(|l| l.starts_with(build)),
+            "podman {} still lists {build}:\n{listed}",
+            args.join(" ")
+        );
+    }
+}
+
+fn compressed_size(reference: &str) -> u64 {
+    let manifest = skopeo_inspect_raw(reference);
+    let layers: u64 = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    layers + manifest["config"]["size"].as_u64().unwrap()
+}
+
+#[test]
+fn the_seed_builds_end_to_end_runs_and_is_reproducible() {
+    let reg = Registry::start();
+    let app = std::fs::read_to_string(support::fixtures_dir().join("seed/app.go")).unwrap();
+    let name = unique_name("seed");
+    let image = reg.image("goapp", "v1");
+    let text = manifest(&name, SEED_DOCKERFILE, &[("app.go", &app)], &image, &reg);
+
+    let first = slimforge_build(&text);
+    assert!(first.status.success(), "slimforge build failed");
+    let reference = last_line(&first);
+    let (repo, digest) = reference.split_once("@sha256:").expect("REPO@sha256:<hex>");
+    assert_eq!(repo, image.rsplit_once(':').unwrap().0);
+    assert_eq!(digest.len(), 64);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        stderr.contains("smaller"),
+        "the size reduction is shown:\n{stderr}"
+    );
+
+    // Third parties accept it and it runs.
+    skopeo_inspect(&reference);
+    let out = podman_run_for(&reference, 2.5);
+    assert!(out.contains("user: root id: 0"), "{out}");
+    // busybox + the app: nothing else.
+    let busybox = push_busybox(&reg, "busybox", Format::Docker);
+    assert!(
+        compressed_size(&reference) <= compressed_size(&busybox) + 1_300_000,
+        "final image too big: {} vs busybox {}",
+        compressed_size(&reference),
+        compressed_size(&busybox)
+    );
+    assert_nothing_left(&name);
+
+    // Built again: the same digest.
+    let second = slimforge_build(&text);
+    assert!(second.status.success());
+    assert_eq!(last_line(&second), reference);
+    assert_nothing_left(&name);
+}
+
+/// `[  4.2s] <stage> ran <start>s–<end>s (<pod>)` lines from the timeline.
+fn intervals(stderr: &str) -> Vec<(String, f64, f64)> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split("] ").nth(1)?;
+            let (stage, rest) = rest.split_once(" ran ")?;
+            let span = rest.split_whitespace().next()?;
+            let (a, b) = span.trim_end_matches('s').split_once("s–")?;
+            Some((stage.trim().to_string(), a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn independent_stages_run_in_parallel() {
+    let reg = Registry::start();
+    let dockerfile = r#"FROM {busybox} AS one
+RUN sleep 3 && echo one > /one.txt
+
+FROM {busybox} AS two
+RUN sleep 3 && echo two > /two.txt
+
+FROM {busybox}
+COPY --from=one /one.txt /srv/
+COPY --from=two /two.txt /srv/
+CMD ["cat", "/srv/one.txt", "/srv/two.txt"]
+"#;
+    let name = unique_name("parallel");
+    let image = reg.image("parallel", "v1");
+    let started = std::time::Instant::now();
+    let out = slimforge_build(&manifest(&name, dockerfile, &[], &image, &reg));
+    let wall = started.elapsed().as_secs_f64();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let runs = intervals(&stderr);
+    let one = runs
+        .iter()
+        .find(|r| r.0 == "one")
+        .expect("stage one's interval");
+    let two = runs
+        .iter()
+        .find(|r| r.0 == "two")
+        .expect("stage two's interval");
+    let overlap = one.2.min(two.2) - one.1.max(two.1);
+    assert!(
+        overlap >= 2.0,
+        "the two 3 s stages overlapped {overlap:.1}s (one {one:?}, two {two:?}); build wall time {wall:.1}s"
+    );
+    let printed = podman_run_for(&last_line(&out), 1.0);
+    assert!(
+        printed.contains("one") && printed.contains("two"),
+        "{printed}"
+    );
+    assert_nothing_left(&name);
+}
+
+#[test]
+fn a_final_stage_with_run_becomes_a_runtime_pod() {
+    let reg = Registry::start();
+    // Debian's busybox-static has no adduser: what `adduser -D -u 10001 app` does.
+    let dockerfile = r#"FROM {busybox}
+RUN echo app:x:10001:10001::/home/app:/bin/sh >> /etc/passwd \
+ && echo app:x:10001: >> /etc/group \
+ && mkdir -p /home/app && chown 10001:10001 /home/app
+USER app
+CMD ["id"]
+"#;
+    let name = unique_name("runtime");
+    let image = reg.image("runtime", "v1");
+    let out = slimforge_build(&manifest(&name, dockerfile, &[], &image, &reg));
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("runtime") || stderr.contains("(0)"),
+        "{stderr}"
+    );
+    let printed = podman_run_for(&last_line(&out), 1.0);
+    assert!(printed.contains("uid=10001(app)"), "{printed}");
+    assert_nothing_left(&name);
+}
+
+#[test]
+fn a_failing_run_names_stage_line_and_code_and_leaves_nothing() {
+    let reg = Registry::start();
+    let dockerfile = "FROM {busybox} AS builder\nRUN echo compiling\nRUN echo broken >&2; exit 3\n\nFROM {busybox}\nCOPY --from=builder /etc/passwd /x\n";
+    let name = unique_name("failing");
+    let out = slimforge_build(&manifest(
+        &name,
+        dockerfile,
+        &[],
+        &reg.image("failing", "v1"),
+        &reg,
+    ));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(error.contains("stage builder"), "{error}");
+    assert!(error.contains("line 3"), "{error}");
+    assert!(error.contains("exit code 3"), "{error}");
+    assert!(error.contains("broken"), "the log tail: {error}");
+    assert_nothing_left(&name);
+}
+
+#[test]
+fn a_dockerfile_that_does_not_parse_creates_no_pod() {
+    let reg = Registry::start();
+    let name = unique_name("unparsable");
+    let out = slimforge_build(&manifest(
+        &name,
+        "FROM {busybox}\nCOPY --frm=x /a /b\n",
+        &[],
+        &reg.image("unparsable", "v1"),
+        &reg,
+    ));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(
+        !stderr.contains("publishing the helper"),
+        "stopped before anything ran"
+    );
+    assert_nothing_left(&name);
+}
