@@ -10,9 +10,14 @@ use super::{StageError, io_err};
 /// The name of the copy in the volume.
 pub const HELPER_NAME: &str = "slimforge";
 
-/// Copies the running executable to `dir/slimforge`, mode 0755; returns its path.
+/// Copies the running executable to `dir/slimforge`, mode 0755, and opens
+/// `dir` to every user (mode 1777): the next init container runs as the
+/// image's own user and writes its `whoami` there, and podman's emptyDir
+/// starts 0755 (Kubernetes' starts 0777). Returns the copy's path.
 pub fn install(dir: &Path) -> Result<PathBuf, StageError> {
-    install_from(Path::new("/proc/self/exe"), dir)
+    let installed = install_from(Path::new("/proc/self/exe"), dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o1777)).map_err(io_err(dir))?;
+    Ok(installed)
 }
 
 /// Copies `exe` to `dir/slimforge`, mode 0755, replacing an older copy whole.
