@@ -31,9 +31,14 @@ pub struct ControllerOptions {
     pub leader_election: Option<(String, String)>,
 }
 
-/// Runs until a shutdown signal (or the loss of the Lease).
+/// Runs until a shutdown signal (or the loss of the Lease), with the
+/// in-cluster config or KUBECONFIG.
 pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    run_with(Client::try_default().await?, options).await
+}
+
+/// [`run`] with a client of the caller's.
+pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn(serve(
