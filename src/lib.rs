@@ -5,4 +5,5 @@ pub mod assemble;
 pub mod dockerfile;
 pub mod oci;
 pub mod plan;
+pub mod recipe;
 pub mod stage;
