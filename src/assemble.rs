@@ -379,6 +379,16 @@ fn write_copy_layer(
     }
     let destination_is_dir =
         spec.destination_is_dir || matched > 1 || made.contains_key(&spec.destination);
+    // copy.rs creates missing parents root-owned, which only root may do:
+    // the staged ones exist beforehand (0755, as it makes them).
+    let premade = if destination_is_dir {
+        staged.clone()
+    } else {
+        staged
+            .parent()
+            .map_or_else(|| staged.clone(), Path::to_path_buf)
+    };
+    make_dirs(&staging.path().join("out"), &premade).map_err(|e| failed(&e))?;
     for (root, source) in &sources {
         let from_context = spec.root.as_ref() == Some(root);
         let source_root = SourceRoot {
@@ -444,6 +454,16 @@ fn write_copy_layer(
         })
         .map_err(|e| failed(&e))?;
     writer.finish().map_err(|e| failed(&e))
+}
+
+/// Creates `dir` and its missing parents below `top`, 0755.
+fn make_dirs(top: &Path, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for made in dir.ancestors().take_while(|d| d.starts_with(top)) {
+        std::fs::set_permissions(made, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", made.display()))?;
+    }
+    Ok(())
 }
 
 fn read_dockerignore(root: &Path) -> Result<Option<DockerIgnore>, String> {

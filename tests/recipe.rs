@@ -473,6 +473,9 @@ fn the_seed_shape_probed_in_busybox_assembles_as_a_non_root_pod_and_runs() {
         "--read-only-tmpfs=false",
         "--user",
         "65532:65532",
+        // The operator image carries CA certificates; busybox has none.
+        "-v",
+        "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
         "-e",
     ])
     .arg(format!(
