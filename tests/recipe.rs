@@ -382,7 +382,7 @@ impl Workspace {
 
     /// Writes the export `id` of `files` (path → (content, mode)) as a
     /// chain pod does, with the real export writer.
-    fn export(&self, id: &str, pattern: &str, files: &[(&str, &str, u32)]) {
+    fn export(&self, id: &str, pattern: &str, files: &[(&str, &[u8], u32)]) {
         let root = tempfile::tempdir().unwrap();
         for (path, content, mode) in files {
             let disk = root.path().join(path);
@@ -456,7 +456,11 @@ fn the_seed_shape_probed_in_busybox_assembles_as_a_non_root_pod_and_runs() {
         "FROM {busybox} AS builder\nWORKDIR /go\nRUN true\n\n\
          FROM {busybox}\nCOPY --from=builder /go/app .\nCMD [\"./app\"]\n"
     ));
-    ws.export(&export_id(&plan), "/go/app", &[("go/app", APP, 0o755)]);
+    ws.export(
+        &export_id(&plan),
+        "/go/app",
+        &[("go/app", APP.as_bytes(), 0o755)],
+    );
     let recipe = ws.probe(&busybox, &plan);
     assert_eq!(recipe["layers"][0]["destination"], "/", "{recipe:#}");
 
@@ -528,7 +532,11 @@ fn a_copy_into_a_symlinked_dir_keeps_bin_sh_and_chown_names_resolve_in_the_base(
         "FROM {busybox} AS builder\nRUN true\n\
          FROM {busybox}\nCOPY --chown=nobody --from=builder /go/app /bin/\nCMD [\"app\"]\n"
     ));
-    ws.export(&export_id(&plan), "/go/app", &[("go/app", APP, 0o755)]);
+    ws.export(
+        &export_id(&plan),
+        "/go/app",
+        &[("go/app", APP.as_bytes(), 0o755)],
+    );
     let recipe = ws.probe(&busybox, &plan);
     assert_eq!(recipe["layers"][0]["destination"], "/usr/bin", "{recipe:#}");
     assert_eq!(recipe["layers"][0]["owner"], "65534:65534");
@@ -563,7 +571,10 @@ fn env_workdir_and_user_reach_the_config_and_a_relative_copy_lands_in_workdir() 
     ws.export(
         &export_id(&plan),
         "/go/bin/",
-        &[("go/bin/hello", APP, 0o755), ("go/bin/lib/x", "x", 0o600)],
+        &[
+            ("go/bin/hello", APP.as_bytes(), 0o755),
+            ("go/bin/lib/x", b"x", 0o600),
+        ],
     );
     ws.probe(&busybox, &plan);
     // The image's PATH is busybox's; a relative COPY is under the WORKDIR.
@@ -635,4 +646,43 @@ fn a_runtime_plan_assembles_the_snapshot_with_the_chains_config() {
         "{config:#}"
     );
     assert_eq!(podman_run_with(&[], reference, &[]), "hello from run\n");
+}
+
+#[test]
+fn a_scratch_final_image_needs_no_probe_and_gets_dockers_path() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let plan = plan(&format!(
+        "FROM {busybox} AS builder\nRUN true\n\
+         FROM scratch\nCOPY --chown=1000 --from=builder /go/busybox /bin/\nENV PATH=/opt:$PATH\n\
+         ENTRYPOINT [\"/bin/busybox\"]\nCMD [\"echo\", \"scratch works\"]\n"
+    ));
+    let busybox_binary = std::fs::read(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|d| d.join("busybox"))
+            .find(|p| p.is_file())
+            .expect("busybox on PATH"),
+    )
+    .unwrap();
+    ws.export(
+        &export_id(&plan),
+        "/go/busybox",
+        &[("go/busybox", &busybox_binary, 0o755)],
+    );
+    // No results/probe.json: scratch is evaluated by the assemble step itself.
+    let result = ws.assemble(&plan, &registry.image("scratch", "v1"));
+    let reference = result["reference"].as_str().unwrap();
+    assert!(result.get("base").is_none(), "{result:#}");
+    let config = skopeo_inspect_config(reference);
+    assert_eq!(
+        config["config"]["Env"],
+        serde_json::json!([
+            "PATH=/opt:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ]),
+        "{config:#}"
+    );
+    assert_eq!(podman_run_with(&[], reference, &[]), "scratch works\n");
+    let owner = podman_run_with(&[], reference, &["stat", "-c", "%u:%g %a", "/bin/busybox"]);
+    assert_eq!(owner, "1000:1000 755\n");
 }
