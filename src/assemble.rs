@@ -137,7 +137,8 @@ pub struct CopyLayerSpec {
     pub files: Vec<InlineFile>,
     /// Absolute in the image, symlinks of the base already resolved.
     pub destination: String,
-    /// Written as a directory (trailing `/`, several sources) or one in the base.
+    /// Written as a directory (trailing `/`, several sources) or one in the
+    /// base. With nothing to copy, the layer is that directory alone (WORKDIR).
     #[serde(default)]
     pub destination_is_dir: bool,
     /// ADD: local tar archives from `root` are extracted.
@@ -310,8 +311,8 @@ fn check_copy(copy: &CopyLayerSpec) -> Result<(), String> {
         (None, false) if copy.archives.len() != copy.sources.len() => {
             Err("`archives` and `sources` pair up: one source per archive".into())
         }
-        _ if copy.sources.is_empty() && copy.files.is_empty() => {
-            Err("nothing to copy: no `sources` and no `files`".into())
+        _ if copy.sources.is_empty() && copy.files.is_empty() && !copy.destination_is_dir => {
+            Err("nothing to copy: no `sources`, no `files`, and no directory to make".into())
         }
         _ => Ok(()),
     }

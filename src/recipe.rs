@@ -18,9 +18,9 @@
 //! and lands where the base's symlinks lead; `--chown` names come from the
 //! base's /etc/passwd and /etc/group; shell-form CMD/ENTRYPOINT run through
 //! the current SHELL; ENTRYPOINT clears a CMD not set in the same stage.
-//! Not done: SHELL is not recorded in the config; a WORKDIR that the base
-//! lacks gets no layer of its own (the runtime creates it when the
-//! container starts, root-owned).
+//! A WORKDIR the base lacks is a layer of its own: the directory, 0755,
+//! owned by the USER set before it (root when none: the base's own USER is
+//! not known here). Not done: SHELL is not recorded in the config.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -138,6 +138,8 @@ pub enum LayerOrigin {
     Exports { exports: Vec<ExportSource> },
     /// Heredocs only, their bodies expanded.
     Inline { files: Vec<InlineFile> },
+    /// A WORKDIR the base lacks: the directory alone, owned by the USER.
+    Directory,
     /// A ready layer (the runtime pod's snapshot), relative to the workspace.
     Snapshot { path: String },
 }
@@ -387,6 +389,34 @@ impl<'a> Evaluation<'a> {
                     .map_err(|e| e.to_string())?;
                 self.config.working_dir = Some(dir.display().to_string());
                 self.workdir = dir;
+                let destination = resolved.display().to_string();
+                let exists = is_dir(self.root, &resolved)
+                    || self.layers.iter().any(|l| {
+                        l.destination_is_dir && l.destination.as_deref() == Some(&destination)
+                    });
+                if !config_only && !exists {
+                    // Docker creates it, owned by the USER set so far.
+                    let owner = match self.config.user.clone() {
+                        Some(user) => {
+                            let (uid, gid) = self
+                                .users()?
+                                .resolve_user(&user)
+                                .map_err(|e| format!("USER {user}: {e}"))?;
+                            format!("{uid}:{gid}")
+                        }
+                        None => "0:0".into(),
+                    };
+                    self.layers.push(RecipeLayer {
+                        line: step.line,
+                        created_by: one_line(&step.text),
+                        source: LayerOrigin::Directory,
+                        destination: Some(destination),
+                        destination_is_dir: true,
+                        owner: Some(owner),
+                        chmod: None,
+                        extract: false,
+                    });
+                }
             }
             Instruction::User(word) => self.config.user = Some(self.expand(word)?),
             Instruction::Shell(shell) => self.shell = shell.clone(),
@@ -721,7 +751,7 @@ pub fn assemble_spec(
                         copy.files = files.clone();
                     }
                     LayerOrigin::Inline { files } => copy.files = files.clone(),
-                    LayerOrigin::Snapshot { .. } => {}
+                    LayerOrigin::Directory | LayerOrigin::Snapshot { .. } => {}
                 }
                 copy.destination = destination()?;
                 copy.destination_is_dir = layer.destination_is_dir;

@@ -158,7 +158,13 @@ fn env_merges_over_the_images_workdir_is_relative_and_user_is_kept_as_written() 
     );
     assert_eq!(recipe.config.working_dir.as_deref(), Some("/srv/app"));
     assert_eq!(recipe.config.user.as_deref(), Some("nobody"));
-    let layer = &recipe.layers[0];
+    // /srv/app is new: WORKDIR makes it, root-owned (USER comes later).
+    let workdir = &recipe.layers[0];
+    assert_eq!(workdir.source, LayerOrigin::Directory);
+    assert_eq!(workdir.destination.as_deref(), Some("/srv/app"));
+    assert_eq!(workdir.owner.as_deref(), Some("0:0"));
+    assert_eq!(recipe.layers.len(), 2, "/srv is the base's: {recipe:#?}");
+    let layer = &recipe.layers[1];
     assert_eq!(layer.destination.as_deref(), Some("/srv/app/conf"));
     assert!(layer.destination_is_dir);
     assert_eq!(
@@ -566,7 +572,8 @@ fn env_workdir_and_user_reach_the_config_and_a_relative_copy_lands_in_workdir() 
     let plan = plan(&format!(
         "FROM {busybox} AS builder\nRUN true\n\
          FROM {busybox}\nENV PATH=/opt/bin:$PATH\nWORKDIR /srv\n\
-         COPY --from=builder /go/bin/ bin/\nCOPY conf etc/\nUSER nobody\nCMD [\"hello\"]\n"
+         COPY --from=builder /go/bin/ bin/\nCOPY conf etc/\nUSER nobody\n\
+         WORKDIR /srv/data\nWORKDIR ..\nCMD [\"hello\"]\n"
     ));
     ws.export(
         &export_id(&plan),
@@ -595,10 +602,15 @@ fn env_workdir_and_user_reach_the_config_and_a_relative_copy_lands_in_workdir() 
         &[
             "/bin/sh",
             "-c",
-            "PATH=/srv/bin:$PATH hello && stat -c '%a %u' bin/hello bin/lib/x && ls etc",
+            "PATH=/srv/bin:$PATH hello && stat -c '%a %u' bin/hello bin/lib/x && ls etc \
+             && touch data/mine && stat -c '%a %U' . data data/mine",
         ],
     );
-    assert_eq!(out, "app runs as 65534 in /srv\n755 0\n600 0\napp.conf\n");
+    // A WORKDIR after USER belongs to that user, as with Docker.
+    assert_eq!(
+        out,
+        "app runs as 65534 in /srv\n755 0\n600 0\napp.conf\n755 root\n755 nobody\n644 nobody\n"
+    );
 }
 
 #[test]
