@@ -50,7 +50,6 @@ pub const SNAPSHOT_LAYER: &str = "exports/snapshot.tar";
 const INJECTED_VARIABLES: &[&str] = &[
     crate::plan::PLAN_ENV,
     "HOSTNAME",
-    "container",
     "KUBERNETES_SERVICE_HOST",
     "KUBERNETES_SERVICE_PORT",
     "KUBERNETES_SERVICE_PORT_HTTPS",

@@ -668,6 +668,7 @@ fn a_scratch_final_image_needs_no_probe_and_gets_dockers_path() {
     let plan = plan(&format!(
         "FROM {busybox} AS builder\nRUN true\n\
          FROM scratch\nCOPY --chown=1000 --from=builder /go/busybox /bin/\nENV PATH=/opt:$PATH\n\
+         ADD files.tar /opt/\n\
          ENTRYPOINT [\"/bin/busybox\"]\nCMD [\"echo\", \"scratch works\"]\n"
     ));
     let busybox_binary = std::fs::read(
@@ -682,10 +683,29 @@ fn a_scratch_final_image_needs_no_probe_and_gets_dockers_path() {
         "/go/busybox",
         &[("go/busybox", &busybox_binary, 0o755)],
     );
+    // ADD extracts a tar from the context.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(9);
+    header.set_mode(0o640);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "in/x", &b"extracted"[..])
+        .unwrap();
+    std::fs::write(ws.path("context/files.tar"), tar.into_inner().unwrap()).unwrap();
     // No results/probe.json: scratch is evaluated by the assemble step itself.
     let result = ws.assemble(&plan, &registry.image("scratch", "v1"));
     let reference = result["reference"].as_str().unwrap();
     assert!(result.get("base").is_none(), "{result:#}");
+    // The same inputs give the same image.
+    let again = ws.assemble(&plan, &registry.image("scratch", "v2"));
+    assert_eq!(again["digest"], result["digest"]);
+    assert_eq!(
+        podman_run_with(&[], reference, &["cat", "/opt/in/x"]),
+        "extracted"
+    );
     let config = skopeo_inspect_config(reference);
     assert_eq!(
         config["config"]["Env"],

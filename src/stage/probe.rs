@@ -1,8 +1,9 @@
-//! `stage probe`: runs in the runtime base image, with no user code, and
-//! answers what assembling onto that base needs to know: where destinations
-//! really land (`/bin/app` → `/usr/bin/app` when `/bin -> usr/bin`), the
-//! base's directories along the way (so new layers keep /tmp's 1777), and
-//! `--chown` names as numeric ids from the base's own /etc/passwd and /etc/group.
+//! `stage probe`: runs in the final image's base, with no user code, and
+//! evaluates the final stage there ([`crate::recipe`]), because only there
+//! is it known where destinations really land (`/bin/app` → `/usr/bin/app`
+//! when `/bin -> usr/bin`), which of the base's directories lie along the
+//! way (so new layers keep /tmp's 1777), and what `--chown` names mean in
+//! the base's own /etc/passwd and /etc/group. The lookups themselves are here.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -86,7 +87,8 @@ pub fn probe_plan(plan: Option<&Path>, result: &Path) -> Result<FinalRecipe, Rec
     Ok(recipe)
 }
 
-/// Answers `request` about the filesystem whose `/` is `root`.
+/// Answers `request` about the filesystem whose `/` is `root`: the lookups
+/// the recipe is made of, for a list of paths and users.
 pub fn probe(root: &Path, request: &ProbeRequest) -> Result<ProbeResult, StageError> {
     let mut result = ProbeResult::default();
     for destination in &request.destinations {
