@@ -21,7 +21,7 @@ use crate::oci::layer::{
 use crate::oci::registry::{
     self, DOCKER_MANIFEST, OCI_MANIFEST, Registry, RegistryError, RegistryOptions,
 };
-use crate::stage::copy::{CopyRequest, SourceRoot, copy as copy_files, match_source};
+use crate::stage::copy::{CopyRequest, SourceRoot, copy as copy_files, is_archive, match_source};
 
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -396,18 +396,31 @@ fn write_copy_layer(
             dir: root,
             ignore: ignore.as_ref().filter(|_| from_context),
         };
-        copy_files(
-            &source_root,
-            &CopyRequest {
-                sources: vec![source.clone()],
-                destination: staged.clone(),
-                destination_is_dir,
-                owner: me,
-                chmod: copy.chmod,
-                extract_archives: spec.extract && from_context,
-            },
-        )
-        .map_err(|e| failed(&e))?;
+        let request = |sources: Vec<String>| CopyRequest {
+            sources,
+            destination: staged.clone(),
+            destination_is_dir,
+            owner: me,
+            chmod: copy.chmod,
+            extract_archives: false,
+        };
+        if !(spec.extract && from_context) {
+            copy_files(&source_root, &request(vec![source.clone()])).map_err(|e| failed(&e))?;
+            continue;
+        }
+        // ADD: copy.rs extracts keeping the archive's owners, which only
+        // root may do; here owners come from the layer anyway.
+        for found in match_source(root, source, source_root.ignore).map_err(|e| failed(&e))? {
+            let archive =
+                found.disk.is_file() && is_archive(&found.disk).map_err(|e| failed(&e))?;
+            if archive {
+                make_dirs(&staging.path().join("out"), &staged)?;
+                unpack_unowned(&found.disk, &staged, me.0 == 0)?;
+            } else {
+                copy_files(&source_root, &request(vec![format!("/{}", found.rel)]))
+                    .map_err(|e| failed(&e))?;
+            }
+        }
     }
     for file in &spec.files {
         let target = if destination_is_dir || staged.is_dir() {

@@ -173,12 +173,18 @@ pub fn evaluate_here(plan: &BuildPlan) -> Result<FinalRecipe, RecipeError> {
 }
 
 /// Evaluates a final image on `scratch`: nothing in the base, only
-/// numeric `--chown`, Docker's default PATH.
-pub fn evaluate_scratch(plan: &BuildPlan) -> Result<FinalRecipe, RecipeError> {
-    let empty = tempfile::tempdir().map_err(|e| RecipeError::File {
-        path: std::env::temp_dir(),
+/// numeric `--chown`, Docker's default PATH. Its empty root is made in
+/// `work` (the assemble pod may write nowhere else).
+pub fn evaluate_scratch(plan: &BuildPlan, work: &Path) -> Result<FinalRecipe, RecipeError> {
+    let io = |e: std::io::Error| RecipeError::File {
+        path: work.to_path_buf(),
         message: e.to_string(),
-    })?;
+    };
+    std::fs::create_dir_all(work).map_err(io)?;
+    let empty = tempfile::Builder::new()
+        .prefix("scratch-")
+        .tempdir_in(work)
+        .map_err(io)?;
     let env = BTreeMap::from([("PATH".to_string(), DEFAULT_PATH.to_string())]);
     evaluate(
         plan,
@@ -673,7 +679,7 @@ pub fn final_base(plan: &BuildPlan) -> Result<(String, String), RecipeError> {
 pub fn load_recipe(plan: &BuildPlan, workspace: &Path) -> Result<FinalRecipe, RecipeError> {
     let (base, _) = final_base(plan)?;
     if base.trim() == "scratch" {
-        return evaluate_scratch(plan);
+        return evaluate_scratch(plan, &workspace.join("tmp"));
     }
     let path = workspace.join(PROBE_RESULT);
     let bytes = std::fs::read(&path).map_err(|e| RecipeError::File {

@@ -297,7 +297,8 @@ fn on_scratch_only_numeric_owners_resolve_and_path_is_dockers_default() {
             "{BUILDER}FROM scratch\nCOPY --chown={chown} --from=builder /go/app /bin/app\nENV PATH=/opt:$PATH\n"
         )
     };
-    let recipe = evaluate_scratch(&plan(&dockerfile("1000:1000"))).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let recipe = evaluate_scratch(&plan(&dockerfile("1000:1000")), work.path()).unwrap();
     // No links in scratch: the destination is as written.
     assert_eq!(recipe.layers[0].destination.as_deref(), Some("/bin/app"));
     assert_eq!(recipe.layers[0].owner.as_deref(), Some("1000:1000"));
@@ -308,7 +309,7 @@ fn on_scratch_only_numeric_owners_resolve_and_path_is_dockers_default() {
             "PATH=/opt:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()
         ])
     );
-    let err = evaluate_scratch(&plan(&dockerfile("app"))).unwrap_err();
+    let err = evaluate_scratch(&plan(&dockerfile("app")), work.path()).unwrap_err();
     assert_eq!(err.line(), Some(5), "{err}");
 }
 
@@ -441,6 +442,52 @@ impl Workspace {
         self.assemble_result()
     }
 
+    /// `slimforge assemble --image ARGS…` as the assemble pod runs it, in
+    /// `image` (any image: the helper is mounted): another uid, a read-only
+    /// root without /tmp, only the workspace writable. Returns stdout.
+    fn assemble_as_pod(&self, plan: &BuildPlan, image: &str, args: &[&str]) -> String {
+        let mut cmd = container_tool("podman");
+        cmd.args([
+            "run",
+            "--rm",
+            "--network=host",
+            "--pull=always",
+            "--tls-verify=false",
+            "--read-only",
+            "--read-only-tmpfs=false",
+            "--user",
+            "65532:65532",
+            // The operator image carries CA certificates; busybox has none.
+            "-v",
+            "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
+            "-e",
+        ])
+        .arg(format!(
+            "{PLAN_ENV}={}",
+            serde_json::to_string(plan).unwrap()
+        ))
+        .args(self.mounts())
+        .arg(image)
+        .args([
+            HELPER,
+            "assemble",
+            "--workspace",
+            "/.slimforge",
+            "--insecure",
+            "--result",
+            "/.slimforge/results/assemble.json",
+            "--image",
+        ])
+        .args(args);
+        let out = run_any(&mut cmd);
+        assert!(
+            out.status.success(),
+            "assemble pod failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn assemble_result(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.path("results/assemble.json")).unwrap()).unwrap()
     }
@@ -470,55 +517,11 @@ fn the_seed_shape_probed_in_busybox_assembles_as_a_non_root_pod_and_runs() {
     let recipe = ws.probe(&busybox, &plan);
     assert_eq!(recipe["layers"][0]["destination"], "/", "{recipe:#}");
 
-    // The assemble pod: another uid, a read-only root (no /tmp), the workspace writable.
     let target = registry.image("goapp", "v1");
-    let mut cmd = container_tool("podman");
-    cmd.args([
-        "run",
-        "--rm",
-        "--network=host",
-        "--pull=always",
-        "--tls-verify=false",
-        "--read-only",
-        "--read-only-tmpfs=false",
-        "--user",
-        "65532:65532",
-        // The operator image carries CA certificates; busybox has none.
-        "-v",
-        "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
-        "-e",
-    ])
-    .arg(format!(
-        "{PLAN_ENV}={}",
-        serde_json::to_string(&plan).unwrap()
-    ))
-    .args(ws.mounts())
-    .arg(&busybox)
-    .args([
-        HELPER,
-        "assemble",
-        "--workspace",
-        "/.slimforge",
-        "--image",
-        &target,
-        "--tag",
-        "latest",
-        "--insecure",
-        "--result",
-        "/.slimforge/results/assemble.json",
-    ]);
-    let out = run_any(&mut cmd);
-    assert!(
-        out.status.success(),
-        "assemble pod failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ws.assemble_as_pod(&plan, &busybox, &[&target, "--tag", "latest"]);
     let result = ws.assemble_result();
     let reference = result["reference"].as_str().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().last(),
-        Some(reference)
-    );
+    assert_eq!(stdout.lines().last(), Some(reference));
     assert_eq!(result["layers"].as_array().unwrap().len(), 1);
     // Its scratch space is gone.
     assert_eq!(std::fs::read_dir(ws.path("tmp")).unwrap().count(), 0);
@@ -695,11 +698,13 @@ fn a_scratch_final_image_needs_no_probe_and_gets_dockers_path() {
     tar.append_data(&mut header, "in/x", &b"extracted"[..])
         .unwrap();
     std::fs::write(ws.path("context/files.tar"), tar.into_inner().unwrap()).unwrap();
-    // No results/probe.json: scratch is evaluated by the assemble step itself.
-    let result = ws.assemble(&plan, &registry.image("scratch", "v1"));
+    // No results/probe.json: scratch is evaluated by the assemble step
+    // itself, here as the (non-root) assemble pod.
+    ws.assemble_as_pod(&plan, &busybox, &[&registry.image("scratch", "v1")]);
+    let result = ws.assemble_result();
     let reference = result["reference"].as_str().unwrap();
     assert!(result.get("base").is_none(), "{result:#}");
-    // The same inputs give the same image.
+    // The same inputs give the same image, whoever assembles it.
     let again = ws.assemble(&plan, &registry.image("scratch", "v2"));
     assert_eq!(again["digest"], result["digest"]);
     assert_eq!(
