@@ -867,6 +867,49 @@ auth: /path/to/config.json
     }
 
     #[test]
+    fn copy_layers_pair_archives_with_sources_and_need_something_to_copy() {
+        let layers = spec(
+            "base: scratch\ntarget: r/x\nworkDir: ws/tmp\nlayers:\n\
+             - copy: {archives: [a.tar], sources: [/go/app], destination: /usr/bin, destinationIsDir: true}\n  owner: '65534:65534'\n\
+             - copy: {destination: /srv, destinationIsDir: true}\n",
+        );
+        let plans = plan_layers(&layers).unwrap();
+        let LayerPlan::Copy(copy) = &plans[0].0 else {
+            panic!("a copy layer")
+        };
+        assert_eq!(copy.owner, (65534, 65534));
+        assert_eq!(plans[0].1, "COPY /go/app /usr/bin");
+        for (bad, expected) in [
+            (
+                "{archives: [a.tar, b.tar], sources: [/a], destination: /x}",
+                "pair up",
+            ),
+            (
+                "{sources: [/a], destination: /x}",
+                "need a `root` or `archives`",
+            ),
+            (
+                "{root: ctx, archives: [a.tar], sources: [/a], destination: /x}",
+                "not both",
+            ),
+            ("{destination: /x}", "nothing to copy"),
+            (
+                "{root: ctx, sources: [a], destination: x}",
+                "must be absolute",
+            ),
+        ] {
+            let spec = spec(&format!(
+                "base: scratch\ntarget: r/x\nlayers: [{{copy: {bad}}}]"
+            ));
+            let err = plan_layers(&spec).err().unwrap().to_string();
+            assert!(
+                err.contains("layers[0]: copy:") && err.contains(expected),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn owner_parses_uid_and_optional_gid() {
         assert_eq!(parse_owner("1000:100"), Some((1000, 100)));
         assert_eq!(parse_owner("1000"), Some((1000, 1000)));
