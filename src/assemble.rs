@@ -331,13 +331,12 @@ fn write_copy_layer(
     options: LayerOptions,
 ) -> Result<LayerDigests, String> {
     let spec = &copy.spec;
-    let failed = |e: &dyn std::fmt::Display| e.to_string();
-    let me = crate::stage::whoami::current_ids().map_err(|e| failed(&e))?;
-    std::fs::create_dir_all(work).map_err(|e| failed(&format!("{}: {e}", work.display())))?;
+    let me = crate::stage::whoami::current_ids().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
     let staging = tempfile::Builder::new()
         .prefix("copy-")
         .tempdir_in(work)
-        .map_err(|e| failed(&format!("{}: {e}", work.display())))?;
+        .map_err(|e| format!("{}: {e}", work.display()))?;
     let destination = Path::new(&spec.destination);
     let staged = staging
         .path()
@@ -365,7 +364,7 @@ fn write_copy_layer(
             source,
             ignore.as_ref().filter(|_| spec.root.as_ref() == Some(root)),
         )
-        .map_err(|e| failed(&e))?;
+        .map_err(|e| e.to_string())?;
         if found.is_empty() {
             return Err(format!(
                 "{source}: no such file or directory in the {}",
@@ -389,7 +388,7 @@ fn write_copy_layer(
             .parent()
             .map_or_else(|| staged.clone(), Path::to_path_buf)
     };
-    make_dirs(&staging.path().join("out"), &premade).map_err(|e| failed(&e))?;
+    make_dirs(&staging.path().join("out"), &premade).map_err(|e| e.to_string())?;
     for (root, source) in &sources {
         let from_context = spec.root.as_ref() == Some(root);
         let source_root = SourceRoot {
@@ -405,20 +404,20 @@ fn write_copy_layer(
             extract_archives: false,
         };
         if !(spec.extract && from_context) {
-            copy_files(&source_root, &request(vec![source.clone()])).map_err(|e| failed(&e))?;
+            copy_files(&source_root, &request(vec![source.clone()])).map_err(|e| e.to_string())?;
             continue;
         }
         // ADD: copy.rs extracts keeping the archive's owners, which only
         // root may do; here owners come from the layer anyway.
-        for found in match_source(root, source, source_root.ignore).map_err(|e| failed(&e))? {
+        for found in match_source(root, source, source_root.ignore).map_err(|e| e.to_string())? {
             let archive =
-                found.disk.is_file() && is_archive(&found.disk).map_err(|e| failed(&e))?;
+                found.disk.is_file() && is_archive(&found.disk).map_err(|e| e.to_string())?;
             if archive {
                 make_dirs(&staging.path().join("out"), &staged)?;
                 unpack_unowned(&found.disk, &staged, me.0 == 0)?;
             } else {
                 copy_files(&source_root, &request(vec![format!("/{}", found.rel)]))
-                    .map_err(|e| failed(&e))?;
+                    .map_err(|e| e.to_string())?;
             }
         }
     }
@@ -429,16 +428,14 @@ fn write_copy_layer(
             staged.clone()
         };
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| failed(&format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         }
-        std::fs::write(&target, &file.content)
-            .map_err(|e| failed(&format!("{}: {e}", target.display())))?;
+        std::fs::write(&target, &file.content).map_err(|e| format!("{}: {e}", target.display()))?;
         std::fs::set_permissions(
             &target,
             std::fs::Permissions::from_mode(copy.chmod.unwrap_or(0o644)),
         )
-        .map_err(|e| failed(&format!("{}: {e}", target.display())))?;
+        .map_err(|e| format!("{}: {e}", target.display()))?;
     }
 
     // The layer: what landed at the destination, with the base's parents
@@ -446,7 +443,7 @@ fn write_copy_layer(
     let mut parents = base_dirs.clone();
     parents.extend(made.iter().map(|(k, v)| (k.clone(), *v)));
     let staged_meta =
-        std::fs::metadata(&staged).map_err(|e| failed(&format!("{}: {e}", staged.display())))?;
+        std::fs::metadata(&staged).map_err(|e| format!("{}: {e}", staged.display()))?;
     if staged_meta.is_dir() && spec.destination != "/" {
         let created = BaseDirectory {
             mode: staged_meta.mode() & 0o7777,
@@ -457,7 +454,7 @@ fn write_copy_layer(
         made.insert(spec.destination.clone(), entry);
     }
     let mut writer = LayerWriter::create(out, options)
-        .map_err(|e| failed(&e))?
+        .map_err(|e| e.to_string())?
         .with_base_directories(&parents);
     writer
         .add(&LayerSource {
@@ -466,8 +463,8 @@ fn write_copy_layer(
             owner: Some(copy.owner),
             chmod: None,
         })
-        .map_err(|e| failed(&e))?;
-    writer.finish().map_err(|e| failed(&e))
+        .map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())
 }
 
 /// Creates `dir` and its missing parents below `top`, 0755.
