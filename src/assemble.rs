@@ -10,6 +10,9 @@ use oci_client::Reference;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use crate::dockerfile::DockerIgnore;
 use crate::oci::Platform;
 use crate::oci::config::{self, AddedLayer, ConfigChanges, ConfigError};
 use crate::oci::layer::{
@@ -18,6 +21,7 @@ use crate::oci::layer::{
 use crate::oci::registry::{
     self, DOCKER_MANIFEST, OCI_MANIFEST, Registry, RegistryError, RegistryOptions,
 };
+use crate::stage::copy::{CopyRequest, SourceRoot, copy as copy_files, is_archive, match_source};
 
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -37,6 +41,12 @@ pub enum AssembleError {
         index: usize,
         #[source]
         source: LayerError,
+    },
+    #[error("layers[{index}] ({created_by}): {detail}")]
+    Copy {
+        index: usize,
+        created_by: String,
+        detail: String,
     },
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -73,6 +83,9 @@ pub struct AssembleSpec {
     /// parents of new files that are listed here keep the base's mode and owner.
     #[serde(default)]
     pub base_directories: BTreeMap<String, DirectorySpec>,
+    /// Scratch space for layers and unpacked exports (the assemble pod's
+    /// root filesystem is read-only); default: the system's temp directory.
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,8 +97,8 @@ pub struct DirectorySpec {
     pub owner: Option<String>,
 }
 
-/// One layer: files from disk at a destination, or a ready tar.
-#[derive(Debug, Clone, Deserialize)]
+/// One layer: files from disk at a destination, a ready tar, or a COPY.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LayerSpec {
     pub source: Option<PathBuf>,
@@ -98,6 +111,46 @@ pub struct LayerSpec {
     pub tar: Option<PathBuf>,
     /// The history entry, e.g. the Dockerfile instruction.
     pub created_by: Option<String>,
+    /// A Dockerfile COPY/ADD with Docker's rules; `owner` and `chmod` apply.
+    pub copy: Option<CopyLayerSpec>,
+}
+
+/// COPY/ADD onto an image that is not on this disk: sources matched (globs,
+/// `.dockerignore`) in a directory or inside export archives, copied with
+/// Docker's rules (a directory copies its contents, a file into a directory
+/// keeps its name, several sources need a directory), modes kept unless
+/// `chmod`, owners `owner` (default 0:0), no parents but the base's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyLayerSpec {
+    /// The directory `sources` are relative to (the build context); its
+    /// `.dockerignore` applies.
+    pub root: Option<PathBuf>,
+    /// Export archives (gzip tars named by matched path, see
+    /// `stage::run`): `sources[i]` is matched inside `archives[i]`.
+    #[serde(default)]
+    pub archives: Vec<PathBuf>,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Inline files (heredocs), mode 0644 unless `chmod`.
+    #[serde(default)]
+    pub files: Vec<InlineFile>,
+    /// Absolute in the image, symlinks of the base already resolved.
+    pub destination: String,
+    /// Written as a directory (trailing `/`, several sources) or one in the
+    /// base. With nothing to copy, the layer is that directory alone (WORKDIR).
+    #[serde(default)]
+    pub destination_is_dir: bool,
+    /// ADD: local tar archives from `root` are extracted.
+    #[serde(default)]
+    pub extract: bool,
+}
+
+/// A file given inline: a heredoc, named by its delimiter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineFile {
+    pub name: String,
+    pub content: String,
 }
 
 /// What was pushed.
@@ -135,7 +188,12 @@ impl AssembleSpec {
         for layer in &mut spec.layers {
             layer.source.as_mut().map(resolve);
             layer.tar.as_mut().map(resolve);
+            if let Some(copy) = &mut layer.copy {
+                copy.root.as_mut().map(resolve);
+                copy.archives.iter_mut().for_each(resolve);
+            }
         }
+        spec.work_dir.as_mut().map(resolve);
         spec.auth.as_mut().map(resolve);
         spec.ca_bundle.as_mut().map(resolve);
         Ok(spec)
@@ -146,6 +204,14 @@ impl AssembleSpec {
 enum LayerPlan {
     Files(LayerSource),
     Tar(PathBuf),
+    Copy(CopyPlan),
+}
+
+/// A COPY layer checked: owner and mode parsed.
+struct CopyPlan {
+    spec: CopyLayerSpec,
+    owner: (u64, u64),
+    chmod: Option<u32>,
 }
 
 fn plan_layers(spec: &AssembleSpec) -> Result<Vec<(LayerPlan, String)>, AssembleError> {
@@ -155,30 +221,29 @@ fn plan_layers(spec: &AssembleSpec) -> Result<Vec<(LayerPlan, String)>, Assemble
         .iter()
         .enumerate()
         .map(|(index, l)| {
-            let plan = match (&l.source, &l.tar) {
-                (Some(source), None) => {
+            let owner = l
+                .owner
+                .as_deref()
+                .map(|o| {
+                    parse_owner(o).ok_or_else(|| {
+                        invalid(index, format!("owner `{o}` is not numeric uid:gid"))
+                    })
+                })
+                .transpose()?;
+            let chmod = l
+                .chmod
+                .as_deref()
+                .map(|m| {
+                    parse_mode(m)
+                        .ok_or_else(|| invalid(index, format!("chmod `{m}` is not an octal mode")))
+                })
+                .transpose()?;
+            let plan = match (&l.source, &l.tar, &l.copy) {
+                (Some(source), None, None) => {
                     let destination = l
                         .destination
                         .clone()
                         .ok_or_else(|| invalid(index, "`source` needs a `destination`".into()))?;
-                    let owner = l
-                        .owner
-                        .as_deref()
-                        .map(|o| {
-                            parse_owner(o).ok_or_else(|| {
-                                invalid(index, format!("owner `{o}` is not numeric uid:gid"))
-                            })
-                        })
-                        .transpose()?;
-                    let chmod = l
-                        .chmod
-                        .as_deref()
-                        .map(|m| {
-                            parse_mode(m).ok_or_else(|| {
-                                invalid(index, format!("chmod `{m}` is not an octal mode"))
-                            })
-                        })
-                        .transpose()?;
                     if !source.exists() && source.symlink_metadata().is_err() {
                         return Err(invalid(
                             index,
@@ -192,7 +257,7 @@ fn plan_layers(spec: &AssembleSpec) -> Result<Vec<(LayerPlan, String)>, Assemble
                         chmod,
                     })
                 }
-                (None, Some(tar)) => {
+                (None, Some(tar), None) => {
                     if l.destination.is_some() || l.owner.is_some() || l.chmod.is_some() {
                         return Err(invalid(
                             index,
@@ -201,20 +266,248 @@ fn plan_layers(spec: &AssembleSpec) -> Result<Vec<(LayerPlan, String)>, Assemble
                     }
                     LayerPlan::Tar(tar.clone())
                 }
+                (None, None, Some(copy)) => {
+                    if l.destination.is_some() {
+                        return Err(invalid(index, "`copy` has its own `destination`".into()));
+                    }
+                    check_copy(copy).map_err(|detail| invalid(index, format!("copy: {detail}")))?;
+                    LayerPlan::Copy(CopyPlan {
+                        spec: copy.clone(),
+                        owner: owner.unwrap_or((0, 0)),
+                        chmod,
+                    })
+                }
                 _ => {
                     return Err(invalid(
                         index,
-                        "give exactly one of `source` or `tar`".into(),
+                        "give exactly one of `source`, `tar` or `copy`".into(),
                     ));
                 }
             };
             let created_by = l.created_by.clone().unwrap_or_else(|| match &plan {
                 LayerPlan::Files(s) => format!("COPY {} {}", s.source.display(), s.destination),
                 LayerPlan::Tar(t) => format!("ADD {}", t.display()),
+                LayerPlan::Copy(c) => {
+                    format!("COPY {} {}", c.spec.sources.join(" "), c.spec.destination)
+                }
             });
             Ok((plan, created_by))
         })
         .collect()
+}
+
+fn check_copy(copy: &CopyLayerSpec) -> Result<(), String> {
+    if !copy.destination.starts_with('/') {
+        return Err(format!(
+            "destination `{}` must be absolute",
+            copy.destination
+        ));
+    }
+    match (&copy.root, copy.archives.is_empty()) {
+        (Some(_), false) => Err("give `root` or `archives`, not both".into()),
+        (None, true) if !copy.sources.is_empty() => {
+            Err("`sources` need a `root` or `archives`".into())
+        }
+        (None, false) if copy.archives.len() != copy.sources.len() => {
+            Err("`archives` and `sources` pair up: one source per archive".into())
+        }
+        _ if copy.sources.is_empty() && copy.files.is_empty() && !copy.destination_is_dir => {
+            Err("nothing to copy: no `sources`, no `files`, and no directory to make".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes one COPY layer: the sources are first copied with Docker's rules
+/// into a staging tree under `work` (exports unpacked there first, modes
+/// kept, owned by this user), then written from there with the spec's
+/// owner. `made` holds directories earlier layers of this image created.
+fn write_copy_layer(
+    copy: &CopyPlan,
+    base_dirs: &BTreeMap<String, BaseDirectory>,
+    made: &mut BTreeMap<String, BaseDirectory>,
+    work: &Path,
+    out: &Path,
+    options: LayerOptions,
+) -> Result<LayerDigests, String> {
+    let spec = &copy.spec;
+    let me = crate::stage::whoami::current_ids().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix("copy-")
+        .tempdir_in(work)
+        .map_err(|e| format!("{}: {e}", work.display()))?;
+    let destination = Path::new(&spec.destination);
+    let staged = staging
+        .path()
+        .join("out")
+        .join(destination.strip_prefix("/").unwrap_or(destination));
+
+    // The sources, each under the root it is matched in.
+    let ignore = match &spec.root {
+        Some(root) => read_dockerignore(root)?,
+        None => None,
+    };
+    let mut sources: Vec<(PathBuf, String)> = Vec::new();
+    for (i, archive) in spec.archives.iter().enumerate() {
+        let dir = staging.path().join(format!("export-{i}"));
+        unpack_unowned(archive, &dir, me.0 == 0)?;
+        sources.push((dir, spec.sources[i].clone()));
+    }
+    if let Some(root) = &spec.root {
+        sources.extend(spec.sources.iter().map(|s| (root.clone(), s.clone())));
+    }
+    let mut matched = spec.files.len();
+    for (root, source) in &sources {
+        let found = match_source(
+            root,
+            source,
+            ignore.as_ref().filter(|_| spec.root.as_ref() == Some(root)),
+        )
+        .map_err(|e| e.to_string())?;
+        if found.is_empty() {
+            return Err(format!(
+                "{source}: no such file or directory in the {}",
+                if spec.root.as_ref() == Some(root) {
+                    "build context (or excluded by .dockerignore)"
+                } else {
+                    "export"
+                }
+            ));
+        }
+        matched += found.len();
+    }
+    let destination_is_dir =
+        spec.destination_is_dir || matched > 1 || made.contains_key(&spec.destination);
+    // copy.rs creates missing parents root-owned, which only root may do:
+    // the staged ones exist beforehand (0755, as it makes them).
+    let premade = if destination_is_dir {
+        staged.clone()
+    } else {
+        staged
+            .parent()
+            .map_or_else(|| staged.clone(), Path::to_path_buf)
+    };
+    make_dirs(&staging.path().join("out"), &premade).map_err(|e| e.to_string())?;
+    for (root, source) in &sources {
+        let from_context = spec.root.as_ref() == Some(root);
+        let source_root = SourceRoot {
+            dir: root,
+            ignore: ignore.as_ref().filter(|_| from_context),
+        };
+        let request = |sources: Vec<String>| CopyRequest {
+            sources,
+            destination: staged.clone(),
+            destination_is_dir,
+            owner: me,
+            chmod: copy.chmod,
+            extract_archives: false,
+        };
+        if !(spec.extract && from_context) {
+            copy_files(&source_root, &request(vec![source.clone()])).map_err(|e| e.to_string())?;
+            continue;
+        }
+        // ADD: copy.rs extracts keeping the archive's owners, which only
+        // root may do; here owners come from the layer anyway.
+        for found in match_source(root, source, source_root.ignore).map_err(|e| e.to_string())? {
+            let archive =
+                found.disk.is_file() && is_archive(&found.disk).map_err(|e| e.to_string())?;
+            if archive {
+                make_dirs(&staging.path().join("out"), &staged)?;
+                unpack_unowned(&found.disk, &staged, me.0 == 0)?;
+            } else {
+                copy_files(&source_root, &request(vec![format!("/{}", found.rel)]))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    for file in &spec.files {
+        let target = if destination_is_dir || staged.is_dir() {
+            staged.join(&file.name)
+        } else {
+            staged.clone()
+        };
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&target, &file.content).map_err(|e| format!("{}: {e}", target.display()))?;
+        std::fs::set_permissions(
+            &target,
+            std::fs::Permissions::from_mode(copy.chmod.unwrap_or(0o644)),
+        )
+        .map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+
+    // The layer: what landed at the destination, with the base's parents
+    // and those earlier layers made.
+    let mut parents = base_dirs.clone();
+    parents.extend(made.iter().map(|(k, v)| (k.clone(), *v)));
+    let staged_meta =
+        std::fs::metadata(&staged).map_err(|e| format!("{}: {e}", staged.display()))?;
+    if staged_meta.is_dir() && spec.destination != "/" {
+        let created = BaseDirectory {
+            mode: staged_meta.mode() & 0o7777,
+            uid: copy.owner.0,
+            gid: copy.owner.1,
+        };
+        let entry = *parents.entry(spec.destination.clone()).or_insert(created);
+        made.insert(spec.destination.clone(), entry);
+    }
+    let mut writer = LayerWriter::create(out, options)
+        .map_err(|e| e.to_string())?
+        .with_base_directories(&parents);
+    writer
+        .add(&LayerSource {
+            source: staged,
+            destination: spec.destination.clone(),
+            owner: Some(copy.owner),
+            chmod: None,
+        })
+        .map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())
+}
+
+/// Creates `dir` and its missing parents below `top`, 0755.
+fn make_dirs(top: &Path, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for made in dir.ancestors().take_while(|d| d.starts_with(top)) {
+        std::fs::set_permissions(made, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", made.display()))?;
+    }
+    Ok(())
+}
+
+fn read_dockerignore(root: &Path) -> Result<Option<DockerIgnore>, String> {
+    let path = root.join(".dockerignore");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => DockerIgnore::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Unpacks an export archive as any user: modes kept, owners left to the
+/// layer; xattrs only as root (an unprivileged user may not set `security.*`).
+fn unpack_unowned(archive: &Path, dest: &Path, xattrs: bool) -> Result<(), String> {
+    let failed = |e: std::io::Error| format!("{}: {e}", archive.display());
+    std::fs::create_dir_all(dest).map_err(failed)?;
+    let mut file = std::fs::File::open(archive).map_err(failed)?;
+    let mut magic = [0u8; 2];
+    let n = std::io::Read::read(&mut file, &mut magic).map_err(failed)?;
+    let file = std::fs::File::open(archive).map_err(failed)?;
+    let reader: Box<dyn std::io::Read> = if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut tar = tar::Archive::new(reader);
+    tar.set_preserve_permissions(true);
+    tar.set_preserve_ownerships(false);
+    tar.set_unpack_xattrs(xattrs);
+    tar.set_overwrite(true);
+    tar.unpack(dest).map_err(failed)
 }
 
 fn parse_mode(mode: &str) -> Option<u32> {
@@ -262,22 +555,42 @@ async fn write_layers(
 ) -> Result<Vec<(PathBuf, LayerDigests, String)>, AssembleError> {
     let options = LayerOptions::default();
     let mut written = Vec::new();
+    // Directories COPY layers created, for the layers after them.
+    let mut made: BTreeMap<String, BaseDirectory> = BTreeMap::new();
     for (index, (plan, created_by)) in plans.into_iter().enumerate() {
         let out = dir.join(format!("layer-{index}.tar.gz"));
         let path = out.clone();
         let base_dirs = base_dirs.clone();
-        let digests = tokio::task::spawn_blocking(move || match plan {
+        let work = dir.to_path_buf();
+        let what = created_by.clone();
+        let (digests, made_now) = tokio::task::spawn_blocking(move || match plan {
             LayerPlan::Files(source) => {
-                let mut writer =
-                    LayerWriter::create(&path, options)?.with_base_directories(&base_dirs);
-                writer.add(&source)?;
-                writer.finish()
+                let mut writer = LayerWriter::create(&path, options)
+                    .map_err(|source| AssembleError::Layer { index, source })?
+                    .with_base_directories(&base_dirs);
+                writer
+                    .add(&source)
+                    .and_then(|()| writer.finish())
+                    .map(|d| (d, made))
+                    .map_err(|source| AssembleError::Layer { index, source })
             }
-            LayerPlan::Tar(tar) => layer::layer_from_tar(&tar, &path),
+            LayerPlan::Tar(tar) => layer::layer_from_tar(&tar, &path)
+                .map(|d| (d, made))
+                .map_err(|source| AssembleError::Layer { index, source }),
+            LayerPlan::Copy(copy) => {
+                let mut made = made;
+                write_copy_layer(&copy, &base_dirs, &mut made, &work, &path, options)
+                    .map(|d| (d, made))
+                    .map_err(|detail| AssembleError::Copy {
+                        index,
+                        created_by: what,
+                        detail,
+                    })
+            }
         })
         .await
-        .map_err(|e| AssembleError::Io(format!("layer writer stopped: {e}")))?
-        .map_err(|source| AssembleError::Layer { index, source })?;
+        .map_err(|e| AssembleError::Io(format!("layer writer stopped: {e}")))??;
+        made = made_now;
         tracing::info!(layer = index, digest = %digests.digest, size = digests.size, "layer written");
         written.push((out, digests, created_by));
     }
@@ -353,10 +666,15 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         .authorize_push(&target, &base.iter().collect::<Vec<_>>())
         .await?;
 
+    let scratch = spec.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| AssembleError::Io(format!("{}: {e}", scratch.display())))?;
     let work = tempfile::Builder::new()
         .prefix("slimforge-assemble-")
-        .tempdir()
-        .map_err(|e| AssembleError::Io(format!("temporary directory: {e}")))?;
+        .tempdir_in(&scratch)
+        .map_err(|e| {
+            AssembleError::Io(format!("temporary directory in {}: {e}", scratch.display()))
+        })?;
     // New layers are written while the base's blobs move registry-side.
     let layers_written = write_layers(plans, base_dirs, work.path());
 
@@ -543,6 +861,49 @@ auth: /path/to/config.json
             spec("base: scratch\ntarget: r/x\nlayers: [{source: /, destination: /a, owner: root}]");
         let err = plan_layers(&bad_owner).err().unwrap();
         assert!(err.to_string().contains("owner `root`"), "{err}");
+    }
+
+    #[test]
+    fn copy_layers_pair_archives_with_sources_and_need_something_to_copy() {
+        let layers = spec(
+            "base: scratch\ntarget: r/x\nworkDir: ws/tmp\nlayers:\n\
+             - copy: {archives: [a.tar], sources: [/go/app], destination: /usr/bin, destinationIsDir: true}\n  owner: '65534:65534'\n\
+             - copy: {destination: /srv, destinationIsDir: true}\n",
+        );
+        let plans = plan_layers(&layers).unwrap();
+        let LayerPlan::Copy(copy) = &plans[0].0 else {
+            panic!("a copy layer")
+        };
+        assert_eq!(copy.owner, (65534, 65534));
+        assert_eq!(plans[0].1, "COPY /go/app /usr/bin");
+        for (bad, expected) in [
+            (
+                "{archives: [a.tar, b.tar], sources: [/a], destination: /x}",
+                "pair up",
+            ),
+            (
+                "{sources: [/a], destination: /x}",
+                "need a `root` or `archives`",
+            ),
+            (
+                "{root: ctx, archives: [a.tar], sources: [/a], destination: /x}",
+                "not both",
+            ),
+            ("{destination: /x}", "nothing to copy"),
+            (
+                "{root: ctx, sources: [a], destination: x}",
+                "must be absolute",
+            ),
+        ] {
+            let spec = spec(&format!(
+                "base: scratch\ntarget: r/x\nlayers: [{{copy: {bad}}}]"
+            ));
+            let err = plan_layers(&spec).err().unwrap().to_string();
+            assert!(
+                err.contains("layers[0]: copy:") && err.contains(expected),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod dockerfile;
 pub mod local;
 pub mod oci;
 pub mod plan;
+pub mod recipe;
 pub mod stage;

@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use slimforge::assemble::{AssembleSpec, assemble};
-use slimforge::plan::PlanRequest;
+use slimforge::plan::{BuildPlan, PlanRequest};
+use slimforge::recipe;
 use slimforge::stage;
 
 #[derive(Parser)]
@@ -22,11 +23,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Assemble an image from a base, new layers and config changes, and push it.
+    /// Assemble an image and push it: from a spec, or the build's final
+    /// image from the plan and the probe's recipe in the workspace.
     Assemble {
         /// The assembly spec (YAML or JSON).
+        #[arg(long, conflicts_with_all = ["plan", "workspace", "image", "tags", "insecure", "auth", "ca_bundle", "context"])]
+        spec: Option<PathBuf>,
+        /// The BuildPlan (JSON); default: the SLIMFORGE_PLAN environment variable.
         #[arg(long)]
-        spec: PathBuf,
+        plan: Option<PathBuf>,
+        /// The build's workspace: results/probe.json, exports/, tmp/.
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        /// Where the image goes (a tag).
+        #[arg(long, required_unless_present = "spec")]
+        image: Option<String>,
+        /// More tags for the same image, repeatable.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Plain HTTP or unverified TLS registries.
+        #[arg(long)]
+        insecure: bool,
+        /// dockerconfigjson for every registry involved.
+        #[arg(long)]
+        auth: Option<PathBuf>,
+        /// Extra trusted CA certificates (PEM).
+        #[arg(long)]
+        ca_bundle: Option<PathBuf>,
+        /// The build context (default: WORKSPACE/context).
+        #[arg(long)]
+        context: Option<PathBuf>,
         /// Also write the result as JSON here (e.g. the termination-message path).
         #[arg(long)]
         result: Option<PathBuf>,
@@ -95,12 +121,13 @@ enum StageCommand {
     Install { dir: PathBuf },
     /// Write this process's effective `uid:gid` to FILE.
     Whoami { file: PathBuf },
-    /// In the runtime base: resolve destinations, directories, users and WORKDIR.
+    /// In the final image's base: evaluate the final stage (destinations through
+    /// the base's links, --chown names, ENV, WORKDIR) into the recipe the assemble step follows.
     Probe {
-        /// JSON: {"destinations": [...], "users": [...], "workdir": "..."}.
+        /// The BuildPlan (JSON); default: the SLIMFORGE_PLAN environment variable.
         #[arg(long)]
-        request: PathBuf,
-        /// Where the JSON answer goes.
+        plan: Option<PathBuf>,
+        /// Where the recipe (JSON) goes, e.g. /.slimforge/results/probe.json.
         #[arg(long)]
         result: PathBuf,
     },
@@ -177,8 +204,38 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Assemble { spec, result } => {
-            let spec = AssembleSpec::load(&spec)?;
+        Command::Assemble {
+            spec,
+            plan,
+            workspace,
+            image,
+            tags,
+            insecure,
+            auth,
+            ca_bundle,
+            context,
+            result,
+        } => {
+            let spec = match (spec, image) {
+                (Some(spec), _) => AssembleSpec::load(&spec)?,
+                (None, Some(image)) => {
+                    let plan = BuildPlan::load(plan.as_deref())?;
+                    let workspace =
+                        workspace.unwrap_or_else(|| PathBuf::from(stage::run::DEFAULT_WORKSPACE));
+                    let recipe = recipe::load_recipe(&plan, &workspace)?;
+                    let output = recipe::AssembleOutput {
+                        image,
+                        additional_tags: tags,
+                        insecure,
+                        auth,
+                        ca_bundle,
+                    };
+                    recipe::assemble_spec(&plan, &recipe, &workspace, context.as_deref(), &output)?
+                }
+                (None, None) => {
+                    anyhow::bail!("give --spec FILE, or --image REF to assemble the plan")
+                }
+            };
             let outcome = assemble(&spec).await?;
             if let Some(path) = result {
                 let json = serde_json::to_vec(&outcome)?;
@@ -277,8 +334,9 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
             let (uid, gid) = stage::whoami::whoami(&file)?;
             tracing::info!(uid, gid, "user recorded");
         }
-        StageCommand::Probe { request, result } => {
-            stage::probe::probe_files(&request, &result)?;
+        StageCommand::Probe { plan, result } => {
+            let recipe = stage::probe::probe_plan(plan.as_deref(), &result)?;
+            tracing::info!(layers = recipe.layers.len(), result = %result.display(), "recipe written");
         }
         StageCommand::Run {
             plan,

@@ -120,32 +120,39 @@ fn probe_in_busybox_resolves_links_directories_and_users() {
     let registry = Registry::start();
     let busybox = push_busybox(&registry, "busybox", Format::Docker);
     let mounts = Mounts::new();
-    let request = json!({
-        "destinations": ["/bin/app", "/tmp/f", "/usr/local/bin/x"],
-        "users": ["nobody", "root:nogroup", "1000", "ghost"],
-        "workdir": "/srv",
-    });
-    std::fs::write(mounts.ws("request.json"), request.to_string()).unwrap();
+    let plan = slimforge::plan::PlanRequest::from_text(&format!(
+        "FROM {busybox} AS builder\nRUN true\n\
+         FROM {busybox}\nCOPY --from=builder /app /bin/app\n\
+         COPY --chown=nobody --from=builder /app /tmp/f\n\
+         COPY --chown=root:nogroup --from=builder /app /usr/local/bin/x\n\
+         WORKDIR /srv\n"
+    ))
+    .unwrap()
+    .plan()
+    .unwrap();
+    std::fs::write(mounts.ws("plan.json"), serde_json::to_vec(&plan).unwrap()).unwrap();
     mounts.run(
         &busybox,
         &[
             HELPER,
             "stage",
             "probe",
-            "--request",
-            &format!("{WS}/request.json"),
+            "--plan",
+            &format!("{WS}/plan.json"),
             "--result",
             &format!("{WS}/result.json"),
         ],
     );
     let result: Value =
         serde_json::from_slice(&std::fs::read(mounts.ws("result.json")).unwrap()).unwrap();
-    assert_eq!(
-        result["destinations"]["/bin/app"], "/usr/bin/app",
-        "{result:#}"
-    );
-    assert_eq!(result["destinations"]["/tmp/f"], "/tmp/f");
-    assert_eq!(result["workdir"], "/srv");
+    let layers = &result["layers"];
+    assert_eq!(layers[0]["destination"], "/usr/bin/app", "{result:#}");
+    assert_eq!(layers[0]["owner"], "0:0");
+    assert_eq!(layers[1]["destination"], "/tmp/f");
+    assert_eq!(layers[1]["owner"], "65534:65534");
+    assert_eq!(layers[2]["destination"], "/usr/local/bin/x");
+    assert_eq!(layers[2]["owner"], "0:65534");
+    assert_eq!(result["config"]["workingDir"], "/srv");
     let dirs = &result["baseDirectories"];
     assert_eq!(
         dirs["/tmp"],
@@ -157,11 +164,30 @@ fn probe_in_busybox_resolves_links_directories_and_users() {
         dirs.get("/bin").is_none(),
         "a symlink is no directory: {result:#}"
     );
-    assert_eq!(result["users"]["nobody"], json!({"owner": "65534:65534"}));
-    assert_eq!(result["users"]["root:nogroup"], json!({"owner": "0:65534"}));
-    assert_eq!(result["users"]["1000"], json!({"owner": "1000:1000"}));
-    let error = result["users"]["ghost"]["error"].as_str().unwrap();
-    assert!(error.contains("unknown user `ghost`"), "{error}");
+
+    // An unknown --chown user fails the probe, naming the line.
+    let plan = slimforge::plan::PlanRequest::from_text(&format!(
+        "FROM {busybox} AS builder\nRUN true\nFROM {busybox}\nCOPY --chown=ghost --from=builder /app /app\n"
+    ))
+    .unwrap()
+    .plan()
+    .unwrap();
+    std::fs::write(mounts.ws("ghost.json"), serde_json::to_vec(&plan).unwrap()).unwrap();
+    let options = mounts.options();
+    let mut cmd = support::container_tool("podman");
+    cmd.args(["run", "--rm", "--network=none", "--tls-verify=false"])
+        .args(&options)
+        .arg(&busybox)
+        .args([HELPER, "stage", "probe", "--plan"])
+        .arg(format!("{WS}/ghost.json"))
+        .args(["--result", &format!("{WS}/ghost-result.json")]);
+    let out = support::run_any(&mut cmd);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 4: COPY --chown=ghost") && stderr.contains("unknown user `ghost`"),
+        "{stderr}"
+    );
 
     // The answer is the assemble spec's input as is: files at the resolved
     // destinations keep /bin a symlink and /tmp 1777.
@@ -176,8 +202,8 @@ fn probe_in_busybox_resolves_links_directories_and_users() {
         "base": busybox,
         "baseDirectories": dirs,
         "layers": [
-            {"source": files.path().join("app"), "destination": result["destinations"]["/bin/app"]},
-            {"source": files.path().join("app"), "destination": result["destinations"]["/tmp/f"]},
+            {"source": files.path().join("app"), "destination": layers[0]["destination"]},
+            {"source": files.path().join("app"), "destination": layers[1]["destination"]},
         ],
         "target": registry.image("probed", "v1"),
         "insecure": true,

@@ -359,7 +359,7 @@ fn copy_entry(
 }
 
 /// A plain or gzip-compressed tar (by its bytes, as Docker's ADD decides).
-fn is_archive(path: &Path) -> Result<bool, StageError> {
+pub fn is_archive(path: &Path) -> Result<bool, StageError> {
     let mut head = vec![0u8; 512];
     let mut file = fs::File::open(path).map_err(io_err(path))?;
     let mut n = 0;

@@ -1,20 +1,23 @@
-//! `stage probe`: runs in the runtime base image, with no user code, and
-//! answers what assembling onto that base needs to know: where destinations
-//! really land (`/bin/app` → `/usr/bin/app` when `/bin -> usr/bin`), the
-//! base's directories along the way (so new layers keep /tmp's 1777), and
-//! `--chown` names as numeric ids from the base's own /etc/passwd and /etc/group.
+//! `stage probe`: runs in the final image's base, with no user code, and
+//! evaluates the final stage there ([`crate::recipe`]), because only there
+//! is it known where destinations really land (`/bin/app` → `/usr/bin/app`
+//! when `/bin -> usr/bin`), which of the base's directories lie along the
+//! way (so new layers keep /tmp's 1777), and what `--chown` names mean in
+//! the base's own /etc/passwd and /etc/group. The lookups themselves are here.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::users::Users;
 use super::{StageError, io_err, write_atomically};
+use crate::plan::BuildPlan;
+use crate::recipe::{FinalRecipe, RecipeError};
 
 /// Linux gives up after 40 links in one lookup (ELOOP); so do we.
 const MAX_SYMLINKS: usize = 40;
@@ -65,24 +68,27 @@ pub enum UserResolution {
     Error(String),
 }
 
-/// Reads the request, probes the filesystem at `/`, writes the result.
-pub fn probe_files(request: &Path, result: &Path) -> Result<ProbeResult, StageError> {
-    let bytes = fs::read(request).map_err(io_err(request))?;
-    let request: ProbeRequest =
-        serde_json::from_slice(&bytes).map_err(|e| StageError::Invalid {
-            path: request.to_path_buf(),
-            what: e.to_string(),
-        })?;
-    let answer = probe(Path::new("/"), &request)?;
-    let json = serde_json::to_vec_pretty(&answer).map_err(|e| StageError::Invalid {
+/// `stage probe`: evaluates the plan's final image where this process runs
+/// (its `/`, environment and cwd are the base's) and writes the
+/// [`FinalRecipe`] as JSON to `result`.
+pub fn probe_plan(plan: Option<&Path>, result: &Path) -> Result<FinalRecipe, RecipeError> {
+    let plan = BuildPlan::load(plan)?;
+    let recipe = crate::recipe::evaluate_here(&plan)?;
+    let json = serde_json::to_vec_pretty(&recipe).map_err(|e| StageError::Invalid {
         path: result.to_path_buf(),
         what: e.to_string(),
     })?;
+    if let Some(dir) = result.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
     write_atomically(result, &json)?;
-    Ok(answer)
+    // The assemble pod runs as another user.
+    fs::set_permissions(result, fs::Permissions::from_mode(0o644)).map_err(io_err(result))?;
+    Ok(recipe)
 }
 
-/// Answers `request` about the filesystem whose `/` is `root`.
+/// Answers `request` about the filesystem whose `/` is `root`: the lookups
+/// the recipe is made of, for a list of paths and users.
 pub fn probe(root: &Path, request: &ProbeRequest) -> Result<ProbeResult, StageError> {
     let mut result = ProbeResult::default();
     for destination in &request.destinations {
@@ -116,7 +122,7 @@ pub fn probe(root: &Path, request: &ProbeRequest) -> Result<ProbeResult, StageEr
 
 /// A COPY destination: its parents resolved; its last component too when it
 /// names a directory (trailing `/`) or is an existing directory (or a link to one).
-fn resolve_destination(root: &Path, destination: &str) -> Result<PathBuf, StageError> {
+pub(crate) fn resolve_destination(root: &Path, destination: &str) -> Result<PathBuf, StageError> {
     let path = Path::new(destination);
     if !path.has_root() {
         return Err(StageError::Invalid {
@@ -208,12 +214,12 @@ fn in_root(root: &Path, image_path: &Path) -> PathBuf {
     root.join(image_path.strip_prefix("/").unwrap_or(image_path))
 }
 
-fn is_dir(root: &Path, image_path: &Path) -> bool {
+pub(crate) fn is_dir(root: &Path, image_path: &Path) -> bool {
     fs::symlink_metadata(in_root(root, image_path)).is_ok_and(|m| m.is_dir())
 }
 
 /// The existing directories among `resolved` and its ancestors (not `/`).
-fn add_directories(
+pub(crate) fn add_directories(
     root: &Path,
     resolved: &Path,
     out: &mut BTreeMap<String, BaseDirectoryEntry>,
@@ -249,7 +255,7 @@ fn add_directories(
 
 /// The text of /etc/passwd or /etc/group, found through the base's links; a
 /// missing file is empty (scratch-like bases).
-fn read_table(root: &Path, file: &str) -> Result<String, StageError> {
+pub(crate) fn read_table(root: &Path, file: &str) -> Result<String, StageError> {
     let path = resolve(root, &Path::new("/").join(file), true)?;
     let on_disk = in_root(root, &path);
     match fs::read(&on_disk) {
@@ -269,7 +275,7 @@ fn read_table(root: &Path, file: &str) -> Result<String, StageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::symlink;
 
     /// A merged-/usr base: /bin → usr/bin, /sbin → /usr/sbin, /tmp 1777.
     fn base() -> tempfile::TempDir {
