@@ -167,6 +167,10 @@ pub struct AssembleResult {
     /// The base as pinned for the whole assembly (`…@sha256:…`), absent for scratch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
+    /// The compressed size of the image the builder stage ran in, when asked
+    /// for (`--builder-image`): the size reduction is measured against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder_size_bytes: Option<u64>,
 }
 
 impl AssembleSpec {
@@ -799,7 +803,34 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         size_bytes,
         layers: written.into_iter().map(|(_, d, _)| d).collect(),
         base: base_pinned,
+        builder_size_bytes: None,
     })
+}
+
+/// The compressed size of `image` for `platform` (config and layers), as its
+/// registry says: only the manifest is read.
+pub async fn compressed_size(
+    image: &str,
+    platform: &str,
+    options: &RegistryOptions,
+) -> Result<u64, AssembleError> {
+    let reference = registry::parse_reference(image)?;
+    let platform: Platform = platform
+        .parse()
+        .map_err(|e| AssembleError::Invalid(format!("platform `{platform}`: {e}")))?;
+    let registry = Registry::connect(options, &[&reference]).await?;
+    let manifest = registry.resolve(&reference, &platform).await?;
+    let value: Value =
+        serde_json::from_slice(&manifest.bytes).map_err(|e| AssembleError::Base {
+            reference: image.to_string(),
+            detail: format!("manifest: {e}"),
+        })?;
+    let size = |v: &Value| v["size"].as_u64().unwrap_or(0);
+    Ok(size(&value["config"])
+        + value["layers"]
+            .as_array()
+            .map(|layers| layers.iter().map(size).sum())
+            .unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ enum Command {
         /// Also write the result as JSON here (e.g. the termination-message path).
         #[arg(long)]
         result: Option<PathBuf>,
+        /// Report this image's compressed size too (`builderSizeBytes`).
+        #[arg(long)]
+        builder_image: Option<String>,
     },
     /// Plan a build: a Dockerfile or an ImageBuild manifest → chains, exports, final image.
     Plan {
@@ -215,6 +218,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ca_bundle,
             context,
             result,
+            builder_image,
         } => {
             let spec = match (spec, image) {
                 (Some(spec), _) => AssembleSpec::load(&spec)?,
@@ -236,7 +240,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     anyhow::bail!("give --spec FILE, or --image REF to assemble the plan")
                 }
             };
-            let outcome = assemble(&spec).await?;
+            let mut outcome = assemble(&spec).await?;
+            if let Some(builder) = builder_image {
+                let options = slimforge::oci::registry::RegistryOptions {
+                    insecure: spec.insecure,
+                    ca_bundle: spec.ca_bundle.clone(),
+                    auth_file: spec.auth.clone(),
+                };
+                let platform = spec
+                    .platform
+                    .clone()
+                    .unwrap_or_else(|| "linux/amd64".into());
+                match slimforge::assemble::compressed_size(&builder, &platform, &options).await {
+                    Ok(size) => outcome.builder_size_bytes = Some(size),
+                    Err(e) => {
+                        tracing::warn!(image = %builder, error = %e, "builder image size unknown")
+                    }
+                }
+            }
             if let Some(path) = result {
                 let json = serde_json::to_vec(&outcome)?;
                 std::fs::write(&path, json)
