@@ -91,6 +91,18 @@ impl Workspace {
 
     /// [`Workspace::run`] with more `stage run` arguments.
     fn run_with(&self, image: &str, chain: &str, extra: &[&str]) -> Outcome {
+        self.run_as(
+            image,
+            chain,
+            &RunOptions {
+                args: extra.iter().map(|s| s.to_string()).collect(),
+                ..RunOptions::default()
+            },
+        )
+    }
+
+    /// `stage run` of `chain` in `image`, as `options` say.
+    fn run_as(&self, image: &str, chain: &str, options: &RunOptions) -> Outcome {
         let mut cmd = container_tool("podman");
         cmd.args([
             "run",
@@ -102,17 +114,16 @@ impl Workspace {
             "0",
         ])
         .args(self.mounts())
-        .arg(image)
-        .args([
-            HELPER,
-            "stage",
-            "run",
-            "--plan",
-            "/.slimforge/plan.json",
-            "--chain",
-            chain,
-        ])
-        .args(extra);
+        .args(&options.podman);
+        for (name, value) in &options.env {
+            cmd.arg("--env").arg(format!("{name}={value}"));
+        }
+        cmd.arg(image)
+            .args([HELPER, "stage", "run", "--chain", chain]);
+        if !options.plan_from_env {
+            cmd.args(["--plan", "/.slimforge/plan.json"]);
+        }
+        cmd.args(&options.args);
         let output = run_any(&mut cmd);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         let result_path = self.path(&format!("results/{chain}.json"));
@@ -126,12 +137,9 @@ impl Workspace {
         }
     }
 
-    fn run_ok(&self, image: &str, chain: &str) -> Outcome {
-        self.run_ok_with(image, chain, &[])
-    }
-
-    fn run_ok_with(&self, image: &str, chain: &str, extra: &[&str]) -> Outcome {
-        let outcome = self.run_with(image, chain, extra);
+    /// [`Workspace::run_as`], which must succeed.
+    fn run_ok_as(&self, image: &str, chain: &str, options: &RunOptions) -> Outcome {
+        let outcome = self.run_as(image, chain, options);
         assert!(
             outcome.success,
             "stage run failed: {:#}\n--- stderr\n{}",
@@ -143,6 +151,29 @@ impl Workspace {
             outcome.result
         );
         outcome
+    }
+
+    /// Names in the workspace's `tmp/` (scratch space the helper must clean).
+    fn scratch_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn run_ok(&self, image: &str, chain: &str) -> Outcome {
+        self.run_ok_with(image, chain, &[])
+    }
+
+    fn run_ok_with(&self, image: &str, chain: &str, extra: &[&str]) -> Outcome {
+        self.run_ok_as(
+            image,
+            chain,
+            &RunOptions {
+                args: extra.iter().map(|s| s.to_string()).collect(),
+                ..RunOptions::default()
+            },
+        )
     }
 
     /// The entries of an export: path → (mode, uid, gid, content).
@@ -169,6 +200,29 @@ impl Workspace {
             );
         }
         entries
+    }
+}
+
+/// How a `stage run` container is started beyond the usual.
+#[derive(Default)]
+struct RunOptions {
+    /// More `podman run` options (mounts, capabilities).
+    podman: Vec<String>,
+    /// Environment of the helper (`SLIMFORGE_CONTEXT`, `SLIMFORGE_PLAN`).
+    env: Vec<(String, String)>,
+    /// More `stage run` arguments.
+    args: Vec<String>,
+    /// No `--plan`: the plan comes from `SLIMFORGE_PLAN` in `env`.
+    plan_from_env: bool,
+}
+
+impl RunOptions {
+    /// The build context given as `SLIMFORGE_CONTEXT`.
+    fn context(context: &Value) -> Self {
+        Self {
+            env: vec![("SLIMFORGE_CONTEXT".into(), context.to_string())],
+            ..Self::default()
+        }
     }
 }
 
@@ -264,7 +318,7 @@ fn a_failing_run_reports_stage_line_exit_code_and_the_end_of_its_output() {
         "{}",
         outcome.stderr
     );
-    assert!(!ws.path("exports").exists());
+    assert_eq!(std::fs::read_dir(ws.path("exports")).unwrap().count(), 0);
 
     // Not only RUN: a missing source names its line too.
     ws.plan(&format!(
@@ -593,4 +647,179 @@ fn a_runtime_chain_is_snapshotted_and_assembles_onto_its_root_image() {
         ["10001", "app", "vi-gone", "10001", "1777"],
         "{printed}"
     );
+}
+
+/// The layout the kubelet gives a ConfigMap volume: each key a symlink
+/// `key -> ..data/key`, `..data` a symlink to a timestamped directory.
+fn config_map_volume(keys: &[(&str, &str)]) -> tempfile::TempDir {
+    let volume = tempfile::tempdir().unwrap();
+    let stamp = "..2026_11_27_21_59_20.1234567890";
+    std::fs::create_dir(volume.path().join(stamp)).unwrap();
+    for (key, content) in keys {
+        std::fs::write(volume.path().join(stamp).join(key), content).unwrap();
+        std::os::unix::fs::symlink(format!("..data/{key}"), volume.path().join(key)).unwrap();
+    }
+    std::os::unix::fs::symlink(stamp, volume.path().join("..data")).unwrap();
+    volume
+}
+
+#[test]
+fn an_inline_context_with_nested_paths_is_copied_and_removed_and_the_plan_comes_from_the_env() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let plan = ws.plan(&format!(
+        "FROM {busybox} AS b\n\
+         COPY . /src/\n\
+         RUN id -u > /tmp/uid\n\
+         FROM {busybox}\n\
+         COPY --from=b /src /src\n\
+         COPY --from=b /tmp/uid /uid\n"
+    ));
+    // A whoami file in a place of its own (each chain pod has one).
+    std::fs::create_dir(ws.path("helper")).unwrap();
+    std::fs::write(ws.path("helper/whoami"), "65534:65534").unwrap();
+    let mut options = RunOptions::context(&json!({"inline": {
+        "cmd/x/main.go": "package main\n",
+        "top.txt": "top\n",
+        "notes.bak": "left out\n",
+        ".dockerignore": "*.bak\n",
+    }}));
+    options.env.push((
+        "SLIMFORGE_PLAN".into(),
+        serde_json::to_string(&plan).unwrap(),
+    ));
+    options.plan_from_env = true;
+    options.args = vec!["--whoami".into(), "/.slimforge/helper/whoami".into()];
+    std::fs::remove_file(ws.path("plan.json")).unwrap();
+    ws.run_ok_as(&busybox, "b", &options);
+
+    let src = ws.export("b-1");
+    assert_eq!(
+        src.keys().collect::<Vec<_>>(),
+        [
+            "src",
+            "src/.dockerignore",
+            "src/cmd",
+            "src/cmd/x",
+            "src/cmd/x/main.go",
+            "src/top.txt"
+        ]
+    );
+    let main = &src["src/cmd/x/main.go"];
+    assert_eq!(
+        (main.mode, main.uid, main.text()),
+        (0o644, 0, "package main\n".into())
+    );
+    assert_eq!(src["src/cmd/x"].mode, 0o755);
+    assert_eq!(ws.export("b-2")["tmp/uid"].text(), "65534\n");
+    // The materialised context is gone; the shared directories are 1777.
+    assert_eq!(ws.scratch_left(), Vec::<String>::new());
+    for dir in ["exports", "results", "tmp"] {
+        let mode = std::fs::metadata(ws.path(dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o1777, "{dir}");
+    }
+}
+
+#[test]
+fn a_config_map_volume_gives_its_keys_at_item_paths_and_modes() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let volume = config_map_volume(&[
+        ("run.sh", "#!/bin/sh\necho ran from the configmap\n"),
+        ("app.go", "package main\n"),
+    ]);
+    let mount = vec![
+        "-v".to_string(),
+        format!("{}:/.slimforge-src:ro", volume.path().display()),
+    ];
+    ws.plan(&format!(
+        "FROM {busybox} AS b\n\
+         COPY . /ctx/\n\
+         RUN /ctx/bin/tools/run.sh > /ran\n\
+         FROM {busybox} AS all\n\
+         COPY . /all/\n\
+         FROM {busybox}\n\
+         COPY --from=b /ctx /ctx\n\
+         COPY --from=b /ran /ran\n\
+         COPY --from=all /all /all\n"
+    ));
+    // Items: keys remapped to nested paths, one executable.
+    let mut options = RunOptions::context(&json!({"configMap": {
+        "dir": "/.slimforge-src",
+        "items": [
+            {"key": "run.sh", "path": "bin/tools/run.sh", "mode": 0o755},
+            {"key": "app.go", "path": "src/app.go"},
+        ],
+    }}));
+    options.podman = mount.clone();
+    ws.run_ok_as(&busybox, "b", &options);
+    let ctx = ws.export("b-1");
+    assert_eq!(
+        ctx.keys().collect::<Vec<_>>(),
+        [
+            "ctx",
+            "ctx/bin",
+            "ctx/bin/tools",
+            "ctx/bin/tools/run.sh",
+            "ctx/src",
+            "ctx/src/app.go"
+        ]
+    );
+    assert_eq!(ctx["ctx/bin/tools/run.sh"].mode, 0o755);
+    assert_eq!(ctx["ctx/src/app.go"].mode, 0o644);
+    assert_eq!(ws.export("b-2")["ran"].text(), "ran from the configmap\n");
+
+    // No items: every key under its own name, 0644, none of the kubelet's entries.
+    let mut options = RunOptions::context(&json!({"configMap": {"dir": "/.slimforge-src"}}));
+    options.podman = mount;
+    ws.run_ok_as(&busybox, "all", &options);
+    let all = ws.export("all-1");
+    assert_eq!(
+        all.keys().collect::<Vec<_>>(),
+        ["all", "all/app.go", "all/run.sh"]
+    );
+    assert_eq!(all["all/run.sh"].mode, 0o644);
+    assert_eq!(
+        all["all/run.sh"].text(),
+        "#!/bin/sh\necho ran from the configmap\n"
+    );
+    assert_eq!(ws.scratch_left(), Vec::<String>::new());
+}
+
+#[test]
+fn a_config_map_item_naming_a_missing_key_fails_the_chain_naming_the_key() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let volume = config_map_volume(&[("app.go", "package main\n")]);
+    ws.plan(&format!(
+        "FROM {busybox} AS b\nCOPY . /ctx/\nFROM {busybox}\nCOPY --from=b /ctx /ctx\n"
+    ));
+    let mut options = RunOptions::context(&json!({"configMap": {
+        "dir": "/.slimforge-src",
+        "items": [{"key": "app.go", "path": "app.go"}, {"key": "main.go", "path": "cmd/main.go"}],
+    }}));
+    options.podman = vec![
+        "-v".into(),
+        format!("{}:/.slimforge-src:ro", volume.path().display()),
+    ];
+    let outcome = ws.run_as(&busybox, "b", &options);
+    assert!(!outcome.success);
+    assert_eq!(outcome.result["status"], "failed", "{:#}", outcome.result);
+    let error = outcome.result["error"].as_str().unwrap();
+    assert!(
+        error.contains("configMap /.slimforge-src: no key `main.go`"),
+        "{error}"
+    );
+    assert!(
+        outcome.stderr.contains("no key `main.go`"),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(ws.scratch_left(), Vec::<String>::new());
 }

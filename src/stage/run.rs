@@ -66,7 +66,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,6 +74,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::context::{BuildContext, Materialised};
 use super::copy::{CopyRequest, SourceRoot, copy, extract_archive, write_export};
 use super::users::Users;
 use super::{StageError, io_err, write_atomically};
@@ -203,21 +204,33 @@ fn keep_first_bytes(s: &str, n: usize) -> String {
 }
 
 /// What `stage run` reads: the plan, the chain to run, the workspace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    pub plan: PathBuf,
+    /// The plan file; `None`: the plan's JSON in `$SLIMFORGE_PLAN`.
+    pub plan: Option<PathBuf>,
     pub chain: String,
     pub workspace: PathBuf,
+    /// The image user's `uid:gid` as `stage whoami` wrote it; `None`:
+    /// `<workspace>/whoami`.
+    pub whoami: Option<PathBuf>,
+    /// The context's JSON (`$SLIMFORGE_CONTEXT`, see `stage::context`);
+    /// `None`: `<workspace>/context`.
+    pub context: Option<String>,
     /// A runtime chain: record the filesystem first and, on success, write
     /// what the chain changed as one layer here (see `stage::snapshot`).
     pub snapshot: Option<PathBuf>,
 }
 
+/// The workspace directories `stage run` writes in, created 1777 when
+/// missing: pods running as other users share them.
+const SHARED_DIRS: [&str; 3] = ["exports", "results", "tmp"];
+
 /// Runs the chain; the result is also written to `results/<chain>.json`.
-/// `Err` only when the plan cannot be read or the result not written.
+/// `Err` only when the chain could not start (plan or context unusable) or
+/// the result could not be written; the result file says why too.
 pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
+    prepare_workspace(&options.workspace)?;
     let results = options.workspace.join("results");
-    fs::create_dir_all(&results).map_err(io_err(&results))?;
     let path = results.join(format!("{}.json", options.chain.replace('/', "_")));
     let state = options.workspace.join("snapshot.state");
     let recorded = match &options.snapshot {
@@ -245,30 +258,66 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
     Ok(result)
 }
 
+/// Creates the workspace's shared directories, 1777, without ever needing
+/// root's power over files: on NFS with root_squash root is `nobody` there.
+/// Nothing is chowned; a directory that is there already is made 1777 when
+/// the filesystem lets this process, and left as it is otherwise.
+fn prepare_workspace(workspace: &Path) -> Result<(), StageError> {
+    fs::create_dir_all(workspace).map_err(io_err(workspace))?;
+    for name in SHARED_DIRS {
+        let dir = workspace.join(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777))
+                .map_err(io_err(&dir))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
+                let mode = fs::metadata(&dir).map_err(io_err(&dir))?.mode() & 0o7777;
+                if mode != 0o1777
+                    && let Err(e) = fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777))
+                {
+                    tracing::debug!(dir = %dir.display(), mode = format!("{mode:o}"), error = %e, "left as it is");
+                }
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+    }
+    Ok(())
+}
+
 fn run_chain(options: &RunOptions) -> Result<RunResult, StageError> {
-    let bytes = fs::read(&options.plan).map_err(io_err(&options.plan))?;
-    let plan: BuildPlan = serde_json::from_slice(&bytes).map_err(|e| StageError::Invalid {
-        path: options.plan.clone(),
-        what: e.to_string(),
-    })?;
+    let plan = BuildPlan::load(options.plan.as_deref())?;
     let chain = plan
         .chain(&options.chain)
         .ok_or_else(|| StageError::Invalid {
-            path: options.plan.clone(),
+            path: options
+                .plan
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("${}", crate::plan::PLAN_ENV))),
             what: format!("no chain `{}` in the plan", options.chain),
         })?
         .clone();
-    Ok(
-        match Runner::new(&plan, &options.workspace)?.run_chain(&chain) {
-            Ok(exports) => RunResult::Succeeded { exports },
-            Err(failure) => RunResult::Failed(*failure),
-        },
-    )
+    let context = match options.context.as_deref() {
+        Some(json) => BuildContext::parse(json)?
+            .materialise(&options.workspace.join("tmp"), &options.chain)?,
+        None => Materialised::existing(options.workspace.join("context")),
+    };
+    let whoami = options
+        .whoami
+        .clone()
+        .unwrap_or_else(|| options.workspace.join("whoami"));
+    let result = Runner::new(&plan, &options.workspace, context.path(), &whoami)?.run_chain(&chain);
+    // The materialised context goes now, whatever the outcome.
+    drop(context);
+    Ok(match result {
+        Ok(exports) => RunResult::Succeeded { exports },
+        Err(failure) => RunResult::Failed(*failure),
+    })
 }
 
 struct Runner<'a> {
     plan: &'a BuildPlan,
     workspace: PathBuf,
+    /// The build context's directory.
+    context: PathBuf,
     users: Users,
     ignore: Option<DockerIgnore>,
     /// The environment of later steps (starts as the process's).
@@ -287,8 +336,13 @@ struct Runner<'a> {
 type StepResult<T> = Result<T, Box<Failure>>;
 
 impl<'a> Runner<'a> {
-    fn new(plan: &'a BuildPlan, workspace: &Path) -> Result<Self, StageError> {
-        let ignore_path = workspace.join("context/.dockerignore");
+    fn new(
+        plan: &'a BuildPlan,
+        workspace: &Path,
+        context: &Path,
+        whoami: &Path,
+    ) -> Result<Self, StageError> {
+        let ignore_path = context.join(".dockerignore");
         let ignore = match fs::read_to_string(&ignore_path) {
             Ok(text) => Some(DockerIgnore::parse(&text).map_err(|e| StageError::Invalid {
                 path: ignore_path.clone(),
@@ -296,7 +350,7 @@ impl<'a> Runner<'a> {
             })?),
             Err(_) => None,
         };
-        let whoami = fs::read_to_string(workspace.join("whoami")).unwrap_or_default();
+        let whoami = fs::read_to_string(whoami).unwrap_or_default();
         let user = whoami
             .trim()
             .split_once(':')
@@ -316,6 +370,7 @@ impl<'a> Runner<'a> {
         Ok(Self {
             plan,
             workspace: workspace.to_path_buf(),
+            context: context.to_path_buf(),
             users,
             ignore,
             env,
@@ -549,9 +604,8 @@ impl<'a> Runner<'a> {
                     .iter()
                     .map(|s| self.expand(s))
                     .collect::<Result<Vec<_>, _>>()?;
-                let context = self.workspace.join("context");
                 let root = SourceRoot {
-                    dir: &context,
+                    dir: &self.context,
                     ignore: self.ignore.as_ref(),
                 };
                 copy(&root, &request(sources)).map_err(|e| StepError::Other(e.to_string()))?;
@@ -827,10 +881,10 @@ mod tests {
         let plan_path = ws.path().join("plan.json");
         fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).unwrap();
         let options = RunOptions {
-            plan: plan_path,
+            plan: Some(plan_path),
             chain: "nope".into(),
             workspace: ws.path().to_path_buf(),
-            snapshot: None,
+            ..RunOptions::default()
         };
         let err = run(&options).unwrap_err();
         assert!(err.to_string().contains("no chain `nope`"), "{err}");
