@@ -823,3 +823,102 @@ fn a_config_map_item_naming_a_missing_key_fails_the_chain_naming_the_key() {
     );
     assert_eq!(ws.scratch_left(), Vec::<String>::new());
 }
+
+/// Owner 65534 for everything under `path`, as files written by pods on a
+/// root-squashed NFS export are (the test runs as root on the host).
+fn chown_tree_to_nobody(path: &std::path::Path) {
+    for entry in walkdir::WalkDir::new(path) {
+        let entry = entry.unwrap();
+        std::os::unix::fs::lchown(entry.path(), Some(65534), Some(65534)).unwrap();
+    }
+}
+
+/// NFS with root_squash, approximated: the helper runs as uid 0 but
+/// without CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER,
+/// on a workspace owned by 65534 (mode 0777), so root has no power over
+/// files it does not own, as a squashed root has none on the server.
+/// What it does not cover: under a real root_squash the files the pod
+/// creates belong to nobody, not root, and the server decides alone (here
+/// root still owns what it creates); NFS's own behaviour (attribute
+/// caching, xattrs the server lacks, silly renames) is not exercised; and
+/// the capabilities are gone in the whole container, not only on the
+/// workspace, so the chain's RUN is kept trivial and it writes under /tmp
+/// (the base's `/` is 0555: root without CAP_DAC_OVERRIDE cannot add to it).
+#[test]
+fn a_root_squashed_workspace_needs_no_power_over_files_the_helper_does_not_own() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let plan = ws.plan(&format!(
+        "FROM {busybox} AS a\n\
+         RUN mkdir -p /d/ro && echo owned > /d/f && chown 1000:1000 /d/f \
+         && echo x > /d/ro/x && chmod 555 /d/ro\n\
+         FROM {busybox} AS b\n\
+         COPY --from=a /d /tmp/d\n\
+         COPY ctx.txt /tmp/ctx.txt\n\
+         RUN echo hi > /tmp/out\n\
+         FROM {busybox}\n\
+         COPY --from=b /tmp/d /tmp/ctx.txt /tmp/out /x/\n"
+    ));
+    // Chain a with the usual capabilities: its RUN chowns.
+    ws.run_ok(&busybox, "a");
+    // Now everything is nobody's, as a squashed pod would have left it,
+    // and results/ is a directory the helper did not make and may not chmod.
+    chown_tree_to_nobody(ws.dir.path());
+    std::fs::set_permissions(ws.path("results"), std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let mut options = RunOptions::context(&json!({"inline": {"ctx.txt": "from the context\n"}}));
+    for cap in ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER"] {
+        options.podman.push(format!("--cap-drop=CAP_{cap}"));
+    }
+    ws.run_ok_as(&busybox, "b", &options);
+    // Scratch space (the materialised context, the unpacked export with its
+    // read-only directory) is gone.
+    assert_eq!(ws.scratch_left(), Vec::<String>::new());
+
+    // A reader that is neither root nor the writer reads every export.
+    let id_of = |path: &str| {
+        let chain = plan.chain("b").unwrap();
+        chain
+            .exports
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let export_of = |path: &str| format!("/.slimforge/exports/{}.tar", id_of(path));
+    let mounts = ws.mounts();
+    let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let script = format!(
+        "gunzip -c {out} | tar -xOf - tmp/out; gunzip -c {ctx} | tar -xOf - tmp/ctx.txt; \
+         gunzip -c {d} | tar -tf - | sort; cat /.slimforge/results/b.json",
+        out = export_of("/tmp/out"),
+        ctx = export_of("/tmp/ctx.txt"),
+        d = export_of("/tmp/d"),
+    );
+    let mut options = vec!["--user", "65534:65534"];
+    options.extend(mounts);
+    let read = podman_run_with(&options, &busybox, &["sh", "-c", &script]);
+    let lines: Vec<&str> = read.lines().collect();
+    assert_eq!(
+        lines[..7],
+        [
+            "hi",
+            "from the context",
+            "tmp/d",
+            "tmp/d/f",
+            "tmp/d/ro",
+            "tmp/d/ro/x",
+            r#"{"status":"succeeded","exports":["b-1","b-2","b-3"]}"#
+        ],
+        "{read}"
+    );
+    let d = ws.export(&id_of("/tmp/d"));
+    // COPY --from gives root-owned files, the read-only directory kept.
+    assert_eq!(
+        (d["tmp/d/f"].uid, d["tmp/d/f"].text()),
+        (0, "owned\n".into())
+    );
+    assert_eq!(d["tmp/d/ro"].mode, 0o555);
+}

@@ -309,26 +309,9 @@ fn create_file(path: &Path, content: &[u8], mode: u32) -> Result<(), ContextErro
         .map_err(io_err(path))
 }
 
-/// `context-<chain>`, the chain id made a safe file name: other
-/// characters become `_`, and a short hash keeps changed names apart.
+/// `context-<chain>`, see [`super::scratch_name`].
 fn scratch_name(chain: &str) -> String {
-    let safe: String = chain
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if safe == chain && !chain.is_empty() {
-        return format!("context-{chain}");
-    }
-    use sha2::Digest as _;
-    let hash = hex::encode(sha2::Sha256::digest(chain.as_bytes()));
-    format!("context-{safe}-{}", &hash[..8])
+    super::scratch_name("context", chain)
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ pub fn copy(root: &SourceRoot, request: &CopyRequest) -> Result<usize, StageErro
             written += copy_tree(root, found, &request.destination, request)?;
         } else if request.extract_archives && is_archive(&found.disk)? {
             ensure_dir(&request.destination, (0, 0), None)?;
-            extract_archive(&found.disk, &request.destination)?;
+            extract_archive(&found.disk, &request.destination, Unpack::AsArchived)?;
             written += 1;
         } else {
             let target = if dest_is_dir {
@@ -277,6 +277,7 @@ fn copy_tree(
         .follow_links(false)
         .sort_by_file_name();
     let mut skipped: Vec<PathBuf> = Vec::new();
+    let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     for entry in walk {
         let entry = entry.map_err(|e| StageError::Io {
             path: found.disk.clone(),
@@ -307,19 +308,29 @@ fn copy_tree(
                 continue;
             }
         }
-        copy_entry(entry.path(), &meta, &dest.join(rel), request)?;
+        let target = dest.join(rel);
+        if let Some(mode) = copy_entry(entry.path(), &meta, &target, request)? {
+            dir_modes.push((target, mode));
+        }
         written += 1;
+    }
+    // Directory modes last, deepest first: a read-only directory (0555)
+    // still takes its contents without root's CAP_DAC_OVERRIDE.
+    for (dir, mode) in dir_modes.iter().rev() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(io_err(dir))?;
     }
     Ok(written)
 }
 
-/// One file, directory or symlink; owner from the request, mode kept (or `--chmod`).
+/// One file, directory or symlink; owner from the request, mode kept (or
+/// `--chmod`). A directory's mode is returned for the caller to set once
+/// its contents are in.
 fn copy_entry(
     disk: &Path,
     meta: &fs::Metadata,
     target: &Path,
     request: &CopyRequest,
-) -> Result<(), StageError> {
+) -> Result<Option<u32>, StageError> {
     if let Some(parent) = target.parent() {
         ensure_dir(parent, (0, 0), None)?;
     }
@@ -351,11 +362,14 @@ fn copy_entry(
     }
     // chown first: it clears setuid/setgid, which the chmod puts back.
     lchown(target, Some(request.owner.0), Some(request.owner.1)).map_err(io_err(target))?;
+    let mode = request.chmod.unwrap_or(meta.mode() & 0o7777);
+    if file_type.is_dir() {
+        return Ok(Some(mode));
+    }
     if !file_type.is_symlink() {
-        let mode = request.chmod.unwrap_or(meta.mode() & 0o7777);
         fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(io_err(target))?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A plain or gzip-compressed tar (by its bytes, as Docker's ADD decides).
@@ -374,8 +388,19 @@ fn is_archive(path: &Path) -> Result<bool, StageError> {
     Ok(head.starts_with(&[0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar"))
 }
 
-/// Unpacks a plain or gzip tar into `dest`, owners and modes as archived.
-pub fn extract_archive(path: &Path, dest: &Path) -> Result<(), StageError> {
+/// How [`extract_archive`] treats what it unpacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpack {
+    /// Into the container (ADD): owners, modes and xattrs as archived.
+    AsArchived,
+    /// Into the workspace's scratch space (an export for COPY --from, which
+    /// takes neither owners nor xattrs): modes only, every file this
+    /// process's. On NFS with root_squash root may not chown there.
+    Scratch,
+}
+
+/// Unpacks a plain or gzip tar into `dest`.
+pub fn extract_archive(path: &Path, dest: &Path, unpack: Unpack) -> Result<(), StageError> {
     let mut file = fs::File::open(path).map_err(io_err(path))?;
     let mut magic = [0u8; 2];
     let n = file.read(&mut magic).map_err(io_err(path))?;
@@ -386,9 +411,10 @@ pub fn extract_archive(path: &Path, dest: &Path) -> Result<(), StageError> {
         Box::new(file)
     };
     let mut archive = tar::Archive::new(reader);
+    let as_archived = unpack == Unpack::AsArchived;
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
+    archive.set_preserve_ownerships(as_archived);
+    archive.set_unpack_xattrs(as_archived);
     archive.set_overwrite(true);
     archive.unpack(dest).map_err(|e| StageError::Invalid {
         path: path.to_path_buf(),

@@ -76,3 +76,53 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
         other => other,
     }
 }
+
+/// A directory of the workspace's scratch space, removed (with
+/// [`remove_tree`]) on drop.
+pub(crate) struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub(crate) fn new_in(parent: &Path) -> io::Result<Self> {
+        Ok(Self(
+            tempfile::Builder::new()
+                .prefix("copy-")
+                .tempdir_in(parent)?
+                .keep(),
+        ))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "scratch directory not removed");
+        }
+    }
+}
+
+/// `<prefix>-<chain>` with the chain id made a safe file name: characters
+/// other than ASCII letters, digits, `-`, `_` and `.` become `_`, and a
+/// short hash of the id then keeps changed names apart.
+pub(crate) fn scratch_name(prefix: &str, chain: &str) -> String {
+    let safe: String = chain
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if safe == chain && !chain.is_empty() {
+        return format!("{prefix}-{chain}");
+    }
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(chain.as_bytes()));
+    format!("{prefix}-{safe}-{}", &hash[..8])
+}

@@ -75,9 +75,9 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::context::{BuildContext, Materialised};
-use super::copy::{CopyRequest, SourceRoot, copy, extract_archive, write_export};
+use super::copy::{CopyRequest, SourceRoot, Unpack, copy, extract_archive, write_export};
 use super::users::Users;
-use super::{StageError, io_err, write_atomically};
+use super::{ScratchDir, StageError, io_err, write_atomically};
 use crate::dockerfile::{
     CommandForm, CopyArgs, DockerIgnore, Heredoc, Instruction, RunArgs, expand_heredoc, expand_word,
 };
@@ -232,12 +232,25 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
     prepare_workspace(&options.workspace)?;
     let results = options.workspace.join("results");
     let path = results.join(format!("{}.json", options.chain.replace('/', "_")));
-    let state = options.workspace.join("snapshot.state");
+    // Scratch space: 1777 even on a root-squashed volume.
+    let state = options
+        .workspace
+        .join("tmp")
+        .join(super::scratch_name("snapshot", &options.chain));
     let recorded = match &options.snapshot {
         Some(_) => super::snapshot::record(&state).map(|_| ()),
         None => Ok(()),
     };
-    let result = match recorded.and_then(|()| run_chain(options)) {
+    let result = recorded.and_then(|()| run_chain(options));
+    let layer = match (&options.snapshot, &result) {
+        (Some(layer), Ok(RunResult::Succeeded { .. })) => Some(layer),
+        _ => None,
+    };
+    let diffed = layer.map(|layer| super::snapshot::diff(&state, layer));
+    if options.snapshot.is_some() {
+        let _ = fs::remove_file(&state);
+    }
+    let result = match result {
         Ok(result) => result,
         Err(e) => {
             // The chain never started: the reason still goes in the result.
@@ -248,8 +261,8 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
             return Err(e);
         }
     };
-    if let (Some(layer), RunResult::Succeeded { .. }) = (&options.snapshot, &result) {
-        let digests = super::snapshot::diff(&state, layer)?;
+    if let (Some(layer), Some(digests)) = (layer, diffed) {
+        let digests = digests?;
         let _ = fs::set_permissions(layer, fs::Permissions::from_mode(0o644));
         tracing::info!(digest = %digests.digest, size = digests.size, "snapshot layer written");
     }
@@ -585,9 +598,8 @@ impl<'a> Runner<'a> {
                 for (path, export) in paths.iter().zip(exports) {
                     let archive = self.workspace.join("exports").join(format!("{export}.tar"));
                     let tmp = self.workspace.join("tmp");
-                    fs::create_dir_all(&tmp).map_err(|e| other(&tmp, e))?;
-                    let staging = tempfile::tempdir_in(&tmp).map_err(|e| other(&tmp, e))?;
-                    extract_archive(&archive, staging.path())
+                    let staging = ScratchDir::new_in(&tmp).map_err(|e| other(&tmp, e))?;
+                    extract_archive(&archive, staging.path(), Unpack::Scratch)
                         .map_err(|e| StepError::Other(e.to_string()))?;
                     let root = SourceRoot {
                         dir: staging.path(),
