@@ -922,3 +922,56 @@ fn a_root_squashed_workspace_needs_no_power_over_files_the_helper_does_not_own()
     );
     assert_eq!(d["tmp/d/ro"].mode, 0o555);
 }
+
+/// `tar FLAG` of `files` (path, content) into a file; the system's tar.
+fn system_tar(flag: &str, files: &[(&str, &str)]) -> Vec<u8> {
+    let tree = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let path = tree.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("archive");
+    let names: Vec<&str> = files.iter().map(|(p, _)| *p).collect();
+    support::run_ok(
+        std::process::Command::new("tar")
+            .arg(flag)
+            .arg(&archive)
+            .arg("-C")
+            .arg(tree.path())
+            .args(names),
+    );
+    std::fs::read(archive).unwrap()
+}
+
+#[test]
+fn add_extracts_bzip2_and_xz_tars_told_by_their_bytes_not_their_names() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.context_file("tools.data", &system_tar("-cjf", &[("bin/bz", "bzip2\n")]));
+    ws.context_file("more.zip", &system_tar("-cJf", &[("bin/xz", "xz\n")]));
+    ws.context_file("plain.bz2", b"BZh but no archive\n");
+    ws.plan(&format!(
+        "FROM {busybox} AS b\n\
+         ADD tools.data more.zip plain.bz2 /opt/\n\
+         FROM {busybox}\n\
+         COPY --from=b /opt /opt\n"
+    ));
+    ws.run_ok(&busybox, "b");
+    let opt = ws.export("b-1");
+    assert_eq!(
+        opt.keys().collect::<Vec<_>>(),
+        [
+            "opt",
+            "opt/bin",
+            "opt/bin/bz",
+            "opt/bin/xz",
+            "opt/plain.bz2"
+        ]
+    );
+    assert_eq!(opt["opt/bin/bz"].text(), "bzip2\n");
+    assert_eq!(opt["opt/bin/xz"].text(), "xz\n");
+    assert_eq!(opt["opt/plain.bz2"].text(), "BZh but no archive\n");
+}

@@ -29,7 +29,7 @@ pub struct CopyRequest {
     pub destination_is_dir: bool,
     pub owner: (u32, u32),
     pub chmod: Option<u32>,
-    /// ADD: local tar archives (plain or gzip) are extracted.
+    /// ADD: local tar archives (plain, gzip, bzip2, xz) are extracted.
     pub extract_archives: bool,
 }
 
@@ -372,20 +372,96 @@ fn copy_entry(
     Ok(None)
 }
 
-/// A plain or gzip-compressed tar (by its bytes, as Docker's ADD decides).
-fn is_archive(path: &Path) -> Result<bool, StageError> {
-    let mut head = vec![0u8; 512];
-    let mut file = fs::File::open(path).map_err(io_err(path))?;
-    let mut n = 0;
-    while n < head.len() {
-        let read = file.read(&mut head[n..]).map_err(io_err(path))?;
-        if read == 0 {
-            break;
+/// How an archive is compressed, told by its first bytes (never its name),
+/// as Docker's ADD tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+impl Compression {
+    fn sniff(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+            Compression::Gzip
+        } else if head.starts_with(b"BZh") {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else {
+            Compression::None
         }
-        n += read;
     }
-    head.truncate(n);
-    Ok(head.starts_with(&[0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar"))
+}
+
+/// The bytes of `path`, decompressed as its first bytes say.
+fn decompressed(path: &Path) -> Result<Box<dyn Read>, StageError> {
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let mut head = [0u8; 6];
+    let n = read_up_to(&mut file, &mut head).map_err(io_err(path))?;
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    Ok(match Compression::sniff(&head[..n]) {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+        // Concatenated streams (pbzip2, pixz) are one archive.
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+        Compression::Xz => Box::new(lzma_rust2::XzReader::new(io::BufReader::new(file), true)),
+    })
+}
+
+/// Reads until `buf` is full or the input ends; how much was read.
+fn read_up_to(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(read) => n += read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A tar archive, plain or compressed with gzip, bzip2 or xz: Docker's
+/// test is that its (decompressed) start reads as a tar header. Anything
+/// else, a compressed file that is not a tar included, is copied as it is.
+fn is_archive(path: &Path) -> Result<bool, StageError> {
+    let mut reader = decompressed(path)?;
+    let mut block = [0u8; 512];
+    // A stream that does not decompress is not an archive.
+    let Ok(n) = read_up_to(&mut reader, &mut block) else {
+        return Ok(false);
+    };
+    Ok(n == block.len() && is_tar_header(&block))
+}
+
+/// A tar header block: its checksum field (octal) matches the sum of its
+/// bytes with that field as spaces, unsigned or (old tars) signed.
+fn is_tar_header(block: &[u8; 512]) -> bool {
+    let field = &block[148..156];
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| (b'0'..=b'7').contains(b))
+        .collect();
+    let Ok(digits) = std::str::from_utf8(&digits) else {
+        return false;
+    };
+    let Ok(expected) = i64::from_str_radix(digits, 8) else {
+        return false;
+    };
+    let mut unsigned = 0i64;
+    let mut signed = 0i64;
+    for (i, byte) in block.iter().enumerate() {
+        let byte = if (148..156).contains(&i) { b' ' } else { *byte };
+        unsigned += i64::from(byte);
+        signed += i64::from(byte as i8);
+    }
+    expected == unsigned || expected == signed
 }
 
 /// How [`extract_archive`] treats what it unpacks.
@@ -399,18 +475,9 @@ pub enum Unpack {
     Scratch,
 }
 
-/// Unpacks a plain or gzip tar into `dest`.
+/// Unpacks a tar, plain or compressed with gzip, bzip2 or xz, into `dest`.
 pub fn extract_archive(path: &Path, dest: &Path, unpack: Unpack) -> Result<(), StageError> {
-    let mut file = fs::File::open(path).map_err(io_err(path))?;
-    let mut magic = [0u8; 2];
-    let n = file.read(&mut magic).map_err(io_err(path))?;
-    let file = fs::File::open(path).map_err(io_err(path))?;
-    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(decompressed(path)?);
     let as_archived = unpack == Unpack::AsArchived;
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(as_archived);
@@ -641,6 +708,65 @@ mod tests {
             false,
         );
         assert!(out.join("copy/t.tar").is_file());
+    }
+
+    #[test]
+    fn add_extracts_bzip2_and_xz_tars_made_by_system_tar_whatever_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("pkg/bin")).unwrap();
+        fs::write(tree.join("pkg/bin/tool"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(tree.join("pkg/bin/tool"), fs::Permissions::from_mode(0o750)).unwrap();
+        let context = dir.path().join("context");
+        fs::create_dir(&context).unwrap();
+        for (flag, name) in [("-cjf", "bundle.bin"), ("-cJf", "bundle.tar.gz")] {
+            let status = std::process::Command::new("tar")
+                .arg(flag)
+                .arg(context.join(name))
+                .arg("-C")
+                .arg(&tree)
+                .arg("pkg")
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        // Compressed, but not a tar: copied as a file.
+        fs::write(context.join("notes"), "plain text\n").unwrap();
+        let status = std::process::Command::new("bzip2")
+            .arg(context.join("notes"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fs::rename(context.join("notes.bz2"), context.join("notes.bz2.bz2")).unwrap();
+        fs::write(context.join("notes.bz2"), "BZh not really\n").unwrap();
+
+        let out = dir.path().join("out");
+        for name in ["bundle.bin", "bundle.tar.gz"] {
+            let dest = out.join(name.replace('.', "-"));
+            copy_to(&context, None, &[name], &dest, true, None, true);
+            let tool = dest.join("pkg/bin/tool");
+            assert_eq!(fs::read_to_string(&tool).unwrap(), "#!/bin/sh\n", "{name}");
+            assert_eq!(
+                fs::metadata(&tool).unwrap().mode() & 0o7777,
+                0o750,
+                "{name}"
+            );
+            assert!(!dest.join(name).exists(), "{name}");
+        }
+        copy_to(
+            &context,
+            None,
+            &["notes.bz2", "notes.bz2.bz2"],
+            &out.join("notes"),
+            true,
+            None,
+            true,
+        );
+        assert_eq!(
+            fs::read_to_string(out.join("notes/notes.bz2")).unwrap(),
+            "BZh not really\n"
+        );
+        assert!(out.join("notes/notes.bz2.bz2").is_file());
     }
 
     #[test]
