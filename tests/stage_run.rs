@@ -975,3 +975,73 @@ fn add_extracts_bzip2_and_xz_tars_told_by_their_bytes_not_their_names() {
     assert_eq!(opt["opt/bin/xz"].text(), "xz\n");
     assert_eq!(opt["opt/plain.bz2"].text(), "BZh but no archive\n");
 }
+
+#[test]
+fn several_sources_need_a_destination_ending_in_a_slash_while_one_goes_into_an_existing_dir() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.context_file("a.txt", b"a\n");
+    ws.context_file("b.txt", b"b\n");
+    ws.context_file("only.md", b"md\n");
+    ws.plan(&format!(
+        "FROM {busybox} AS ok\n\
+         RUN mkdir /existing\n\
+         COPY a.txt /existing\n\
+         COPY *.md /single-match.md\n\
+         COPY a.txt b.txt /both/\n\
+         WORKDIR /w\n\
+         COPY *.txt .\n\
+         FROM {busybox} AS glob\n\
+         RUN mkdir /existing\n\
+         COPY *.txt /existing\n\
+         FROM {busybox} AS two\n\
+         ADD *.txt /target\n\
+         FROM {busybox}\n\
+         COPY --from=ok /existing /single-match.md /both /w /ok/\n\
+         COPY --from=glob /existing /glob\n\
+         COPY --from=two /target /two\n"
+    ));
+    ws.run_ok(&busybox, "ok");
+    let exported: Vec<String> = (1..=4)
+        .flat_map(|i| ws.export(&format!("ok-{i}")).into_keys())
+        .collect();
+    assert_eq!(
+        exported,
+        [
+            "existing",
+            "existing/a.txt",
+            "single-match.md",
+            "both",
+            "both/a.txt",
+            "both/b.txt",
+            "w",
+            "w/a.txt",
+            "w/b.txt"
+        ]
+    );
+
+    // A glob with two matches onto a directory that exists, written without `/`.
+    let glob = ws.run(&busybox, "glob");
+    assert!(!glob.success);
+    let result = &glob.result;
+    assert_eq!(
+        (&result["stage"], &result["line"], &result["instruction"]),
+        (&json!("glob"), &json!(10), &json!("COPY *.txt /existing")),
+        "{result:#}"
+    );
+    assert_eq!(
+        result["error"],
+        "/existing: When using COPY with more than one source file, the destination must be \
+         a directory and end with a / (2 sources: a.txt, b.txt)"
+    );
+    // (Sources written out are counted by the planner already.) ADD says ADD.
+    let two = ws.run(&busybox, "two");
+    assert!(!two.success);
+    assert_eq!(two.result["line"], 12, "{:#}", two.result);
+    let error = two.result["error"].as_str().unwrap();
+    assert!(
+        error.contains("When using ADD with more than one source file"),
+        "{error}"
+    );
+}

@@ -22,7 +22,6 @@ pub struct SourceRoot<'a> {
 
 /// What one COPY/ADD does once its words are expanded.
 pub struct CopyRequest {
-    pub sources: Vec<String>,
     /// Absolute, in the container.
     pub destination: PathBuf,
     /// The destination was written as a directory (`/`, `.`).
@@ -33,6 +32,34 @@ pub struct CopyRequest {
     pub extract_archives: bool,
 }
 
+impl CopyRequest {
+    fn instruction(&self) -> &'static str {
+        if self.extract_archives { "ADD" } else { "COPY" }
+    }
+
+    /// Docker's rule for `sources` things to copy (matches of every source,
+    /// heredocs included): more than one needs a destination written as a
+    /// directory, even one that exists.
+    pub fn check_source_count(&self, sources: &[&str]) -> Result<(), StageError> {
+        if sources.len() <= 1 || self.destination_is_dir {
+            return Ok(());
+        }
+        const SHOWN: usize = 5;
+        let mut names = sources[..sources.len().min(SHOWN)].join(", ");
+        if sources.len() > SHOWN {
+            names.push_str(", …");
+        }
+        Err(StageError::Invalid {
+            path: self.destination.clone(),
+            what: format!(
+                "When using {} with more than one source file, the destination must be a directory and end with a / ({} sources: {names})",
+                self.instruction(),
+                sources.len()
+            ),
+        })
+    }
+}
+
 /// One matched source: where it is on disk and its path under the root.
 #[derive(Debug, Clone)]
 pub struct Match {
@@ -41,10 +68,10 @@ pub struct Match {
     pub rel: String,
 }
 
-/// Copies the sources of `request` from `root`; returns how many entries were written.
-pub fn copy(root: &SourceRoot, request: &CopyRequest) -> Result<usize, StageError> {
+/// Every match of every source under `root`; a source without any is an error.
+pub fn match_sources(root: &SourceRoot, sources: &[String]) -> Result<Vec<Match>, StageError> {
     let mut matches = Vec::new();
-    for source in &request.sources {
+    for source in sources {
         let found = match_source(root.dir, source, root.ignore)?;
         if found.is_empty() {
             return Err(StageError::Invalid {
@@ -55,12 +82,20 @@ pub fn copy(root: &SourceRoot, request: &CopyRequest) -> Result<usize, StageErro
         }
         matches.extend(found);
     }
-    let many = matches.len() > 1;
-    let dest_is_dir = request.destination_is_dir
-        || many
-        || fs::metadata(&request.destination).is_ok_and(|m| m.is_dir());
+    Ok(matches)
+}
+
+/// Copies matches from `root` as `request` says (its source count checked
+/// already); returns how many entries were written.
+pub fn copy_matches(
+    root: &SourceRoot,
+    matches: &[Match],
+    request: &CopyRequest,
+) -> Result<usize, StageError> {
+    let dest_is_dir =
+        request.destination_is_dir || fs::metadata(&request.destination).is_ok_and(|m| m.is_dir());
     let mut written = 0;
-    for found in &matches {
+    for found in matches {
         let meta = fs::metadata(&found.disk).map_err(io_err(&found.disk))?;
         if meta.is_dir() {
             ensure_dir(&request.destination, request.owner, request.chmod)?;
@@ -88,6 +123,18 @@ pub fn copy(root: &SourceRoot, request: &CopyRequest) -> Result<usize, StageErro
         }
     }
     Ok(written)
+}
+
+/// One COPY/ADD of `sources` from one root: matched, counted, copied.
+pub fn copy(
+    root: &SourceRoot,
+    sources: &[String],
+    request: &CopyRequest,
+) -> Result<usize, StageError> {
+    let matches = match_sources(root, sources)?;
+    let names: Vec<&str> = matches.iter().map(|m| m.rel.as_str()).collect();
+    request.check_source_count(&names)?;
+    copy_matches(root, &matches, request)
 }
 
 /// The paths under `root` that `source` names: itself, or every match of
@@ -586,15 +633,28 @@ mod tests {
         chmod: Option<u32>,
         add: bool,
     ) -> usize {
+        try_copy_to(context, ignore, sources, dest, dir, chmod, add).unwrap()
+    }
+
+    fn try_copy_to(
+        context: &Path,
+        ignore: Option<&DockerIgnore>,
+        sources: &[&str],
+        dest: &Path,
+        dir: bool,
+        chmod: Option<u32>,
+        add: bool,
+    ) -> Result<usize, StageError> {
         let owner = crate::stage::whoami::current_ids().unwrap();
         let root = SourceRoot {
             dir: context,
             ignore,
         };
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
         copy(
             &root,
+            &sources,
             &CopyRequest {
-                sources: sources.iter().map(|s| s.to_string()).collect(),
                 destination: dest.to_path_buf(),
                 destination_is_dir: dir,
                 owner,
@@ -602,7 +662,6 @@ mod tests {
                 extract_archives: add,
             },
         )
-        .unwrap()
     }
 
     #[test]
@@ -663,13 +722,34 @@ mod tests {
         );
         let mode = fs::metadata(out.join("bin/run.sh")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o700);
-        // Globs with several matches make a directory.
+        // Several matches need a destination written as a directory, even
+        // an existing one; a single glob match does not.
+        for dest in [out.join("many"), out.join("bin")] {
+            let err = try_copy_to(&context, None, &["conf/*"], &dest, false, None, false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("When using COPY with more than one source file, the destination must be a directory and end with a / (4 sources: conf/a.conf, conf/link, conf/skip.bak, conf/sub)"),
+                "{err}"
+            );
+        }
+        assert!(!out.join("many").exists());
+        copy_to(
+            &context,
+            None,
+            &["conf/*.conf"],
+            &out.join("one.conf"),
+            false,
+            None,
+            false,
+        );
+        assert!(out.join("one.conf").is_file());
         copy_to(
             &context,
             None,
             &["conf/*.conf", "run.sh"],
             &out.join("many"),
-            false,
+            true,
             None,
             false,
         );

@@ -75,7 +75,10 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::context::{BuildContext, Materialised};
-use super::copy::{CopyRequest, SourceRoot, Unpack, copy, extract_archive, write_export};
+use super::copy::{
+    CopyRequest, Match, SourceRoot, Unpack, copy_matches, extract_archive, match_sources,
+    write_export,
+};
 use super::users::Users;
 use super::{ScratchDir, StageError, io_err, write_atomically};
 use crate::dockerfile::{
@@ -571,27 +574,17 @@ impl<'a> Runner<'a> {
                 }
                 None => None,
             };
-        let many = args.sources.len() + args.heredocs.len() > 1;
-        for heredoc in &args.heredocs {
-            self.copy_heredoc(
-                heredoc,
-                &destination,
-                destination_is_dir || many,
-                owner,
-                chmod,
-            )?;
-        }
-        if args.sources.is_empty() {
-            return Ok(());
-        }
-        let request = |sources: Vec<String>| CopyRequest {
-            sources,
+        let request = CopyRequest {
             destination: destination.clone(),
-            destination_is_dir: destination_is_dir || many,
+            destination_is_dir,
             owner,
             chmod,
             extract_archives: add,
         };
+        // Every root (the context, or one unpacked export per path) with
+        // its matches: Docker counts them all before copying anything.
+        let mut staged = Vec::new();
+        let mut roots: Vec<(PathBuf, Option<&DockerIgnore>, Vec<Match>)> = Vec::new();
         match source {
             Some(CopySource::Stage { paths, exports, .. })
             | Some(CopySource::Image { paths, exports, .. }) => {
@@ -605,24 +598,55 @@ impl<'a> Runner<'a> {
                         dir: staging.path(),
                         ignore: None,
                     };
-                    copy(&root, &request(vec![path.clone()]))
+                    let matches = match_sources(&root, std::slice::from_ref(path))
                         .map_err(|e| StepError::Other(e.to_string()))?;
+                    roots.push((staging.path().to_path_buf(), None, matches));
+                    staged.push(staging);
                 }
             }
             Some(CopySource::Inline) => {}
             Some(CopySource::Context) | None => {
-                let sources = args
-                    .sources
-                    .iter()
-                    .map(|s| self.expand(s))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let root = SourceRoot {
-                    dir: &self.context,
-                    ignore: self.ignore.as_ref(),
-                };
-                copy(&root, &request(sources)).map_err(|e| StepError::Other(e.to_string()))?;
+                if !args.sources.is_empty() {
+                    let sources = args
+                        .sources
+                        .iter()
+                        .map(|s| self.expand(s))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let root = SourceRoot {
+                        dir: &self.context,
+                        ignore: self.ignore.as_ref(),
+                    };
+                    let matches = match_sources(&root, &sources)
+                        .map_err(|e| StepError::Other(e.to_string()))?;
+                    roots.push((self.context.clone(), self.ignore.as_ref(), matches));
+                }
             }
         }
+        let names: Vec<&str> = args
+            .heredocs
+            .iter()
+            .map(|h| h.name.as_str())
+            .chain(
+                roots
+                    .iter()
+                    .flat_map(|(_, _, m)| m.iter().map(|m| m.rel.as_str())),
+            )
+            .collect();
+        request
+            .check_source_count(&names)
+            .map_err(|e| StepError::Other(e.to_string()))?;
+        for heredoc in &args.heredocs {
+            self.copy_heredoc(heredoc, &destination, destination_is_dir, owner, chmod)?;
+        }
+        for (dir, ignore, matches) in &roots {
+            let root = SourceRoot {
+                dir,
+                ignore: *ignore,
+            };
+            copy_matches(&root, matches, &request).map_err(|e| StepError::Other(e.to_string()))?;
+        }
+        // The unpacked exports go now.
+        drop(staged);
         Ok(())
     }
 
