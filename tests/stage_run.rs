@@ -1045,3 +1045,43 @@ fn several_sources_need_a_destination_ending_in_a_slash_while_one_goes_into_an_e
         "{error}"
     );
 }
+
+#[test]
+fn copy_keeps_hard_links_from_the_context_and_from_exports() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.context_file("l/one", b"linked\n");
+    std::fs::hard_link(ws.path("context/l/one"), ws.path("context/l/two")).unwrap();
+    ws.context_file("l/alone", b"alone\n");
+    ws.plan(&format!(
+        "FROM {busybox} AS a\n\
+         RUN mkdir /d && echo x > /d/a && ln /d/a /d/b && echo y > /d/c\n\
+         FROM {busybox} AS b\n\
+         COPY --from=a /d /fromexport\n\
+         COPY l/ /fromctx/\n\
+         RUN cd / && stat -c '%n %h %i' fromexport/a fromexport/b fromexport/c \
+         fromctx/one fromctx/two fromctx/alone > /tmp/links\n\
+         FROM {busybox}\n\
+         COPY --from=b /tmp/links /links\n"
+    ));
+    ws.run_ok(&busybox, "a");
+    ws.run_ok(&busybox, "b");
+    let text = ws.export("b-1")["tmp/links"].text();
+    let stat: BTreeMap<&str, (u64, u64)> = text
+        .lines()
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            (
+                parts[0],
+                (parts[1].parse().unwrap(), parts[2].parse().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(stat["fromexport/a"].0, 2, "{text}");
+    assert_eq!(stat["fromexport/a"], stat["fromexport/b"], "{text}");
+    assert_eq!(stat["fromexport/c"].0, 1, "{text}");
+    assert_eq!(stat["fromctx/one"].0, 2, "{text}");
+    assert_eq!(stat["fromctx/one"], stat["fromctx/two"], "{text}");
+    assert_eq!(stat["fromctx/alone"].0, 1, "{text}");
+}

@@ -3,6 +3,7 @@
 //! to a destination in the container's own filesystem with Docker's rules;
 //! and the export archives chains hand to each other.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
@@ -60,6 +61,18 @@ impl CopyRequest {
     }
 }
 
+/// The files one COPY/ADD has copied, by the source's (device, inode): a
+/// file's second name is linked to the first copy, so hard links between
+/// copied files stay hard links (as BuildKit keeps them).
+#[derive(Debug, Default)]
+pub struct HardLinks(HashMap<(u64, u64), PathBuf>);
+
+impl HardLinks {
+    fn key(meta: &fs::Metadata) -> Option<(u64, u64)> {
+        (meta.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino()))
+    }
+}
+
 /// One matched source: where it is on disk and its path under the root.
 #[derive(Debug, Clone)]
 pub struct Match {
@@ -86,11 +99,13 @@ pub fn match_sources(root: &SourceRoot, sources: &[String]) -> Result<Vec<Match>
 }
 
 /// Copies matches from `root` as `request` says (its source count checked
-/// already); returns how many entries were written.
+/// already), linking files to their hard links' copies in `links`; returns
+/// how many entries were written.
 pub fn copy_matches(
     root: &SourceRoot,
     matches: &[Match],
     request: &CopyRequest,
+    links: &mut HardLinks,
 ) -> Result<usize, StageError> {
     let dest_is_dir =
         request.destination_is_dir || fs::metadata(&request.destination).is_ok_and(|m| m.is_dir());
@@ -99,7 +114,7 @@ pub fn copy_matches(
         let meta = fs::metadata(&found.disk).map_err(io_err(&found.disk))?;
         if meta.is_dir() {
             ensure_dir(&request.destination, request.owner, request.chmod)?;
-            written += copy_tree(root, found, &request.destination, request)?;
+            written += copy_tree(root, found, &request.destination, request, links)?;
         } else if request.extract_archives && is_archive(&found.disk)? {
             ensure_dir(&request.destination, (0, 0), None)?;
             extract_archive(&found.disk, &request.destination, Unpack::AsArchived)?;
@@ -118,7 +133,7 @@ pub fn copy_matches(
                 }
                 request.destination.clone()
             };
-            copy_entry(&found.disk, &meta, &target, request)?;
+            copy_entry(&found.disk, &meta, &target, request, links)?;
             written += 1;
         }
     }
@@ -134,7 +149,7 @@ pub fn copy(
     let matches = match_sources(root, sources)?;
     let names: Vec<&str> = matches.iter().map(|m| m.rel.as_str()).collect();
     request.check_source_count(&names)?;
-    copy_matches(root, &matches, request)
+    copy_matches(root, &matches, request, &mut HardLinks::default())
 }
 
 /// The paths under `root` that `source` names: itself, or every match of
@@ -317,6 +332,7 @@ fn copy_tree(
     found: &Match,
     dest: &Path,
     request: &CopyRequest,
+    links: &mut HardLinks,
 ) -> Result<usize, StageError> {
     let mut written = 0;
     let walk = walkdir::WalkDir::new(&found.disk)
@@ -356,7 +372,7 @@ fn copy_tree(
             }
         }
         let target = dest.join(rel);
-        if let Some(mode) = copy_entry(entry.path(), &meta, &target, request)? {
+        if let Some(mode) = copy_entry(entry.path(), &meta, &target, request, links)? {
             dir_modes.push((target, mode));
         }
         written += 1;
@@ -377,6 +393,7 @@ fn copy_entry(
     meta: &fs::Metadata,
     target: &Path,
     request: &CopyRequest,
+    links: &mut HardLinks,
 ) -> Result<Option<u32>, StageError> {
     if let Some(parent) = target.parent() {
         ensure_dir(parent, (0, 0), None)?;
@@ -400,11 +417,20 @@ fn copy_entry(
             }
             fs::remove_file(target).map_err(io_err(target))?;
         }
+        let key = HardLinks::key(meta);
         if file_type.is_symlink() {
             let link = fs::read_link(disk).map_err(io_err(disk))?;
             symlink(&link, target).map_err(io_err(target))?;
+        } else if let Some(first) = key.and_then(|k| links.0.get(&k))
+            && fs::hard_link(first, target).is_ok()
+        {
+            // The first copy has this request's owner and mode already.
+            return Ok(None);
         } else {
             fs::copy(disk, target).map_err(io_err(target))?;
+            if let Some(key) = key {
+                links.0.entry(key).or_insert_with(|| target.to_path_buf());
+            }
         }
     }
     // chown first: it clears setuid/setgid, which the chmod puts back.
@@ -847,6 +873,26 @@ mod tests {
             "BZh not really\n"
         );
         assert!(out.join("notes/notes.bz2.bz2").is_file());
+    }
+
+    #[test]
+    fn hard_links_between_copied_files_stay_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = dir.path().join("context");
+        fs::create_dir_all(context.join("d/sub")).unwrap();
+        fs::write(context.join("d/a"), "a").unwrap();
+        fs::hard_link(context.join("d/a"), context.join("d/sub/b")).unwrap();
+        fs::hard_link(context.join("d/a"), context.join("top")).unwrap();
+        fs::write(context.join("d/c"), "c").unwrap();
+        let out = dir.path().join("out");
+        copy_to(&context, None, &["d", "top"], &out, true, None, false);
+        let ino = |p: &str| fs::metadata(out.join(p)).unwrap().ino();
+        assert_eq!(ino("a"), ino("sub/b"));
+        assert_eq!(ino("a"), ino("top"));
+        assert_ne!(ino("a"), ino("c"));
+        assert_eq!(fs::metadata(out.join("a")).unwrap().nlink(), 3);
+        // Not linked to the source itself.
+        assert_ne!(ino("a"), fs::metadata(context.join("d/a")).unwrap().ino());
     }
 
     #[test]

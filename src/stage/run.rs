@@ -76,8 +76,8 @@ use serde::Serialize;
 
 use super::context::{BuildContext, Materialised};
 use super::copy::{
-    CopyRequest, Match, SourceRoot, Unpack, copy_matches, extract_archive, match_sources,
-    write_export,
+    CopyRequest, HardLinks, Match, SourceRoot, Unpack, copy_matches, extract_archive,
+    match_sources, write_export,
 };
 use super::users::Users;
 use super::{ScratchDir, StageError, io_err, write_atomically};
@@ -638,12 +638,14 @@ impl<'a> Runner<'a> {
         for heredoc in &args.heredocs {
             self.copy_heredoc(heredoc, &destination, destination_is_dir, owner, chmod)?;
         }
+        let mut links = HardLinks::default();
         for (dir, ignore, matches) in &roots {
             let root = SourceRoot {
                 dir,
                 ignore: *ignore,
             };
-            copy_matches(&root, matches, &request).map_err(|e| StepError::Other(e.to_string()))?;
+            copy_matches(&root, matches, &request, &mut links)
+                .map_err(|e| StepError::Other(e.to_string()))?;
         }
         // The unpacked exports go now.
         drop(staged);
