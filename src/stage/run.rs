@@ -1,10 +1,22 @@
-//! `stage run --plan PLAN --chain ID [--workspace /.slimforge]`: the main
-//! container of a chain pod (uid 0, in the chain's own image) applies the
-//! chain's stages in Dockerfile order and exports what later stages copy.
+//! `stage run --chain ID [--plan PLAN] [--workspace /.slimforge]
+//! [--whoami FILE] [--snapshot LAYER]`: the main container of a chain pod
+//! (uid 0, in the chain's own image) applies the chain's stages in
+//! Dockerfile order and exports what later stages copy.
 //!
-//! Workspace (`--workspace`, default `/.slimforge`):
-//! - `context/`: the build context, already materialised; its
-//!   `.dockerignore`, when there is one, hides paths from COPY/ADD;
+//! Inputs: the plan from `--plan`, else the plan's JSON in `$SLIMFORGE_PLAN`
+//! ([`BuildPlan::load`]); the build context from `$SLIMFORGE_CONTEXT`
+//! (inline files, a ConfigMap volume or a directory: see
+//! [`super::context`]), else `<workspace>/context/`; its `.dockerignore`,
+//! when there is one, hides paths from COPY/ADD; the image user's `uid:gid`
+//! from `--whoami` (default `<workspace>/whoami`), as `stage whoami` wrote
+//! it in the init container (the image's own USER); missing → 0:0.
+//!
+//! Workspace (`--workspace`, default `/.slimforge`). `exports/`, `results/`
+//! and `tmp/` are created 1777 when missing (pods of other users write
+//! there); one that exists is made 1777 if the filesystem allows and left
+//! as it is otherwise. Nothing written there needs root's power over files
+//! (on NFS with root_squash root is `nobody` there): nothing is chowned,
+//! what is read back (exports, results) is 0644.
 //! - `exports/<export-id>.tar`: exports of chains and extractions, read by
 //!   `COPY --from` and written here at the end of each stage that has some.
 //!   An export is a gzip-compressed tar (named `.tar`: readers sniff the
@@ -14,15 +26,18 @@
 //!   parent entries; numeric owners, modes (setuid included), xattrs,
 //!   symlinks and hard links kept; mtimes are `SOURCE_DATE_EPOCH` (0);
 //!   file mode 0644 so a non-root reader can open it;
-//! - `whoami`: `uid:gid` recorded by `stage whoami` in the init container
-//!   (the image's own USER); missing → 0:0;
-//! - `results/<chain-id>.json`: `{"status":"succeeded","exports":[…]}` or
+//! - `results/<chain-id>.json` (`/` in the id as `_`):
+//!   `{"status":"succeeded","exports":[…]}` or
 //!   `{"status":"failed","stage","line","instruction",…}` with `exitCode`
 //!   and `logTail` for a failed RUN, `error` for anything else (only
 //!   `error` when the chain could not start: plan unreadable, no such
-//!   chain, bad `.dockerignore`); at most 3 KiB (the termination message);
-//! - `tmp/`: scratch space: exports unpacked for one COPY (removed after
-//!   it), a `#!` heredoc script of a RUN (removed after it).
+//!   chain, context unusable (a bad path, a missing ConfigMap key), bad
+//!   `.dockerignore`); at most 3 KiB (the termination message);
+//! - `tmp/`: scratch space, all of it removed when done with, success or
+//!   failure: the materialised context (`context-<chain>`, the id made a
+//!   safe name), exports unpacked for one COPY (modes only, owned by this
+//!   process), a `#!` heredoc script of a RUN, a runtime chain's snapshot
+//!   state (`snapshot-<chain>`).
 //!
 //! Rules applied (Docker's, unless said otherwise):
 //! - the environment starts as this process's (the image's ENV); ENV words
@@ -36,32 +51,41 @@
 //!   left alone;
 //! - COPY/ADD sources are relative to the context (or the export's root),
 //!   never leave it, may be globs; a directory source copies its contents;
-//!   several sources or a destination ending in `/` (or `.`) make the
-//!   destination a directory; files are root-owned unless `--chown` (names
-//!   from the image's /etc/passwd and /etc/group), modes kept unless
-//!   `--chmod`; missing parents are created root-owned 0755; ADD extracts a
-//!   local plain or gzip tar (owners as archived). Hard links between copied
-//!   files are not kept, mtimes are not kept;
-//! - RUN runs as the Dockerfile's USER (name or uid[:gid] through
+//!   more than one thing to copy (every glob match of every source, and
+//!   heredocs, counted together) needs a destination written as a
+//!   directory, even one that exists: ending in `/`, or `.`/`..` (BuildKit
+//!   reads a bare `.` as `./`; the classic builder did not), else the step
+//!   fails with Docker's "When using COPY with more than one source file,
+//!   the destination must be a directory and end with a /"; one source
+//!   onto an existing directory goes into it; files are root-owned unless
+//!   `--chown` (names from the image's /etc/passwd and /etc/group), modes
+//!   kept unless `--chmod`, a directory's mode set once its contents are
+//!   in; missing parents are created root-owned 0755; hard links between
+//!   the files one instruction copies are kept (BuildKit's behaviour);
+//!   ADD extracts a local tar, plain or compressed with gzip, bzip2 or xz,
+//!   told by its bytes, never its name (owners as archived); a file that
+//!   does not decompress to a tar header is copied as it is;
+//! - RUN runs as the Dockerfile's USER (name or `uid[:gid]` through
 //!   /etc/passwd, a uid not found there gets gid 0), else the whoami user,
 //!   with no supplementary groups (std drops them when it switches user as
 //!   root), env = ARGs + current environment + PATH defaulted when unset +
 //!   HOME from /etc/passwd (`/` when none) unless ENV set HOME (the
 //!   Dockerfile's, or the image's: a HOME in this process's environment
-//!   other than root's passwd home); non-UTF-8 variables are dropped; every step is announced on stderr as `[stage LINE] instruction`,
-//!   a RUN's output follows line by line with the same prefix, the last
-//!   40 lines are kept for the failure report; output of processes a RUN
-//!   leaves in the background is not waited for beyond 2 s (and, the
-//!   helper being PID 1 in the pod, such orphans are not reaped);
+//!   other than root's passwd home); non-UTF-8 variables are dropped; every
+//!   step is announced on stderr as `[stage LINE] instruction`, a RUN's
+//!   output follows line by line with the same prefix, the last 40 lines
+//!   are kept for the failure report; output of processes a RUN leaves in
+//!   the background is not waited for beyond 2 s (and, the helper being
+//!   PID 1 in the pod, such orphans are not reaped);
 //! - a RUN heredoc follows [`RunArgs`]: a command that is one heredoc runs
 //!   its body through SHELL (or, starting with `#!`, as a script file in
 //!   `tmp/`); otherwise line, bodies and terminators go to SHELL together.
 //!
-//! Not done yet: ADD of bzip2/xz archives (copied as files), `--chown` on
-//! ADD-extracted archives (archive owners kept), non-UTF-8 names in COPY
-//! sources, hard links between files copied by COPY, source mtimes; an
-//! excluded directory that `.dockerignore` exceptions make walked is
-//! created even when nothing below it is kept.
+//! Not done yet: ADD of zstd-compressed tars (Docker extracts them; here
+//! they are copied as files), `--chown` on ADD-extracted archives (archive
+//! owners kept), xattrs of COPY sources (not copied), non-UTF-8 names in
+//! COPY sources, source mtimes; an excluded directory that `.dockerignore`
+//! exceptions make walked is created even when nothing below it is kept.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
