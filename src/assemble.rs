@@ -399,8 +399,7 @@ fn write_copy_layer(
             dir: root,
             ignore: ignore.as_ref().filter(|_| from_context),
         };
-        let request = |sources: Vec<String>| CopyRequest {
-            sources,
+        let request = CopyRequest {
             destination: staged.clone(),
             destination_is_dir,
             owner: me,
@@ -408,7 +407,8 @@ fn write_copy_layer(
             extract_archives: false,
         };
         if !(spec.extract && from_context) {
-            copy_files(&source_root, &request(vec![source.clone()])).map_err(|e| e.to_string())?;
+            copy_files(&source_root, std::slice::from_ref(source), &request)
+                .map_err(|e| e.to_string())?;
             continue;
         }
         // ADD: copy.rs extracts keeping the archive's owners, which only
@@ -420,7 +420,7 @@ fn write_copy_layer(
                 make_dirs(&staging.path().join("out"), &staged)?;
                 unpack_unowned(&found.disk, &staged, me.0 == 0)?;
             } else {
-                copy_files(&source_root, &request(vec![format!("/{}", found.rel)]))
+                copy_files(&source_root, &[format!("/{}", found.rel)], &request)
                     .map_err(|e| e.to_string())?;
             }
         }

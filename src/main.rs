@@ -135,16 +135,24 @@ enum StageCommand {
         result: PathBuf,
     },
     /// In a chain pod: apply the chain's stages, run its RUNs, write its exports and result.
+    ///
+    /// The build context comes from $SLIMFORGE_CONTEXT when set (JSON:
+    /// {"inline": {PATH: TEXT}}, {"configMap": {"dir", "items": [{"key",
+    /// "path", "mode"}]}} or {"dir": DIR}), else it is WORKSPACE/context.
     Run {
-        /// The BuildPlan (JSON).
+        /// The BuildPlan (JSON); without it, the plan's JSON in $SLIMFORGE_PLAN.
         #[arg(long)]
-        plan: PathBuf,
+        plan: Option<PathBuf>,
         /// The id of the chain to run.
         #[arg(long)]
         chain: String,
-        /// The workspace: context/, exports/, whoami, results/.
+        /// The workspace: exports/, results/, tmp/ (and context/ when
+        /// $SLIMFORGE_CONTEXT is unset).
         #[arg(long, default_value = stage::run::DEFAULT_WORKSPACE)]
         workspace: PathBuf,
+        /// The image user's `uid:gid`, as `stage whoami` wrote it [default: WORKSPACE/whoami].
+        #[arg(long)]
+        whoami: Option<PathBuf>,
         /// A runtime chain: write what it changed in the filesystem as one layer here.
         #[arg(long)]
         snapshot: Option<PathBuf>,
@@ -363,12 +371,19 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
             plan,
             chain,
             workspace,
+            whoami,
             snapshot,
         } => {
+            // Unset and empty alike mean "no context given".
+            let context = std::env::var_os(stage::context::CONTEXT_ENV)
+                .map(|json| json.to_string_lossy().into_owned())
+                .filter(|json| !json.is_empty());
             let options = stage::run::RunOptions {
                 plan,
                 chain,
                 workspace,
+                whoami,
+                context,
                 snapshot,
             };
             match stage::run::run(&options)? {

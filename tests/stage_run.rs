@@ -91,6 +91,18 @@ impl Workspace {
 
     /// [`Workspace::run`] with more `stage run` arguments.
     fn run_with(&self, image: &str, chain: &str, extra: &[&str]) -> Outcome {
+        self.run_as(
+            image,
+            chain,
+            &RunOptions {
+                args: extra.iter().map(|s| s.to_string()).collect(),
+                ..RunOptions::default()
+            },
+        )
+    }
+
+    /// `stage run` of `chain` in `image`, as `options` say.
+    fn run_as(&self, image: &str, chain: &str, options: &RunOptions) -> Outcome {
         let mut cmd = container_tool("podman");
         cmd.args([
             "run",
@@ -102,17 +114,16 @@ impl Workspace {
             "0",
         ])
         .args(self.mounts())
-        .arg(image)
-        .args([
-            HELPER,
-            "stage",
-            "run",
-            "--plan",
-            "/.slimforge/plan.json",
-            "--chain",
-            chain,
-        ])
-        .args(extra);
+        .args(&options.podman);
+        for (name, value) in &options.env {
+            cmd.arg("--env").arg(format!("{name}={value}"));
+        }
+        cmd.arg(image)
+            .args([HELPER, "stage", "run", "--chain", chain]);
+        if !options.plan_from_env {
+            cmd.args(["--plan", "/.slimforge/plan.json"]);
+        }
+        cmd.args(&options.args);
         let output = run_any(&mut cmd);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         let result_path = self.path(&format!("results/{chain}.json"));
@@ -126,12 +137,9 @@ impl Workspace {
         }
     }
 
-    fn run_ok(&self, image: &str, chain: &str) -> Outcome {
-        self.run_ok_with(image, chain, &[])
-    }
-
-    fn run_ok_with(&self, image: &str, chain: &str, extra: &[&str]) -> Outcome {
-        let outcome = self.run_with(image, chain, extra);
+    /// [`Workspace::run_as`], which must succeed.
+    fn run_ok_as(&self, image: &str, chain: &str, options: &RunOptions) -> Outcome {
+        let outcome = self.run_as(image, chain, options);
         assert!(
             outcome.success,
             "stage run failed: {:#}\n--- stderr\n{}",
@@ -143,6 +151,29 @@ impl Workspace {
             outcome.result
         );
         outcome
+    }
+
+    /// Names in the workspace's `tmp/` (scratch space the helper must clean).
+    fn scratch_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn run_ok(&self, image: &str, chain: &str) -> Outcome {
+        self.run_ok_with(image, chain, &[])
+    }
+
+    fn run_ok_with(&self, image: &str, chain: &str, extra: &[&str]) -> Outcome {
+        self.run_ok_as(
+            image,
+            chain,
+            &RunOptions {
+                args: extra.iter().map(|s| s.to_string()).collect(),
+                ..RunOptions::default()
+            },
+        )
     }
 
     /// The entries of an export: path → (mode, uid, gid, content).
@@ -169,6 +200,29 @@ impl Workspace {
             );
         }
         entries
+    }
+}
+
+/// How a `stage run` container is started beyond the usual.
+#[derive(Default)]
+struct RunOptions {
+    /// More `podman run` options (mounts, capabilities).
+    podman: Vec<String>,
+    /// Environment of the helper (`SLIMFORGE_CONTEXT`, `SLIMFORGE_PLAN`).
+    env: Vec<(String, String)>,
+    /// More `stage run` arguments.
+    args: Vec<String>,
+    /// No `--plan`: the plan comes from `SLIMFORGE_PLAN` in `env`.
+    plan_from_env: bool,
+}
+
+impl RunOptions {
+    /// The build context given as `SLIMFORGE_CONTEXT`.
+    fn context(context: &Value) -> Self {
+        Self {
+            env: vec![("SLIMFORGE_CONTEXT".into(), context.to_string())],
+            ..Self::default()
+        }
     }
 }
 
@@ -264,7 +318,7 @@ fn a_failing_run_reports_stage_line_exit_code_and_the_end_of_its_output() {
         "{}",
         outcome.stderr
     );
-    assert!(!ws.path("exports").exists());
+    assert_eq!(std::fs::read_dir(ws.path("exports")).unwrap().count(), 0);
 
     // Not only RUN: a missing source names its line too.
     ws.plan(&format!(
@@ -593,4 +647,441 @@ fn a_runtime_chain_is_snapshotted_and_assembles_onto_its_root_image() {
         ["10001", "app", "vi-gone", "10001", "1777"],
         "{printed}"
     );
+}
+
+/// The layout the kubelet gives a ConfigMap volume: each key a symlink
+/// `key -> ..data/key`, `..data` a symlink to a timestamped directory.
+fn config_map_volume(keys: &[(&str, &str)]) -> tempfile::TempDir {
+    let volume = tempfile::tempdir().unwrap();
+    let stamp = "..2026_11_27_21_59_20.1234567890";
+    std::fs::create_dir(volume.path().join(stamp)).unwrap();
+    for (key, content) in keys {
+        std::fs::write(volume.path().join(stamp).join(key), content).unwrap();
+        std::os::unix::fs::symlink(format!("..data/{key}"), volume.path().join(key)).unwrap();
+    }
+    std::os::unix::fs::symlink(stamp, volume.path().join("..data")).unwrap();
+    volume
+}
+
+#[test]
+fn an_inline_context_with_nested_paths_is_copied_and_removed_and_the_plan_comes_from_the_env() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let plan = ws.plan(&format!(
+        "FROM {busybox} AS b\n\
+         COPY . /src/\n\
+         RUN id -u > /tmp/uid\n\
+         FROM {busybox}\n\
+         COPY --from=b /src /src\n\
+         COPY --from=b /tmp/uid /uid\n"
+    ));
+    // A whoami file in a place of its own (each chain pod has one).
+    std::fs::create_dir(ws.path("helper")).unwrap();
+    std::fs::write(ws.path("helper/whoami"), "65534:65534").unwrap();
+    let mut options = RunOptions::context(&json!({"inline": {
+        "cmd/x/main.go": "package main\n",
+        "top.txt": "top\n",
+        "notes.bak": "left out\n",
+        ".dockerignore": "*.bak\n",
+    }}));
+    options.env.push((
+        "SLIMFORGE_PLAN".into(),
+        serde_json::to_string(&plan).unwrap(),
+    ));
+    options.plan_from_env = true;
+    options.args = vec!["--whoami".into(), "/.slimforge/helper/whoami".into()];
+    std::fs::remove_file(ws.path("plan.json")).unwrap();
+    ws.run_ok_as(&busybox, "b", &options);
+
+    let src = ws.export("b-1");
+    assert_eq!(
+        src.keys().collect::<Vec<_>>(),
+        [
+            "src",
+            "src/.dockerignore",
+            "src/cmd",
+            "src/cmd/x",
+            "src/cmd/x/main.go",
+            "src/top.txt"
+        ]
+    );
+    let main = &src["src/cmd/x/main.go"];
+    assert_eq!(
+        (main.mode, main.uid, main.text()),
+        (0o644, 0, "package main\n".into())
+    );
+    assert_eq!(src["src/cmd/x"].mode, 0o755);
+    assert_eq!(ws.export("b-2")["tmp/uid"].text(), "65534\n");
+    // The materialised context is gone; the shared directories are 1777.
+    assert_eq!(ws.scratch_left(), Vec::<String>::new());
+    for dir in ["exports", "results", "tmp"] {
+        let mode = std::fs::metadata(ws.path(dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o1777, "{dir}");
+    }
+}
+
+#[test]
+fn a_config_map_volume_gives_its_keys_at_item_paths_and_modes() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let volume = config_map_volume(&[
+        ("run.sh", "#!/bin/sh\necho ran from the configmap\n"),
+        ("app.go", "package main\n"),
+    ]);
+    let mount = vec![
+        "-v".to_string(),
+        format!("{}:/.slimforge-src:ro", volume.path().display()),
+    ];
+    ws.plan(&format!(
+        "FROM {busybox} AS b\n\
+         COPY . /ctx/\n\
+         RUN /ctx/bin/tools/run.sh > /ran\n\
+         FROM {busybox} AS all\n\
+         COPY . /all/\n\
+         FROM {busybox}\n\
+         COPY --from=b /ctx /ctx\n\
+         COPY --from=b /ran /ran\n\
+         COPY --from=all /all /all\n"
+    ));
+    // Items: keys remapped to nested paths, one executable.
+    let mut options = RunOptions::context(&json!({"configMap": {
+        "dir": "/.slimforge-src",
+        "items": [
+            {"key": "run.sh", "path": "bin/tools/run.sh", "mode": 0o755},
+            {"key": "app.go", "path": "src/app.go"},
+        ],
+    }}));
+    options.podman = mount.clone();
+    ws.run_ok_as(&busybox, "b", &options);
+    let ctx = ws.export("b-1");
+    assert_eq!(
+        ctx.keys().collect::<Vec<_>>(),
+        [
+            "ctx",
+            "ctx/bin",
+            "ctx/bin/tools",
+            "ctx/bin/tools/run.sh",
+            "ctx/src",
+            "ctx/src/app.go"
+        ]
+    );
+    assert_eq!(ctx["ctx/bin/tools/run.sh"].mode, 0o755);
+    assert_eq!(ctx["ctx/src/app.go"].mode, 0o644);
+    assert_eq!(ws.export("b-2")["ran"].text(), "ran from the configmap\n");
+
+    // No items: every key under its own name, 0644, none of the kubelet's entries.
+    let mut options = RunOptions::context(&json!({"configMap": {"dir": "/.slimforge-src"}}));
+    options.podman = mount;
+    ws.run_ok_as(&busybox, "all", &options);
+    let all = ws.export("all-1");
+    assert_eq!(
+        all.keys().collect::<Vec<_>>(),
+        ["all", "all/app.go", "all/run.sh"]
+    );
+    assert_eq!(all["all/run.sh"].mode, 0o644);
+    assert_eq!(
+        all["all/run.sh"].text(),
+        "#!/bin/sh\necho ran from the configmap\n"
+    );
+    assert_eq!(ws.scratch_left(), Vec::<String>::new());
+}
+
+#[test]
+fn a_config_map_item_naming_a_missing_key_fails_the_chain_naming_the_key() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let volume = config_map_volume(&[("app.go", "package main\n")]);
+    ws.plan(&format!(
+        "FROM {busybox} AS b\nCOPY . /ctx/\nFROM {busybox}\nCOPY --from=b /ctx /ctx\n"
+    ));
+    let mut options = RunOptions::context(&json!({"configMap": {
+        "dir": "/.slimforge-src",
+        "items": [{"key": "app.go", "path": "app.go"}, {"key": "main.go", "path": "cmd/main.go"}],
+    }}));
+    options.podman = vec![
+        "-v".into(),
+        format!("{}:/.slimforge-src:ro", volume.path().display()),
+    ];
+    let outcome = ws.run_as(&busybox, "b", &options);
+    assert!(!outcome.success);
+    assert_eq!(outcome.result["status"], "failed", "{:#}", outcome.result);
+    let error = outcome.result["error"].as_str().unwrap();
+    assert!(
+        error.contains("configMap /.slimforge-src: no key `main.go`"),
+        "{error}"
+    );
+    assert!(
+        outcome.stderr.contains("no key `main.go`"),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(ws.scratch_left(), Vec::<String>::new());
+}
+
+/// Owner 65534 for everything under `path`, as files written by pods on a
+/// root-squashed NFS export are (the test runs as root on the host).
+fn chown_tree_to_nobody(path: &std::path::Path) {
+    for entry in walkdir::WalkDir::new(path) {
+        let entry = entry.unwrap();
+        std::os::unix::fs::lchown(entry.path(), Some(65534), Some(65534)).unwrap();
+    }
+}
+
+/// NFS with root_squash, approximated: the helper runs as uid 0 but
+/// without CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER,
+/// on a workspace owned by 65534 (mode 0777), so root has no power over
+/// files it does not own, as a squashed root has none on the server.
+/// What it does not cover: under a real root_squash the files the pod
+/// creates belong to nobody, not root, and the server decides alone (here
+/// root still owns what it creates); NFS's own behaviour (attribute
+/// caching, xattrs the server lacks, silly renames) is not exercised; and
+/// the capabilities are gone in the whole container, not only on the
+/// workspace, so the chain's RUN is kept trivial and it writes under /tmp
+/// (the base's `/` is 0555: root without CAP_DAC_OVERRIDE cannot add to it).
+#[test]
+fn a_root_squashed_workspace_needs_no_power_over_files_the_helper_does_not_own() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    let plan = ws.plan(&format!(
+        "FROM {busybox} AS a\n\
+         RUN mkdir -p /d/ro && echo owned > /d/f && chown 1000:1000 /d/f \
+         && echo x > /d/ro/x && chmod 555 /d/ro\n\
+         FROM {busybox} AS b\n\
+         COPY --from=a /d /tmp/d\n\
+         COPY ctx.txt /tmp/ctx.txt\n\
+         RUN echo hi > /tmp/out\n\
+         FROM {busybox}\n\
+         COPY --from=b /tmp/d /tmp/ctx.txt /tmp/out /x/\n"
+    ));
+    // Chain a with the usual capabilities: its RUN chowns.
+    ws.run_ok(&busybox, "a");
+    // Now everything is nobody's, as a squashed pod would have left it,
+    // and results/ is a directory the helper did not make and may not chmod.
+    chown_tree_to_nobody(ws.dir.path());
+    std::fs::set_permissions(ws.path("results"), std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let mut options = RunOptions::context(&json!({"inline": {"ctx.txt": "from the context\n"}}));
+    for cap in ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER"] {
+        options.podman.push(format!("--cap-drop=CAP_{cap}"));
+    }
+    ws.run_ok_as(&busybox, "b", &options);
+    // Scratch space (the materialised context, the unpacked export with its
+    // read-only directory) is gone.
+    assert_eq!(ws.scratch_left(), Vec::<String>::new());
+
+    // A reader that is neither root nor the writer reads every export.
+    let id_of = |path: &str| {
+        let chain = plan.chain("b").unwrap();
+        chain
+            .exports
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let export_of = |path: &str| format!("/.slimforge/exports/{}.tar", id_of(path));
+    let mounts = ws.mounts();
+    let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let script = format!(
+        "gunzip -c {out} | tar -xOf - tmp/out; gunzip -c {ctx} | tar -xOf - tmp/ctx.txt; \
+         gunzip -c {d} | tar -tf - | sort; cat /.slimforge/results/b.json",
+        out = export_of("/tmp/out"),
+        ctx = export_of("/tmp/ctx.txt"),
+        d = export_of("/tmp/d"),
+    );
+    let mut options = vec!["--user", "65534:65534"];
+    options.extend(mounts);
+    let read = podman_run_with(&options, &busybox, &["sh", "-c", &script]);
+    let lines: Vec<&str> = read.lines().collect();
+    assert_eq!(
+        lines[..7],
+        [
+            "hi",
+            "from the context",
+            "tmp/d",
+            "tmp/d/f",
+            "tmp/d/ro",
+            "tmp/d/ro/x",
+            r#"{"status":"succeeded","exports":["b-1","b-2","b-3"]}"#
+        ],
+        "{read}"
+    );
+    let d = ws.export(&id_of("/tmp/d"));
+    // COPY --from gives root-owned files, the read-only directory kept.
+    assert_eq!(
+        (d["tmp/d/f"].uid, d["tmp/d/f"].text()),
+        (0, "owned\n".into())
+    );
+    assert_eq!(d["tmp/d/ro"].mode, 0o555);
+}
+
+/// `tar FLAG` of `files` (path, content) into a file; the system's tar.
+fn system_tar(flag: &str, files: &[(&str, &str)]) -> Vec<u8> {
+    let tree = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let path = tree.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("archive");
+    let names: Vec<&str> = files.iter().map(|(p, _)| *p).collect();
+    support::run_ok(
+        std::process::Command::new("tar")
+            .arg(flag)
+            .arg(&archive)
+            .arg("-C")
+            .arg(tree.path())
+            .args(names),
+    );
+    std::fs::read(archive).unwrap()
+}
+
+#[test]
+fn add_extracts_bzip2_and_xz_tars_told_by_their_bytes_not_their_names() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.context_file("tools.data", &system_tar("-cjf", &[("bin/bz", "bzip2\n")]));
+    ws.context_file("more.zip", &system_tar("-cJf", &[("bin/xz", "xz\n")]));
+    ws.context_file("plain.bz2", b"BZh but no archive\n");
+    ws.plan(&format!(
+        "FROM {busybox} AS b\n\
+         ADD tools.data more.zip plain.bz2 /opt/\n\
+         FROM {busybox}\n\
+         COPY --from=b /opt /opt\n"
+    ));
+    ws.run_ok(&busybox, "b");
+    let opt = ws.export("b-1");
+    assert_eq!(
+        opt.keys().collect::<Vec<_>>(),
+        [
+            "opt",
+            "opt/bin",
+            "opt/bin/bz",
+            "opt/bin/xz",
+            "opt/plain.bz2"
+        ]
+    );
+    assert_eq!(opt["opt/bin/bz"].text(), "bzip2\n");
+    assert_eq!(opt["opt/bin/xz"].text(), "xz\n");
+    assert_eq!(opt["opt/plain.bz2"].text(), "BZh but no archive\n");
+}
+
+#[test]
+fn several_sources_need_a_destination_ending_in_a_slash_while_one_goes_into_an_existing_dir() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.context_file("a.txt", b"a\n");
+    ws.context_file("b.txt", b"b\n");
+    ws.context_file("only.md", b"md\n");
+    ws.plan(&format!(
+        "FROM {busybox} AS ok\n\
+         RUN mkdir /existing\n\
+         COPY a.txt /existing\n\
+         COPY *.md /single-match.md\n\
+         COPY a.txt b.txt /both/\n\
+         WORKDIR /w\n\
+         COPY *.txt .\n\
+         FROM {busybox} AS glob\n\
+         RUN mkdir /existing\n\
+         COPY *.txt /existing\n\
+         FROM {busybox} AS two\n\
+         ADD *.txt /target\n\
+         FROM {busybox}\n\
+         COPY --from=ok /existing /single-match.md /both /w /ok/\n\
+         COPY --from=glob /existing /glob\n\
+         COPY --from=two /target /two\n"
+    ));
+    ws.run_ok(&busybox, "ok");
+    let exported: Vec<String> = (1..=4)
+        .flat_map(|i| ws.export(&format!("ok-{i}")).into_keys())
+        .collect();
+    assert_eq!(
+        exported,
+        [
+            "existing",
+            "existing/a.txt",
+            "single-match.md",
+            "both",
+            "both/a.txt",
+            "both/b.txt",
+            "w",
+            "w/a.txt",
+            "w/b.txt"
+        ]
+    );
+
+    // A glob with two matches onto a directory that exists, written without `/`.
+    let glob = ws.run(&busybox, "glob");
+    assert!(!glob.success);
+    let result = &glob.result;
+    assert_eq!(
+        (&result["stage"], &result["line"], &result["instruction"]),
+        (&json!("glob"), &json!(10), &json!("COPY *.txt /existing")),
+        "{result:#}"
+    );
+    assert_eq!(
+        result["error"],
+        "/existing: When using COPY with more than one source file, the destination must be \
+         a directory and end with a / (2 sources: a.txt, b.txt)"
+    );
+    // (Sources written out are counted by the planner already.) ADD says ADD.
+    let two = ws.run(&busybox, "two");
+    assert!(!two.success);
+    assert_eq!(two.result["line"], 12, "{:#}", two.result);
+    let error = two.result["error"].as_str().unwrap();
+    assert!(
+        error.contains("When using ADD with more than one source file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn copy_keeps_hard_links_from_the_context_and_from_exports() {
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "busybox", Format::Docker);
+    let ws = Workspace::new();
+    ws.context_file("l/one", b"linked\n");
+    std::fs::hard_link(ws.path("context/l/one"), ws.path("context/l/two")).unwrap();
+    ws.context_file("l/alone", b"alone\n");
+    ws.plan(&format!(
+        "FROM {busybox} AS a\n\
+         RUN mkdir /d && echo x > /d/a && ln /d/a /d/b && echo y > /d/c\n\
+         FROM {busybox} AS b\n\
+         COPY --from=a /d /fromexport\n\
+         COPY l/ /fromctx/\n\
+         RUN cd / && stat -c '%n %h %i' fromexport/a fromexport/b fromexport/c \
+         fromctx/one fromctx/two fromctx/alone > /tmp/links\n\
+         FROM {busybox}\n\
+         COPY --from=b /tmp/links /links\n"
+    ));
+    ws.run_ok(&busybox, "a");
+    ws.run_ok(&busybox, "b");
+    let text = ws.export("b-1")["tmp/links"].text();
+    let stat: BTreeMap<&str, (u64, u64)> = text
+        .lines()
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            (
+                parts[0],
+                (parts[1].parse().unwrap(), parts[2].parse().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(stat["fromexport/a"].0, 2, "{text}");
+    assert_eq!(stat["fromexport/a"], stat["fromexport/b"], "{text}");
+    assert_eq!(stat["fromexport/c"].0, 1, "{text}");
+    assert_eq!(stat["fromctx/one"].0, 2, "{text}");
+    assert_eq!(stat["fromctx/one"], stat["fromctx/two"], "{text}");
+    assert_eq!(stat["fromctx/alone"].0, 1, "{text}");
 }

@@ -3,6 +3,7 @@
 //! to a destination in the container's own filesystem with Docker's rules;
 //! and the export archives chains hand to each other.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
@@ -22,15 +23,54 @@ pub struct SourceRoot<'a> {
 
 /// What one COPY/ADD does once its words are expanded.
 pub struct CopyRequest {
-    pub sources: Vec<String>,
     /// Absolute, in the container.
     pub destination: PathBuf,
     /// The destination was written as a directory (`/`, `.`).
     pub destination_is_dir: bool,
     pub owner: (u32, u32),
     pub chmod: Option<u32>,
-    /// ADD: local tar archives (plain or gzip) are extracted.
+    /// ADD: local tar archives (plain, gzip, bzip2, xz) are extracted.
     pub extract_archives: bool,
+}
+
+impl CopyRequest {
+    fn instruction(&self) -> &'static str {
+        if self.extract_archives { "ADD" } else { "COPY" }
+    }
+
+    /// Docker's rule for `sources` things to copy (matches of every source,
+    /// heredocs included): more than one needs a destination written as a
+    /// directory, even one that exists.
+    pub fn check_source_count(&self, sources: &[&str]) -> Result<(), StageError> {
+        if sources.len() <= 1 || self.destination_is_dir {
+            return Ok(());
+        }
+        const SHOWN: usize = 5;
+        let mut names = sources[..sources.len().min(SHOWN)].join(", ");
+        if sources.len() > SHOWN {
+            names.push_str(", …");
+        }
+        Err(StageError::Invalid {
+            path: self.destination.clone(),
+            what: format!(
+                "When using {} with more than one source file, the destination must be a directory and end with a / ({} sources: {names})",
+                self.instruction(),
+                sources.len()
+            ),
+        })
+    }
+}
+
+/// The files one COPY/ADD has copied, by the source's (device, inode): a
+/// file's second name is linked to the first copy, so hard links between
+/// copied files stay hard links (as BuildKit keeps them).
+#[derive(Debug, Default)]
+pub struct HardLinks(HashMap<(u64, u64), PathBuf>);
+
+impl HardLinks {
+    fn key(meta: &fs::Metadata) -> Option<(u64, u64)> {
+        (meta.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino()))
+    }
 }
 
 /// One matched source: where it is on disk and its path under the root.
@@ -41,10 +81,10 @@ pub struct Match {
     pub rel: String,
 }
 
-/// Copies the sources of `request` from `root`; returns how many entries were written.
-pub fn copy(root: &SourceRoot, request: &CopyRequest) -> Result<usize, StageError> {
+/// Every match of every source under `root`; a source without any is an error.
+pub fn match_sources(root: &SourceRoot, sources: &[String]) -> Result<Vec<Match>, StageError> {
     let mut matches = Vec::new();
-    for source in &request.sources {
+    for source in sources {
         let found = match_source(root.dir, source, root.ignore)?;
         if found.is_empty() {
             return Err(StageError::Invalid {
@@ -55,19 +95,29 @@ pub fn copy(root: &SourceRoot, request: &CopyRequest) -> Result<usize, StageErro
         }
         matches.extend(found);
     }
-    let many = matches.len() > 1;
-    let dest_is_dir = request.destination_is_dir
-        || many
-        || fs::metadata(&request.destination).is_ok_and(|m| m.is_dir());
+    Ok(matches)
+}
+
+/// Copies matches from `root` as `request` says (its source count checked
+/// already), linking files to their hard links' copies in `links`; returns
+/// how many entries were written.
+pub fn copy_matches(
+    root: &SourceRoot,
+    matches: &[Match],
+    request: &CopyRequest,
+    links: &mut HardLinks,
+) -> Result<usize, StageError> {
+    let dest_is_dir =
+        request.destination_is_dir || fs::metadata(&request.destination).is_ok_and(|m| m.is_dir());
     let mut written = 0;
-    for found in &matches {
+    for found in matches {
         let meta = fs::metadata(&found.disk).map_err(io_err(&found.disk))?;
         if meta.is_dir() {
             ensure_dir(&request.destination, request.owner, request.chmod)?;
-            written += copy_tree(root, found, &request.destination, request)?;
+            written += copy_tree(root, found, &request.destination, request, links)?;
         } else if request.extract_archives && is_archive(&found.disk)? {
             ensure_dir(&request.destination, (0, 0), None)?;
-            extract_archive(&found.disk, &request.destination)?;
+            extract_archive(&found.disk, &request.destination, Unpack::AsArchived)?;
             written += 1;
         } else {
             let target = if dest_is_dir {
@@ -83,11 +133,23 @@ pub fn copy(root: &SourceRoot, request: &CopyRequest) -> Result<usize, StageErro
                 }
                 request.destination.clone()
             };
-            copy_entry(&found.disk, &meta, &target, request)?;
+            copy_entry(&found.disk, &meta, &target, request, links)?;
             written += 1;
         }
     }
     Ok(written)
+}
+
+/// One COPY/ADD of `sources` from one root: matched, counted, copied.
+pub fn copy(
+    root: &SourceRoot,
+    sources: &[String],
+    request: &CopyRequest,
+) -> Result<usize, StageError> {
+    let matches = match_sources(root, sources)?;
+    let names: Vec<&str> = matches.iter().map(|m| m.rel.as_str()).collect();
+    request.check_source_count(&names)?;
+    copy_matches(root, &matches, request, &mut HardLinks::default())
 }
 
 /// The paths under `root` that `source` names: itself, or every match of
@@ -270,6 +332,7 @@ fn copy_tree(
     found: &Match,
     dest: &Path,
     request: &CopyRequest,
+    links: &mut HardLinks,
 ) -> Result<usize, StageError> {
     let mut written = 0;
     let walk = walkdir::WalkDir::new(&found.disk)
@@ -277,6 +340,7 @@ fn copy_tree(
         .follow_links(false)
         .sort_by_file_name();
     let mut skipped: Vec<PathBuf> = Vec::new();
+    let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     for entry in walk {
         let entry = entry.map_err(|e| StageError::Io {
             path: found.disk.clone(),
@@ -307,19 +371,30 @@ fn copy_tree(
                 continue;
             }
         }
-        copy_entry(entry.path(), &meta, &dest.join(rel), request)?;
+        let target = dest.join(rel);
+        if let Some(mode) = copy_entry(entry.path(), &meta, &target, request, links)? {
+            dir_modes.push((target, mode));
+        }
         written += 1;
+    }
+    // Directory modes last, deepest first: a read-only directory (0555)
+    // still takes its contents without root's CAP_DAC_OVERRIDE.
+    for (dir, mode) in dir_modes.iter().rev() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(io_err(dir))?;
     }
     Ok(written)
 }
 
-/// One file, directory or symlink; owner from the request, mode kept (or `--chmod`).
+/// One file, directory or symlink; owner from the request, mode kept (or
+/// `--chmod`). A directory's mode is returned for the caller to set once
+/// its contents are in.
 fn copy_entry(
     disk: &Path,
     meta: &fs::Metadata,
     target: &Path,
     request: &CopyRequest,
-) -> Result<(), StageError> {
+    links: &mut HardLinks,
+) -> Result<Option<u32>, StageError> {
     if let Some(parent) = target.parent() {
         ensure_dir(parent, (0, 0), None)?;
     }
@@ -342,53 +417,144 @@ fn copy_entry(
             }
             fs::remove_file(target).map_err(io_err(target))?;
         }
+        let key = HardLinks::key(meta);
         if file_type.is_symlink() {
             let link = fs::read_link(disk).map_err(io_err(disk))?;
             symlink(&link, target).map_err(io_err(target))?;
+        } else if let Some(first) = key.and_then(|k| links.0.get(&k))
+            && fs::hard_link(first, target).is_ok()
+        {
+            // The first copy has this request's owner and mode already.
+            return Ok(None);
         } else {
             fs::copy(disk, target).map_err(io_err(target))?;
+            if let Some(key) = key {
+                links.0.entry(key).or_insert_with(|| target.to_path_buf());
+            }
         }
     }
     // chown first: it clears setuid/setgid, which the chmod puts back.
     lchown(target, Some(request.owner.0), Some(request.owner.1)).map_err(io_err(target))?;
+    let mode = request.chmod.unwrap_or(meta.mode() & 0o7777);
+    if file_type.is_dir() {
+        return Ok(Some(mode));
+    }
     if !file_type.is_symlink() {
-        let mode = request.chmod.unwrap_or(meta.mode() & 0o7777);
         fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(io_err(target))?;
     }
-    Ok(())
+    Ok(None)
 }
 
-/// A plain or gzip-compressed tar (by its bytes, as Docker's ADD decides).
-pub fn is_archive(path: &Path) -> Result<bool, StageError> {
-    let mut head = vec![0u8; 512];
-    let mut file = fs::File::open(path).map_err(io_err(path))?;
-    let mut n = 0;
-    while n < head.len() {
-        let read = file.read(&mut head[n..]).map_err(io_err(path))?;
-        if read == 0 {
-            break;
+/// How an archive is compressed, told by its first bytes (never its name),
+/// as Docker's ADD tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+impl Compression {
+    fn sniff(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+            Compression::Gzip
+        } else if head.starts_with(b"BZh") {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else {
+            Compression::None
         }
-        n += read;
     }
-    head.truncate(n);
-    Ok(head.starts_with(&[0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar"))
 }
 
-/// Unpacks a plain or gzip tar into `dest`, owners and modes as archived.
-pub fn extract_archive(path: &Path, dest: &Path) -> Result<(), StageError> {
+/// The bytes of `path`, decompressed as its first bytes say.
+fn decompressed(path: &Path) -> Result<Box<dyn Read>, StageError> {
     let mut file = fs::File::open(path).map_err(io_err(path))?;
-    let mut magic = [0u8; 2];
-    let n = file.read(&mut magic).map_err(io_err(path))?;
+    let mut head = [0u8; 6];
+    let n = read_up_to(&mut file, &mut head).map_err(io_err(path))?;
     let file = fs::File::open(path).map_err(io_err(path))?;
-    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
+    Ok(match Compression::sniff(&head[..n]) {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+        // Concatenated streams (pbzip2, pixz) are one archive.
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+        Compression::Xz => Box::new(lzma_rust2::XzReader::new(io::BufReader::new(file), true)),
+    })
+}
+
+/// Reads until `buf` is full or the input ends; how much was read.
+fn read_up_to(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(read) => n += read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A tar archive, plain or compressed with gzip, bzip2 or xz: Docker's
+/// test is that its (decompressed) start reads as a tar header. Anything
+/// else, a compressed file that is not a tar included, is copied as it is.
+pub fn is_archive(path: &Path) -> Result<bool, StageError> {
+    let mut reader = decompressed(path)?;
+    let mut block = [0u8; 512];
+    // A stream that does not decompress is not an archive.
+    let Ok(n) = read_up_to(&mut reader, &mut block) else {
+        return Ok(false);
     };
-    let mut archive = tar::Archive::new(reader);
+    Ok(n == block.len() && is_tar_header(&block))
+}
+
+/// A tar header block: its checksum field (octal) matches the sum of its
+/// bytes with that field as spaces, unsigned or (old tars) signed.
+fn is_tar_header(block: &[u8; 512]) -> bool {
+    let field = &block[148..156];
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| (b'0'..=b'7').contains(b))
+        .collect();
+    let Ok(digits) = std::str::from_utf8(&digits) else {
+        return false;
+    };
+    let Ok(expected) = i64::from_str_radix(digits, 8) else {
+        return false;
+    };
+    let mut unsigned = 0i64;
+    let mut signed = 0i64;
+    for (i, byte) in block.iter().enumerate() {
+        let byte = if (148..156).contains(&i) { b' ' } else { *byte };
+        unsigned += i64::from(byte);
+        signed += i64::from(byte as i8);
+    }
+    expected == unsigned || expected == signed
+}
+
+/// How [`extract_archive`] treats what it unpacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpack {
+    /// Into the container (ADD): owners, modes and xattrs as archived.
+    AsArchived,
+    /// Into the workspace's scratch space (an export for COPY --from, which
+    /// takes neither owners nor xattrs): modes only, every file this
+    /// process's. On NFS with root_squash root may not chown there.
+    Scratch,
+}
+
+/// Unpacks a tar, plain or compressed with gzip, bzip2 or xz, into `dest`.
+pub fn extract_archive(path: &Path, dest: &Path, unpack: Unpack) -> Result<(), StageError> {
+    let mut archive = tar::Archive::new(decompressed(path)?);
+    let as_archived = unpack == Unpack::AsArchived;
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
+    archive.set_preserve_ownerships(as_archived);
+    archive.set_unpack_xattrs(as_archived);
     archive.set_overwrite(true);
     archive.unpack(dest).map_err(|e| StageError::Invalid {
         path: path.to_path_buf(),
@@ -493,15 +659,28 @@ mod tests {
         chmod: Option<u32>,
         add: bool,
     ) -> usize {
+        try_copy_to(context, ignore, sources, dest, dir, chmod, add).unwrap()
+    }
+
+    fn try_copy_to(
+        context: &Path,
+        ignore: Option<&DockerIgnore>,
+        sources: &[&str],
+        dest: &Path,
+        dir: bool,
+        chmod: Option<u32>,
+        add: bool,
+    ) -> Result<usize, StageError> {
         let owner = crate::stage::whoami::current_ids().unwrap();
         let root = SourceRoot {
             dir: context,
             ignore,
         };
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
         copy(
             &root,
+            &sources,
             &CopyRequest {
-                sources: sources.iter().map(|s| s.to_string()).collect(),
                 destination: dest.to_path_buf(),
                 destination_is_dir: dir,
                 owner,
@@ -509,7 +688,6 @@ mod tests {
                 extract_archives: add,
             },
         )
-        .unwrap()
     }
 
     #[test]
@@ -570,13 +748,34 @@ mod tests {
         );
         let mode = fs::metadata(out.join("bin/run.sh")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o700);
-        // Globs with several matches make a directory.
+        // Several matches need a destination written as a directory, even
+        // an existing one; a single glob match does not.
+        for dest in [out.join("many"), out.join("bin")] {
+            let err = try_copy_to(&context, None, &["conf/*"], &dest, false, None, false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("When using COPY with more than one source file, the destination must be a directory and end with a / (4 sources: conf/a.conf, conf/link, conf/skip.bak, conf/sub)"),
+                "{err}"
+            );
+        }
+        assert!(!out.join("many").exists());
+        copy_to(
+            &context,
+            None,
+            &["conf/*.conf"],
+            &out.join("one.conf"),
+            false,
+            None,
+            false,
+        );
+        assert!(out.join("one.conf").is_file());
         copy_to(
             &context,
             None,
             &["conf/*.conf", "run.sh"],
             &out.join("many"),
-            false,
+            true,
             None,
             false,
         );
@@ -615,6 +814,85 @@ mod tests {
             false,
         );
         assert!(out.join("copy/t.tar").is_file());
+    }
+
+    #[test]
+    fn add_extracts_bzip2_and_xz_tars_made_by_system_tar_whatever_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("pkg/bin")).unwrap();
+        fs::write(tree.join("pkg/bin/tool"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(tree.join("pkg/bin/tool"), fs::Permissions::from_mode(0o750)).unwrap();
+        let context = dir.path().join("context");
+        fs::create_dir(&context).unwrap();
+        for (flag, name) in [("-cjf", "bundle.bin"), ("-cJf", "bundle.tar.gz")] {
+            let status = std::process::Command::new("tar")
+                .arg(flag)
+                .arg(context.join(name))
+                .arg("-C")
+                .arg(&tree)
+                .arg("pkg")
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        // Compressed, but not a tar: copied as a file.
+        fs::write(context.join("notes"), "plain text\n").unwrap();
+        let status = std::process::Command::new("bzip2")
+            .arg(context.join("notes"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fs::rename(context.join("notes.bz2"), context.join("notes.bz2.bz2")).unwrap();
+        fs::write(context.join("notes.bz2"), "BZh not really\n").unwrap();
+
+        let out = dir.path().join("out");
+        for name in ["bundle.bin", "bundle.tar.gz"] {
+            let dest = out.join(name.replace('.', "-"));
+            copy_to(&context, None, &[name], &dest, true, None, true);
+            let tool = dest.join("pkg/bin/tool");
+            assert_eq!(fs::read_to_string(&tool).unwrap(), "#!/bin/sh\n", "{name}");
+            assert_eq!(
+                fs::metadata(&tool).unwrap().mode() & 0o7777,
+                0o750,
+                "{name}"
+            );
+            assert!(!dest.join(name).exists(), "{name}");
+        }
+        copy_to(
+            &context,
+            None,
+            &["notes.bz2", "notes.bz2.bz2"],
+            &out.join("notes"),
+            true,
+            None,
+            true,
+        );
+        assert_eq!(
+            fs::read_to_string(out.join("notes/notes.bz2")).unwrap(),
+            "BZh not really\n"
+        );
+        assert!(out.join("notes/notes.bz2.bz2").is_file());
+    }
+
+    #[test]
+    fn hard_links_between_copied_files_stay_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = dir.path().join("context");
+        fs::create_dir_all(context.join("d/sub")).unwrap();
+        fs::write(context.join("d/a"), "a").unwrap();
+        fs::hard_link(context.join("d/a"), context.join("d/sub/b")).unwrap();
+        fs::hard_link(context.join("d/a"), context.join("top")).unwrap();
+        fs::write(context.join("d/c"), "c").unwrap();
+        let out = dir.path().join("out");
+        copy_to(&context, None, &["d", "top"], &out, true, None, false);
+        let ino = |p: &str| fs::metadata(out.join(p)).unwrap().ino();
+        assert_eq!(ino("a"), ino("sub/b"));
+        assert_eq!(ino("a"), ino("top"));
+        assert_ne!(ino("a"), ino("c"));
+        assert_eq!(fs::metadata(out.join("a")).unwrap().nlink(), 3);
+        // Not linked to the source itself.
+        assert_ne!(ino("a"), fs::metadata(context.join("d/a")).unwrap().ino());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! run arbitrary images, often without a shell, libc or coreutils, so this
 //! is part of the static binary and uses nothing but the filesystem.
 
+pub mod context;
 pub mod copy;
 pub mod install;
 pub mod probe;
@@ -27,6 +28,10 @@ pub enum StageError {
     Invalid { path: PathBuf, what: String },
     #[error("writing the layer: {0}")]
     Layer(#[from] LayerError),
+    #[error(transparent)]
+    Context(#[from] context::ContextError),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanLoadError),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
@@ -44,4 +49,80 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StageErr
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Removes a tree this process wrote. Directories in it may have been
+/// unpacked without write permission (0555), which only root's
+/// CAP_DAC_OVERRIDE ignores, and root may have none on the workspace (NFS
+/// with root_squash): they are made writable first when that is the trouble.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            for entry in walkdir::WalkDir::new(path).follow_links(false) {
+                let Ok(entry) = entry else { continue };
+                if entry.file_type().is_dir()
+                    && let Ok(meta) = entry.metadata()
+                {
+                    let mode = meta.permissions().mode() | 0o700;
+                    let _ = std::fs::set_permissions(
+                        entry.path(),
+                        std::fs::Permissions::from_mode(mode),
+                    );
+                }
+            }
+            std::fs::remove_dir_all(path)
+        }
+        other => other,
+    }
+}
+
+/// A directory of the workspace's scratch space, removed (with
+/// [`remove_tree`]) on drop.
+pub(crate) struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub(crate) fn new_in(parent: &Path) -> io::Result<Self> {
+        Ok(Self(
+            tempfile::Builder::new()
+                .prefix("copy-")
+                .tempdir_in(parent)?
+                .keep(),
+        ))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "scratch directory not removed");
+        }
+    }
+}
+
+/// `<prefix>-<chain>` with the chain id made a safe file name: characters
+/// other than ASCII letters, digits, `-`, `_` and `.` become `_`, and a
+/// short hash of the id then keeps changed names apart.
+pub(crate) fn scratch_name(prefix: &str, chain: &str) -> String {
+    let safe: String = chain
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if safe == chain && !chain.is_empty() {
+        return format!("{prefix}-{chain}");
+    }
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(chain.as_bytes()));
+    format!("{prefix}-{safe}-{}", &hash[..8])
 }

@@ -1,10 +1,22 @@
-//! `stage run --plan PLAN --chain ID [--workspace /.slimforge]`: the main
-//! container of a chain pod (uid 0, in the chain's own image) applies the
-//! chain's stages in Dockerfile order and exports what later stages copy.
+//! `stage run --chain ID [--plan PLAN] [--workspace /.slimforge]
+//! [--whoami FILE] [--snapshot LAYER]`: the main container of a chain pod
+//! (uid 0, in the chain's own image) applies the chain's stages in
+//! Dockerfile order and exports what later stages copy.
 //!
-//! Workspace (`--workspace`, default `/.slimforge`):
-//! - `context/`: the build context, already materialised; its
-//!   `.dockerignore`, when there is one, hides paths from COPY/ADD;
+//! Inputs: the plan from `--plan`, else the plan's JSON in `$SLIMFORGE_PLAN`
+//! ([`BuildPlan::load`]); the build context from `$SLIMFORGE_CONTEXT`
+//! (inline files, a ConfigMap volume or a directory: see
+//! [`super::context`]), else `<workspace>/context/`; its `.dockerignore`,
+//! when there is one, hides paths from COPY/ADD; the image user's `uid:gid`
+//! from `--whoami` (default `<workspace>/whoami`), as `stage whoami` wrote
+//! it in the init container (the image's own USER); missing → 0:0.
+//!
+//! Workspace (`--workspace`, default `/.slimforge`). `exports/`, `results/`
+//! and `tmp/` are created 1777 when missing (pods of other users write
+//! there); one that exists is made 1777 if the filesystem allows and left
+//! as it is otherwise. Nothing written there needs root's power over files
+//! (on NFS with root_squash root is `nobody` there): nothing is chowned,
+//! what is read back (exports, results) is 0644.
 //! - `exports/<export-id>.tar`: exports of chains and extractions, read by
 //!   `COPY --from` and written here at the end of each stage that has some.
 //!   An export is a gzip-compressed tar (named `.tar`: readers sniff the
@@ -14,15 +26,18 @@
 //!   parent entries; numeric owners, modes (setuid included), xattrs,
 //!   symlinks and hard links kept; mtimes are `SOURCE_DATE_EPOCH` (0);
 //!   file mode 0644 so a non-root reader can open it;
-//! - `whoami`: `uid:gid` recorded by `stage whoami` in the init container
-//!   (the image's own USER); missing → 0:0;
-//! - `results/<chain-id>.json`: `{"status":"succeeded","exports":[…]}` or
+//! - `results/<chain-id>.json` (`/` in the id as `_`):
+//!   `{"status":"succeeded","exports":[…]}` or
 //!   `{"status":"failed","stage","line","instruction",…}` with `exitCode`
 //!   and `logTail` for a failed RUN, `error` for anything else (only
 //!   `error` when the chain could not start: plan unreadable, no such
-//!   chain, bad `.dockerignore`); at most 3 KiB (the termination message);
-//! - `tmp/`: scratch space: exports unpacked for one COPY (removed after
-//!   it), a `#!` heredoc script of a RUN (removed after it).
+//!   chain, context unusable (a bad path, a missing ConfigMap key), bad
+//!   `.dockerignore`); at most 3 KiB (the termination message);
+//! - `tmp/`: scratch space, all of it removed when done with, success or
+//!   failure: the materialised context (`context-<chain>`, the id made a
+//!   safe name), exports unpacked for one COPY (modes only, owned by this
+//!   process), a `#!` heredoc script of a RUN, a runtime chain's snapshot
+//!   state (`snapshot-<chain>`).
 //!
 //! Rules applied (Docker's, unless said otherwise):
 //! - the environment starts as this process's (the image's ENV); ENV words
@@ -36,37 +51,46 @@
 //!   left alone;
 //! - COPY/ADD sources are relative to the context (or the export's root),
 //!   never leave it, may be globs; a directory source copies its contents;
-//!   several sources or a destination ending in `/` (or `.`) make the
-//!   destination a directory; files are root-owned unless `--chown` (names
-//!   from the image's /etc/passwd and /etc/group), modes kept unless
-//!   `--chmod`; missing parents are created root-owned 0755; ADD extracts a
-//!   local plain or gzip tar (owners as archived). Hard links between copied
-//!   files are not kept, mtimes are not kept;
-//! - RUN runs as the Dockerfile's USER (name or uid[:gid] through
+//!   more than one thing to copy (every glob match of every source, and
+//!   heredocs, counted together) needs a destination written as a
+//!   directory, even one that exists: ending in `/`, or `.`/`..` (BuildKit
+//!   reads a bare `.` as `./`; the classic builder did not), else the step
+//!   fails with Docker's "When using COPY with more than one source file,
+//!   the destination must be a directory and end with a /"; one source
+//!   onto an existing directory goes into it; files are root-owned unless
+//!   `--chown` (names from the image's /etc/passwd and /etc/group), modes
+//!   kept unless `--chmod`, a directory's mode set once its contents are
+//!   in; missing parents are created root-owned 0755; hard links between
+//!   the files one instruction copies are kept (BuildKit's behaviour);
+//!   ADD extracts a local tar, plain or compressed with gzip, bzip2 or xz,
+//!   told by its bytes, never its name (owners as archived); a file that
+//!   does not decompress to a tar header is copied as it is;
+//! - RUN runs as the Dockerfile's USER (name or `uid[:gid]` through
 //!   /etc/passwd, a uid not found there gets gid 0), else the whoami user,
 //!   with no supplementary groups (std drops them when it switches user as
 //!   root), env = ARGs + current environment + PATH defaulted when unset +
 //!   HOME from /etc/passwd (`/` when none) unless ENV set HOME (the
 //!   Dockerfile's, or the image's: a HOME in this process's environment
-//!   other than root's passwd home); non-UTF-8 variables are dropped; every step is announced on stderr as `[stage LINE] instruction`,
-//!   a RUN's output follows line by line with the same prefix, the last
-//!   40 lines are kept for the failure report; output of processes a RUN
-//!   leaves in the background is not waited for beyond 2 s (and, the
-//!   helper being PID 1 in the pod, such orphans are not reaped);
+//!   other than root's passwd home); non-UTF-8 variables are dropped; every
+//!   step is announced on stderr as `[stage LINE] instruction`, a RUN's
+//!   output follows line by line with the same prefix, the last 40 lines
+//!   are kept for the failure report; output of processes a RUN leaves in
+//!   the background is not waited for beyond 2 s (and, the helper being
+//!   PID 1 in the pod, such orphans are not reaped);
 //! - a RUN heredoc follows [`RunArgs`]: a command that is one heredoc runs
 //!   its body through SHELL (or, starting with `#!`, as a script file in
 //!   `tmp/`); otherwise line, bodies and terminators go to SHELL together.
 //!
-//! Not done yet: ADD of bzip2/xz archives (copied as files), `--chown` on
-//! ADD-extracted archives (archive owners kept), non-UTF-8 names in COPY
-//! sources, hard links between files copied by COPY, source mtimes; an
-//! excluded directory that `.dockerignore` exceptions make walked is
-//! created even when nothing below it is kept.
+//! Not done yet: ADD of zstd-compressed tars (Docker extracts them; here
+//! they are copied as files), `--chown` on ADD-extracted archives (archive
+//! owners kept), xattrs of COPY sources (not copied), non-UTF-8 names in
+//! COPY sources, source mtimes; an excluded directory that `.dockerignore`
+//! exceptions make walked is created even when nothing below it is kept.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,9 +98,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::copy::{CopyRequest, SourceRoot, copy, extract_archive, write_export};
+use super::context::{BuildContext, Materialised};
+use super::copy::{
+    CopyRequest, HardLinks, Match, SourceRoot, Unpack, copy_matches, extract_archive,
+    match_sources, write_export,
+};
 use super::users::Users;
-use super::{StageError, io_err, write_atomically};
+use super::{ScratchDir, StageError, io_err, write_atomically};
 use crate::dockerfile::{
     CommandForm, CopyArgs, DockerIgnore, Heredoc, Instruction, RunArgs, expand_heredoc, expand_word,
 };
@@ -203,28 +231,53 @@ fn keep_first_bytes(s: &str, n: usize) -> String {
 }
 
 /// What `stage run` reads: the plan, the chain to run, the workspace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    pub plan: PathBuf,
+    /// The plan file; `None`: the plan's JSON in `$SLIMFORGE_PLAN`.
+    pub plan: Option<PathBuf>,
     pub chain: String,
     pub workspace: PathBuf,
+    /// The image user's `uid:gid` as `stage whoami` wrote it; `None`:
+    /// `<workspace>/whoami`.
+    pub whoami: Option<PathBuf>,
+    /// The context's JSON (`$SLIMFORGE_CONTEXT`, see `stage::context`);
+    /// `None`: `<workspace>/context`.
+    pub context: Option<String>,
     /// A runtime chain: record the filesystem first and, on success, write
     /// what the chain changed as one layer here (see `stage::snapshot`).
     pub snapshot: Option<PathBuf>,
 }
 
+/// The workspace directories `stage run` writes in, created 1777 when
+/// missing: pods running as other users share them.
+const SHARED_DIRS: [&str; 3] = ["exports", "results", "tmp"];
+
 /// Runs the chain; the result is also written to `results/<chain>.json`.
-/// `Err` only when the plan cannot be read or the result not written.
+/// `Err` only when the chain could not start (plan or context unusable) or
+/// the result could not be written; the result file says why too.
 pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
+    prepare_workspace(&options.workspace)?;
     let results = options.workspace.join("results");
-    fs::create_dir_all(&results).map_err(io_err(&results))?;
     let path = results.join(format!("{}.json", options.chain.replace('/', "_")));
-    let state = options.workspace.join("snapshot.state");
+    // Scratch space: 1777 even on a root-squashed volume.
+    let state = options
+        .workspace
+        .join("tmp")
+        .join(super::scratch_name("snapshot", &options.chain));
     let recorded = match &options.snapshot {
         Some(_) => super::snapshot::record(&state).map(|_| ()),
         None => Ok(()),
     };
-    let result = match recorded.and_then(|()| run_chain(options)) {
+    let result = recorded.and_then(|()| run_chain(options));
+    let layer = match (&options.snapshot, &result) {
+        (Some(layer), Ok(RunResult::Succeeded { .. })) => Some(layer),
+        _ => None,
+    };
+    let diffed = layer.map(|layer| super::snapshot::diff(&state, layer));
+    if options.snapshot.is_some() {
+        let _ = fs::remove_file(&state);
+    }
+    let result = match result {
         Ok(result) => result,
         Err(e) => {
             // The chain never started: the reason still goes in the result.
@@ -235,8 +288,8 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
             return Err(e);
         }
     };
-    if let (Some(layer), RunResult::Succeeded { .. }) = (&options.snapshot, &result) {
-        let digests = super::snapshot::diff(&state, layer)?;
+    if let (Some(layer), Some(digests)) = (layer, diffed) {
+        let digests = digests?;
         let _ = fs::set_permissions(layer, fs::Permissions::from_mode(0o644));
         tracing::info!(digest = %digests.digest, size = digests.size, "snapshot layer written");
     }
@@ -245,30 +298,66 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
     Ok(result)
 }
 
+/// Creates the workspace's shared directories, 1777, without ever needing
+/// root's power over files: on NFS with root_squash root is `nobody` there.
+/// Nothing is chowned; a directory that is there already is made 1777 when
+/// the filesystem lets this process, and left as it is otherwise.
+fn prepare_workspace(workspace: &Path) -> Result<(), StageError> {
+    fs::create_dir_all(workspace).map_err(io_err(workspace))?;
+    for name in SHARED_DIRS {
+        let dir = workspace.join(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777))
+                .map_err(io_err(&dir))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
+                let mode = fs::metadata(&dir).map_err(io_err(&dir))?.mode() & 0o7777;
+                if mode != 0o1777
+                    && let Err(e) = fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777))
+                {
+                    tracing::debug!(dir = %dir.display(), mode = format!("{mode:o}"), error = %e, "left as it is");
+                }
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+    }
+    Ok(())
+}
+
 fn run_chain(options: &RunOptions) -> Result<RunResult, StageError> {
-    let bytes = fs::read(&options.plan).map_err(io_err(&options.plan))?;
-    let plan: BuildPlan = serde_json::from_slice(&bytes).map_err(|e| StageError::Invalid {
-        path: options.plan.clone(),
-        what: e.to_string(),
-    })?;
+    let plan = BuildPlan::load(options.plan.as_deref())?;
     let chain = plan
         .chain(&options.chain)
         .ok_or_else(|| StageError::Invalid {
-            path: options.plan.clone(),
+            path: options
+                .plan
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("${}", crate::plan::PLAN_ENV))),
             what: format!("no chain `{}` in the plan", options.chain),
         })?
         .clone();
-    Ok(
-        match Runner::new(&plan, &options.workspace)?.run_chain(&chain) {
-            Ok(exports) => RunResult::Succeeded { exports },
-            Err(failure) => RunResult::Failed(*failure),
-        },
-    )
+    let context = match options.context.as_deref() {
+        Some(json) => BuildContext::parse(json)?
+            .materialise(&options.workspace.join("tmp"), &options.chain)?,
+        None => Materialised::existing(options.workspace.join("context")),
+    };
+    let whoami = options
+        .whoami
+        .clone()
+        .unwrap_or_else(|| options.workspace.join("whoami"));
+    let result = Runner::new(&plan, &options.workspace, context.path(), &whoami)?.run_chain(&chain);
+    // The materialised context goes now, whatever the outcome.
+    drop(context);
+    Ok(match result {
+        Ok(exports) => RunResult::Succeeded { exports },
+        Err(failure) => RunResult::Failed(*failure),
+    })
 }
 
 struct Runner<'a> {
     plan: &'a BuildPlan,
     workspace: PathBuf,
+    /// The build context's directory.
+    context: PathBuf,
     users: Users,
     ignore: Option<DockerIgnore>,
     /// The environment of later steps (starts as the process's).
@@ -287,8 +376,13 @@ struct Runner<'a> {
 type StepResult<T> = Result<T, Box<Failure>>;
 
 impl<'a> Runner<'a> {
-    fn new(plan: &'a BuildPlan, workspace: &Path) -> Result<Self, StageError> {
-        let ignore_path = workspace.join("context/.dockerignore");
+    fn new(
+        plan: &'a BuildPlan,
+        workspace: &Path,
+        context: &Path,
+        whoami: &Path,
+    ) -> Result<Self, StageError> {
+        let ignore_path = context.join(".dockerignore");
         let ignore = match fs::read_to_string(&ignore_path) {
             Ok(text) => Some(DockerIgnore::parse(&text).map_err(|e| StageError::Invalid {
                 path: ignore_path.clone(),
@@ -296,7 +390,7 @@ impl<'a> Runner<'a> {
             })?),
             Err(_) => None,
         };
-        let whoami = fs::read_to_string(workspace.join("whoami")).unwrap_or_default();
+        let whoami = fs::read_to_string(whoami).unwrap_or_default();
         let user = whoami
             .trim()
             .split_once(':')
@@ -316,6 +410,7 @@ impl<'a> Runner<'a> {
         Ok(Self {
             plan,
             workspace: workspace.to_path_buf(),
+            context: context.to_path_buf(),
             users,
             ignore,
             env,
@@ -503,60 +598,81 @@ impl<'a> Runner<'a> {
                 }
                 None => None,
             };
-        let many = args.sources.len() + args.heredocs.len() > 1;
-        for heredoc in &args.heredocs {
-            self.copy_heredoc(
-                heredoc,
-                &destination,
-                destination_is_dir || many,
-                owner,
-                chmod,
-            )?;
-        }
-        if args.sources.is_empty() {
-            return Ok(());
-        }
-        let request = |sources: Vec<String>| CopyRequest {
-            sources,
+        let request = CopyRequest {
             destination: destination.clone(),
-            destination_is_dir: destination_is_dir || many,
+            destination_is_dir,
             owner,
             chmod,
             extract_archives: add,
         };
+        // Every root (the context, or one unpacked export per path) with
+        // its matches: Docker counts them all before copying anything.
+        let mut staged = Vec::new();
+        let mut roots: Vec<(PathBuf, Option<&DockerIgnore>, Vec<Match>)> = Vec::new();
         match source {
             Some(CopySource::Stage { paths, exports, .. })
             | Some(CopySource::Image { paths, exports, .. }) => {
                 for (path, export) in paths.iter().zip(exports) {
                     let archive = self.workspace.join("exports").join(format!("{export}.tar"));
                     let tmp = self.workspace.join("tmp");
-                    fs::create_dir_all(&tmp).map_err(|e| other(&tmp, e))?;
-                    let staging = tempfile::tempdir_in(&tmp).map_err(|e| other(&tmp, e))?;
-                    extract_archive(&archive, staging.path())
+                    let staging = ScratchDir::new_in(&tmp).map_err(|e| other(&tmp, e))?;
+                    extract_archive(&archive, staging.path(), Unpack::Scratch)
                         .map_err(|e| StepError::Other(e.to_string()))?;
                     let root = SourceRoot {
                         dir: staging.path(),
                         ignore: None,
                     };
-                    copy(&root, &request(vec![path.clone()]))
+                    let matches = match_sources(&root, std::slice::from_ref(path))
                         .map_err(|e| StepError::Other(e.to_string()))?;
+                    roots.push((staging.path().to_path_buf(), None, matches));
+                    staged.push(staging);
                 }
             }
             Some(CopySource::Inline) => {}
             Some(CopySource::Context) | None => {
-                let sources = args
-                    .sources
-                    .iter()
-                    .map(|s| self.expand(s))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let context = self.workspace.join("context");
-                let root = SourceRoot {
-                    dir: &context,
-                    ignore: self.ignore.as_ref(),
-                };
-                copy(&root, &request(sources)).map_err(|e| StepError::Other(e.to_string()))?;
+                if !args.sources.is_empty() {
+                    let sources = args
+                        .sources
+                        .iter()
+                        .map(|s| self.expand(s))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let root = SourceRoot {
+                        dir: &self.context,
+                        ignore: self.ignore.as_ref(),
+                    };
+                    let matches = match_sources(&root, &sources)
+                        .map_err(|e| StepError::Other(e.to_string()))?;
+                    roots.push((self.context.clone(), self.ignore.as_ref(), matches));
+                }
             }
         }
+        let names: Vec<&str> = args
+            .heredocs
+            .iter()
+            .map(|h| h.name.as_str())
+            .chain(
+                roots
+                    .iter()
+                    .flat_map(|(_, _, m)| m.iter().map(|m| m.rel.as_str())),
+            )
+            .collect();
+        request
+            .check_source_count(&names)
+            .map_err(|e| StepError::Other(e.to_string()))?;
+        for heredoc in &args.heredocs {
+            self.copy_heredoc(heredoc, &destination, destination_is_dir, owner, chmod)?;
+        }
+        let mut links = HardLinks::default();
+        for (dir, ignore, matches) in &roots {
+            let root = SourceRoot {
+                dir,
+                ignore: *ignore,
+            };
+            copy_matches(&root, matches, &request, &mut links)
+                .map_err(|e| StepError::Other(e.to_string()))?;
+        }
+        // The unpacked exports go now.
+        drop(staged);
         Ok(())
     }
 
@@ -827,10 +943,10 @@ mod tests {
         let plan_path = ws.path().join("plan.json");
         fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).unwrap();
         let options = RunOptions {
-            plan: plan_path,
+            plan: Some(plan_path),
             chain: "nope".into(),
             workspace: ws.path().to_path_buf(),
-            snapshot: None,
+            ..RunOptions::default()
         };
         let err = run(&options).unwrap_err();
         assert!(err.to_string().contains("no chain `nope`"), "{err}");
