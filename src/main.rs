@@ -133,6 +133,9 @@ enum StageCommand {
         /// Where the recipe (JSON) goes, e.g. /.slimforge/results/probe.json.
         #[arg(long)]
         result: PathBuf,
+        /// The build's workspace: its shared directories are made (1777) first.
+        #[arg(long)]
+        workspace: Option<PathBuf>,
     },
     /// In a chain pod: apply the chain's stages, run its RUNs, write its exports and result.
     ///
@@ -228,6 +231,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             result,
             builder_image,
         } => {
+            // A context materialised here lives until the assembly is done.
+            let context_guard: Option<stage::context::Materialised>;
             let spec = match (spec, image) {
                 (Some(spec), _) => AssembleSpec::load(&spec)?,
                 (None, Some(image)) => {
@@ -235,6 +240,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     let workspace =
                         workspace.unwrap_or_else(|| PathBuf::from(stage::run::DEFAULT_WORKSPACE));
                     let recipe = recipe::load_recipe(&plan, &workspace)?;
+                    // The assemble pod gets the build context as chain pods do.
+                    context_guard = match (&context, std::env::var(stage::context::CONTEXT_ENV)) {
+                        (None, Ok(json)) if !json.trim().is_empty() => Some(
+                            stage::context::BuildContext::parse(&json)?
+                                .materialise(&workspace.join("tmp"), "assemble")?,
+                        ),
+                        _ => None,
+                    };
+                    let context =
+                        context.or_else(|| context_guard.as_ref().map(|m| m.path().to_path_buf()));
                     let output = recipe::AssembleOutput {
                         image,
                         additional_tags: tags,
@@ -268,6 +283,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if let Some(path) = result {
                 let json = serde_json::to_vec(&outcome)?;
+                stage::write_termination_message(&json);
                 std::fs::write(&path, json)
                     .map_err(|e| anyhow::anyhow!("writing result {}: {e}", path.display()))?;
             }
@@ -363,7 +379,14 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
             let (uid, gid) = stage::whoami::whoami(&file)?;
             tracing::info!(uid, gid, "user recorded");
         }
-        StageCommand::Probe { plan, result } => {
+        StageCommand::Probe {
+            plan,
+            result,
+            workspace,
+        } => {
+            if let Some(workspace) = &workspace {
+                stage::run::prepare_workspace(workspace)?;
+            }
             let recipe = stage::probe::probe_plan(plan.as_deref(), &result)?;
             tracing::info!(layers = recipe.layers.len(), result = %result.display(), "recipe written");
         }

@@ -343,7 +343,11 @@ impl BuildObjects<'_> {
                 let container = json!({
                     "name": "probe",
                     "image": unit.image,
-                    "command": [helper, "stage", "probe", "--result", format!("{WORKSPACE_MOUNT}/{PROBE_RESULT}")],
+                    "command": [
+                        helper, "stage", "probe",
+                        "--workspace", WORKSPACE_MOUNT,
+                        "--result", format!("{WORKSPACE_MOUNT}/{PROBE_RESULT}"),
+                    ],
                     "env": env,
                     "volumeMounts": main_mounts,
                     "securityContext": {

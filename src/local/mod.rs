@@ -30,6 +30,8 @@ use crate::controller::{
     UNIT_LABEL, reconcile,
 };
 
+/// Where Debian (and the operator image) keep the CA certificates.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// How often podman is asked how the pods are doing.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -726,10 +728,21 @@ async fn publish_helper(
         output.registry(),
         env!("CARGO_PKG_VERSION")
     );
+    let mut layers = vec![serde_json::json!({
+        "source": binary, "destination": "/slimforge", "chmod": "0755",
+        "createdBy": "slimforge helper",
+    })];
+    // The registry client needs CA certificates even for plain HTTP.
+    if Path::new(CA_BUNDLE).is_file() {
+        layers.push(serde_json::json!({
+            "source": CA_BUNDLE, "destination": CA_BUNDLE, "chmod": "0644",
+            "createdBy": "CA certificates of the host",
+        }));
+    }
     let spec = serde_json::json!({
         "base": "scratch",
         "platform": platform,
-        "layers": [{"source": binary, "destination": "/slimforge", "chmod": "0755", "createdBy": "slimforge helper"}],
+        "layers": layers,
         "config": {"entrypoint": ["/slimforge"], "user": ASSEMBLE_UID.to_string()},
         "target": target,
         "insecure": insecure,

@@ -43,6 +43,17 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename, so a
 /// reader never sees half a file.
+/// Where Kubernetes reads a container's termination message.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Also hands `bytes` (a result, at most 3 KiB) to Kubernetes as the
+/// container's termination message, when there is such a file (podman has none).
+pub fn write_termination_message(bytes: &[u8]) {
+    if Path::new(TERMINATION_LOG).exists() {
+        let _ = std::fs::write(TERMINATION_LOG, bytes);
+    }
+}
+
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

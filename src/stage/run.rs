@@ -285,6 +285,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
             let json = serde_json::json!({"status": "failed", "error": message});
             write_atomically(&path, json.to_string().as_bytes())?;
             let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
+            super::write_termination_message(json.to_string().as_bytes());
             return Err(e);
         }
     };
@@ -295,6 +296,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
     }
     write_atomically(&path, &result.to_json())?;
     let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
+    super::write_termination_message(&result.to_json());
     Ok(result)
 }
 
@@ -302,7 +304,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
 /// root's power over files: on NFS with root_squash root is `nobody` there.
 /// Nothing is chowned; a directory that is there already is made 1777 when
 /// the filesystem lets this process, and left as it is otherwise.
-fn prepare_workspace(workspace: &Path) -> Result<(), StageError> {
+pub fn prepare_workspace(workspace: &Path) -> Result<(), StageError> {
     fs::create_dir_all(workspace).map_err(io_err(workspace))?;
     for name in SHARED_DIRS {
         let dir = workspace.join(name);
