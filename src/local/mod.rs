@@ -723,11 +723,31 @@ async fn publish_helper(
         )));
     }
     let output = crate::oci::reference::parse(output).map_err(LocalError::Helper)?;
+    // Tagged by content: an image published before is used as it is.
+    let digest = {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        for file in [binary.as_path(), Path::new(CA_BUNDLE)] {
+            if let Ok(bytes) = std::fs::read(file) {
+                hasher.update(&bytes);
+            }
+        }
+        hex::encode(hasher.finalize())
+    };
     let target = format!(
-        "{}/slimforge/helper:{}",
+        "{}/slimforge/helper:{}-{}",
         output.registry(),
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        &digest[..12]
     );
+    let options = crate::oci::registry::RegistryOptions {
+        insecure,
+        ca_bundle: None,
+        auth_file: auth.map(Path::to_path_buf),
+    };
+    if let Ok(existing) = existing_image(&target, platform, &options).await {
+        return Ok(existing);
+    }
     let mut layers = vec![serde_json::json!({
         "source": binary, "destination": "/slimforge", "chmod": "0755",
         "createdBy": "slimforge helper",
@@ -757,6 +777,30 @@ async fn publish_helper(
         .await
         .map_err(|e| LocalError::Helper(format!("publishing the helper image: {e}")))?;
     Ok(result.reference)
+}
+
+/// `image` by digest, if the registry has it.
+async fn existing_image(
+    image: &str,
+    platform: &str,
+    options: &crate::oci::registry::RegistryOptions,
+) -> Result<String, LocalError> {
+    let fail = |e: String| LocalError::Helper(e);
+    let reference =
+        crate::oci::registry::parse_reference(image).map_err(|e| fail(e.to_string()))?;
+    let platform: crate::oci::Platform = platform.parse().map_err(|e| fail(format!("{e}")))?;
+    let registry = crate::oci::registry::Registry::connect(options, &[&reference])
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let pinned = registry
+        .resolve(&reference, &platform)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(format!(
+        "{}@{}",
+        crate::oci::registry::repository_name(&reference),
+        pinned.digest
+    ))
 }
 
 /// An ELF executable with no program interpreter: it needs no libc from the image.
