@@ -788,7 +788,7 @@ async fn existing_image(
     let fail = |e: String| LocalError::Helper(e);
     let reference =
         crate::oci::registry::parse_reference(image).map_err(|e| fail(e.to_string()))?;
-    let platform: crate::oci::Platform = platform.parse().map_err(|e| fail(format!("{e}")))?;
+    let platform: crate::oci::Platform = platform.parse().map_err(|e| fail(e.to_string()))?;
     let registry = crate::oci::registry::Registry::connect(options, &[&reference])
         .await
         .map_err(|e| fail(e.to_string()))?;
