@@ -329,6 +329,24 @@ pub struct ArgBinding {
     pub value: Option<String>,
 }
 
+impl ArgBinding {
+    /// The value the ARG takes when it is reached (`None`: unset), a
+    /// default word expanded with `expand`.
+    pub fn value<E>(
+        &self,
+        expand: impl FnOnce(&str) -> Result<String, E>,
+    ) -> Result<Option<String>, E> {
+        Ok(match self.from {
+            ArgOrigin::BuildArg | ArgOrigin::Global => self.value.clone(),
+            ArgOrigin::Default => match &self.value {
+                Some(word) => Some(expand(word)?),
+                None => None,
+            },
+            ArgOrigin::Unset => None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ArgOrigin {

@@ -33,7 +33,7 @@ use crate::dockerfile::{
 };
 use crate::dockerfile::{expand_heredoc, expand_word};
 use crate::oci::config::{ConfigChanges, Healthcheck};
-use crate::plan::{ArgOrigin, BuildPlan, CopySource, FinalImage, PlanLoadError, Step};
+use crate::plan::{BuildPlan, CopySource, FinalImage, PlanLoadError, Step};
 use crate::stage::StageError;
 use crate::stage::probe::{
     BaseDirectoryEntry, add_directories, is_dir, read_table, resolve, resolve_destination,
@@ -359,14 +359,7 @@ impl<'a> Evaluation<'a> {
         match &step.instruction {
             Instruction::Arg(_) => {
                 for binding in &step.args {
-                    let value = match binding.from {
-                        ArgOrigin::BuildArg | ArgOrigin::Global => binding.value.clone(),
-                        ArgOrigin::Default => match &binding.value {
-                            Some(word) => Some(self.expand(word)?),
-                            None => None,
-                        },
-                        ArgOrigin::Unset => None,
-                    };
+                    let value = binding.value(|word| self.expand(word))?;
                     match value {
                         Some(value) => self.args.insert(binding.name.clone(), value),
                         None => self.args.remove(&binding.name),

@@ -130,21 +130,14 @@ fn label(meta: &kube::core::ObjectMeta, key: &str) -> String {
 
 fn new_pod(pod: &Pod) -> PodState {
     let meta = pod.meta();
-    PodState {
-        name: meta.name.clone().unwrap(),
-        generation: label(meta, GENERATION_LABEL).parse().unwrap(),
-        unit: label(meta, UNIT_LABEL).parse().unwrap(),
-        attempt: label(meta, ATTEMPT_LABEL).parse().unwrap(),
-        phase: PodPhase::Pending,
-        node: Some("node-a".into()),
-        started: None,
-        finished: None,
-        exit_code: None,
-        result: None,
-        waiting: None,
-        reason: None,
-        deleting: false,
-    }
+    let mut state = PodState::new(
+        meta.name.clone().unwrap(),
+        label(meta, GENERATION_LABEL).parse().unwrap(),
+        label(meta, UNIT_LABEL).parse().unwrap(),
+        label(meta, ATTEMPT_LABEL).parse().unwrap(),
+    );
+    state.node = Some("node-a".into());
+    state
 }
 
 const ASSEMBLED: &str = r#"{"reference":"registry.example/team/goapp@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","sizeBytes":2260000,"builderSizeBytes":186000000,"layers":[{"digest":"sha256:aa","size":1,"diffID":"sha256:bb"}]}"#;

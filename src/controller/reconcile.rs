@@ -81,6 +81,27 @@ pub struct PodState {
     pub deleting: bool,
 }
 
+impl PodState {
+    /// A pod just created: pending, nothing known yet.
+    pub fn new(name: String, generation: i64, unit: usize, attempt: u32) -> Self {
+        PodState {
+            name,
+            generation,
+            unit,
+            attempt,
+            phase: PodPhase::Pending,
+            node: None,
+            started: None,
+            finished: None,
+            exit_code: None,
+            result: None,
+            waiting: None,
+            reason: None,
+            deleting: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waiting {
     pub container: String,

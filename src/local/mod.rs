@@ -528,21 +528,8 @@ impl Runner {
                     Err(e) => pod.play_error = Some(e.to_string()),
                 }
             }
-            let mut state = PodState {
-                name: name.clone(),
-                generation: pod.generation,
-                unit: pod.unit,
-                attempt: pod.attempt,
-                phase: PodPhase::Pending,
-                node: Some("localhost".into()),
-                started: None,
-                finished: None,
-                exit_code: None,
-                result: None,
-                waiting: None,
-                reason: None,
-                deleting: false,
-            };
+            let mut state = PodState::new(name.clone(), pod.generation, pod.unit, pod.attempt);
+            state.node = Some("localhost".into());
             let playing = pod.play.is_some();
             let main = pod.main_container.clone();
             let result_file = pod.result_file.clone();
@@ -788,7 +775,9 @@ async fn existing_image(
     let fail = |e: String| LocalError::Helper(e);
     let reference =
         crate::oci::registry::parse_reference(image).map_err(|e| fail(e.to_string()))?;
-    let platform: crate::oci::Platform = platform.parse().map_err(|e| fail(e.to_string()))?;
+    let platform = platform
+        .parse::<crate::oci::Platform>()
+        .map_err(|e| fail(e.to_string()))?;
     let registry = crate::oci::registry::Registry::connect(options, &[&reference])
         .await
         .map_err(|e| fail(e.to_string()))?;

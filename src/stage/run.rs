@@ -108,7 +108,7 @@ use super::{ScratchDir, StageError, io_err, write_atomically};
 use crate::dockerfile::{
     CommandForm, CopyArgs, DockerIgnore, Heredoc, Instruction, RunArgs, expand_heredoc, expand_word,
 };
-use crate::plan::{ArgOrigin, BuildPlan, Chain, ChainStage, CopySource, Step};
+use crate::plan::{BuildPlan, Chain, ChainStage, CopySource, Step};
 
 /// The workspace inside every pod.
 pub const DEFAULT_WORKSPACE: &str = "/.slimforge";
@@ -507,14 +507,7 @@ impl<'a> Runner<'a> {
         match &step.instruction {
             Instruction::Arg(_) => {
                 for binding in &step.args {
-                    let value = match binding.from {
-                        ArgOrigin::BuildArg | ArgOrigin::Global => binding.value.clone(),
-                        ArgOrigin::Default => match &binding.value {
-                            Some(word) => Some(self.expand(word)?),
-                            None => None,
-                        },
-                        ArgOrigin::Unset => None,
-                    };
+                    let value = binding.value(|word| self.expand(word))?;
                     match value {
                         Some(value) => self.args.insert(binding.name.clone(), value),
                         None => self.args.remove(&binding.name),
