@@ -114,6 +114,10 @@ enum Command {
         /// dockerconfigjson with the push credentials (default: the usual auth files).
         #[arg(long)]
         push_secret: Option<PathBuf>,
+        /// A directory with `username` and `password` files: the git
+        /// context's credentialsSecret, which is not read locally.
+        #[arg(long)]
+        git_credentials: Option<PathBuf>,
     },
 }
 
@@ -159,6 +163,34 @@ enum StageCommand {
         /// A runtime chain: write what it changed in the filesystem as one layer here.
         #[arg(long)]
         snapshot: Option<PathBuf>,
+    },
+    /// In the context pod of a git build: clone URL into DEST, check out
+    /// REV, and write {"commit", "dockerfile"} (or {"error"}) to RESULT.
+    Clone {
+        /// https://, http:// or git:// URL of the repository.
+        #[arg(long)]
+        url: String,
+        /// Branch, tag, full ref name or full commit SHA (default: the remote's HEAD).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Where the checkout goes (without its .git).
+        #[arg(long)]
+        dest: PathBuf,
+        /// The context's directory inside the checkout.
+        #[arg(long)]
+        sub_path: Option<String>,
+        /// A directory with `username` and `password` files (HTTPS basic auth).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+        /// Return this Dockerfile (relative to the sub path), gzip-compressed, in the result.
+        #[arg(long)]
+        dockerfile: Option<String>,
+        /// Where the result (JSON, at most 3 KiB) goes; also the termination message.
+        #[arg(long)]
+        result: PathBuf,
+        /// The build's workspace: its shared directories are made (1777) first.
+        #[arg(long)]
+        workspace: Option<PathBuf>,
     },
     /// Record the filesystem, then write what changed since as one layer.
     #[command(subcommand)]
@@ -325,12 +357,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             helper_image,
             helper_binary,
             push_secret,
+            git_credentials,
         } => {
             let options = slimforge::local::BuildOptions {
                 manifest: file,
                 helper_image,
                 helper_binary,
                 push_secret,
+                git_credentials,
             };
             let report = slimforge::local::build(&options).await?;
             if let Some(summary) = slimforge::local::size_summary(&report.status) {
@@ -415,6 +449,30 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
                 }
                 stage::run::RunResult::Failed(failure) => anyhow::bail!("{failure}"),
             }
+        }
+        StageCommand::Clone {
+            url,
+            revision,
+            dest,
+            sub_path,
+            credentials,
+            dockerfile,
+            result,
+            workspace,
+        } => {
+            if let Some(workspace) = &workspace {
+                stage::run::prepare_workspace(workspace)?;
+            }
+            let options = stage::clone::CloneOptions {
+                url,
+                revision,
+                dest,
+                sub_path,
+                credentials,
+                dockerfile,
+            };
+            let commit = stage::clone::clone_with_result(&options, &result)?;
+            tracing::info!(%commit, dest = %options.dest.display(), "context cloned");
         }
         StageCommand::Snapshot(SnapshotCommand::Record { state }) => {
             let paths = stage::snapshot::record(&state)?;

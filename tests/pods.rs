@@ -41,7 +41,7 @@ fn pods() -> Vec<(UnitKind, Value)> {
     let plan = validate(&ib, &settings, None).unwrap().plan;
     let objects = BuildObjects {
         ib: &ib,
-        plan: &plan,
+        plan: Some(&plan),
         settings: &settings,
         generation: 3,
         deadline_seconds: 900,

@@ -22,7 +22,7 @@ pub const MANAGED_BY: &str = "slimforge";
 pub const BUILD_LABEL: &str = "slimforge.dev/build";
 /// The generation of the ImageBuild a child was made for.
 pub const GENERATION_LABEL: &str = "slimforge.dev/generation";
-/// What a pod does: `chain`, `extraction`, `probe`, `runtime`, `assemble`.
+/// What a pod does: `context`, `chain`, `extraction`, `probe`, `runtime`, `assemble`.
 pub const ROLE_LABEL: &str = "slimforge.dev/role";
 /// The pod's place in the build (`n` of `<ib>-g<generation>-<n>`).
 pub const UNIT_LABEL: &str = "slimforge.dev/unit";
@@ -39,6 +39,8 @@ pub const HELPER_MOUNT: &str = "/.slimforge-bin";
 pub const CONTEXT_MOUNT: &str = "/.slimforge-src";
 /// Where the push credentials are mounted in the assemble pod.
 pub const AUTH_MOUNT: &str = "/.slimforge-auth";
+/// Where the git credentials Secret is mounted in the context pod.
+pub const GIT_CREDENTIALS_MOUNT: &str = "/.slimforge-git";
 /// The environment variable carrying the context source to the helper.
 pub const CONTEXT_ENV: &str = "SLIMFORGE_CONTEXT";
 /// The uid the assemble pod runs as (non-root, no name needed).

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::{
     ASSEMBLE_UID, ATTEMPT_LABEL, AUTH_MOUNT, BUILD_LABEL, CONTEXT_ENV, CONTEXT_MOUNT,
-    GENERATION_LABEL, HELPER_MOUNT, MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL, STAGE_ANNOTATION,
-    Settings, UNIT_LABEL, WORKSPACE_MOUNT,
+    GENERATION_LABEL, GIT_CREDENTIALS_MOUNT, HELPER_MOUNT, MANAGED_BY, MANAGED_BY_LABEL,
+    ROLE_LABEL, STAGE_ANNOTATION, Settings, UNIT_LABEL, WORKSPACE_MOUNT,
 };
 use crate::api::ImageBuild;
 use crate::plan::{BuildPlan, CopySource, FinalImage, PLAN_ENV};
@@ -24,11 +24,20 @@ pub const SNAPSHOT_EXPORT: &str = "exports/snapshot.tar";
 pub const PROBE_RESULT: &str = "results/probe.json";
 /// The assembly's answer, on the workspace.
 pub const ASSEMBLE_RESULT: &str = "results/assemble.json";
+/// The context pod's answer (commit, Dockerfile), on the workspace.
+pub const CONTEXT_RESULT: &str = "results/context.json";
+/// Where the context pod checks a git context out, in the workspace.
+pub const SOURCE_DIR: &str = "source";
+/// The context pod's name in `status.stages`.
+pub const CONTEXT_STAGE: &str = "git clone";
+/// The context pod's unit number: it comes before every other pod.
+pub const CONTEXT_UNIT: usize = 0;
 
 /// One pod of the build, before it exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
-    /// `n` in the pod name `<ib>-g<generation>-<n>`: 1, 2, …
+    /// `n` in the pod name `<ib>-g<generation>-<n>`: 0 for a git build's
+    /// context pod, then 1, 2, …
     pub n: usize,
     pub kind: UnitKind,
     /// The units whose results this one needs.
@@ -43,6 +52,8 @@ pub struct Unit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnitKind {
+    /// Clones a git context; every other pod waits for it.
+    Context,
     /// A chain of stages; the runtime chain writes a snapshot too.
     Chain { id: String, runtime: bool },
     /// `COPY --from=<image>`: files taken out of an image.
@@ -56,6 +67,7 @@ pub enum UnitKind {
 impl UnitKind {
     pub fn role(&self) -> &'static str {
         match self {
+            UnitKind::Context => "context",
             UnitKind::Chain { runtime: false, .. } => "chain",
             UnitKind::Chain { runtime: true, .. } => "runtime",
             UnitKind::Extraction { .. } => "extraction",
@@ -137,6 +149,31 @@ pub fn units(plan: &BuildPlan) -> Vec<Unit> {
     units
 }
 
+/// The context pod of a git build.
+pub fn context_unit() -> Unit {
+    Unit {
+        n: CONTEXT_UNIT,
+        kind: UnitKind::Context,
+        depends_on: Vec::new(),
+        name: CONTEXT_STAGE.into(),
+        image: String::new(),
+        from_line: None,
+    }
+}
+
+/// The build's pods: [`units`], after the context pod when the context is
+/// a git repository (every other pod then waits for it).
+pub fn build_units(ib: &ImageBuild, plan: &BuildPlan) -> Vec<Unit> {
+    let mut units = units(plan);
+    if ib.spec.context.git.is_some() {
+        for unit in &mut units {
+            unit.depends_on.insert(0, CONTEXT_UNIT);
+        }
+        units.insert(0, context_unit());
+    }
+    units
+}
+
 /// The final image's base and the line of its FROM.
 pub fn final_base(plan: &BuildPlan) -> (String, usize) {
     match &plan.final_image {
@@ -162,7 +199,8 @@ pub fn claim_name(build: &str, generation: i64) -> String {
 /// What every builder needs about the ImageBuild.
 pub struct BuildObjects<'a> {
     pub ib: &'a ImageBuild,
-    pub plan: &'a BuildPlan,
+    /// `None` only while a git context is cloned: the plan needs its Dockerfile.
+    pub plan: Option<&'a BuildPlan>,
     pub settings: &'a Settings,
     pub generation: i64,
     /// Seconds for `activeDeadlineSeconds`.
@@ -236,8 +274,13 @@ impl BuildObjects<'_> {
         !modes.iter().any(|m| m == "ReadWriteMany")
     }
 
-    /// The pod of `unit`, pinned to `node` when given.
+    /// The pod of `unit`, pinned to `node` when given. Every unit but the
+    /// context pod needs the plan.
     pub fn pod(&self, unit: &Unit, attempt: u32, node: Option<&str>) -> Pod {
+        let plan = match (self.plan, &unit.kind) {
+            (_, UnitKind::Context) | (None, _) => return self.context_pod(unit, attempt, node),
+            (Some(plan), _) => plan,
+        };
         let settings = self.settings;
         let name = pod_name(&self.name(), self.generation, unit.n, attempt);
         let mut labels = self.labels(unit.kind.role());
@@ -245,7 +288,7 @@ impl BuildObjects<'_> {
         labels[ATTEMPT_LABEL] = json!(attempt.to_string());
         let annotations = json!({STAGE_ANNOTATION: unit.name});
         let helper = format!("{HELPER_MOUNT}/slimforge");
-        let plan_json = serde_json::to_string(self.plan).unwrap_or_default();
+        let plan_json = serde_json::to_string(plan).unwrap_or_default();
         let template = self.ib.spec.pod_template.clone().unwrap_or_default();
 
         let mut volumes = vec![json!({
@@ -256,8 +299,8 @@ impl BuildObjects<'_> {
         let helper_mount = json!({"name": "helper", "mountPath": HELPER_MOUNT});
         let mut env = vec![json!({"name": PLAN_ENV, "value": plan_json})];
         let needs_context = match &unit.kind {
-            UnitKind::Chain { id, .. } => self.plan.chain(id).is_some_and(|c| c.needs_context),
-            UnitKind::Assemble => final_copies_context(self.plan),
+            UnitKind::Chain { id, .. } => plan.chain(id).is_some_and(|c| c.needs_context),
+            UnitKind::Assemble => final_copies_context(plan),
             _ => false,
         };
         let mut context_mounts = Vec::new();
@@ -359,6 +402,7 @@ impl BuildObjects<'_> {
                 });
                 (vec![install], container)
             }
+            UnitKind::Context => return self.context_pod(unit, attempt, node),
             UnitKind::Assemble => {
                 let output = &self.ib.spec.output;
                 let mut command = vec![
@@ -378,7 +422,7 @@ impl BuildObjects<'_> {
                 if output.insecure {
                     command.push(json!("--insecure"));
                 }
-                if let Some(builder) = builder_image(self.plan) {
+                if let Some(builder) = builder_image(plan) {
                     command.push(json!("--builder-image"));
                     command.push(json!(builder));
                 }
@@ -421,10 +465,6 @@ impl BuildObjects<'_> {
             volumes.push(json!({"name": "helper", "emptyDir": {}}));
         }
 
-        let mut node_selector: BTreeMap<String, String> = template.node_selector.clone();
-        let (os, arch) = os_arch(&self.plan.platform);
-        node_selector.insert("kubernetes.io/os".into(), os);
-        node_selector.insert("kubernetes.io/arch".into(), arch);
         let mut security = json!({"seccompProfile": {"type": "RuntimeDefault"}});
         if matches!(unit.kind, UnitKind::Assemble) {
             security["runAsNonRoot"] = json!(true);
@@ -435,7 +475,6 @@ impl BuildObjects<'_> {
             "restartPolicy": "Never",
             "activeDeadlineSeconds": self.deadline_seconds,
             "securityContext": security,
-            "nodeSelector": node_selector,
             "initContainers": init,
             "containers": [main],
             "volumes": volumes,
@@ -450,6 +489,25 @@ impl BuildObjects<'_> {
             // The assembly talks to registries only.
             spec["automountServiceAccountToken"] = json!(false);
         }
+        self.place(&mut spec, &plan.platform, node);
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": self.metadata(&name, labels, annotations),
+            "spec": spec,
+        });
+        serde_json::from_value(pod).expect("a pod built from typed values")
+    }
+
+    /// Node selector (platform and template), tolerations, pull secrets and
+    /// the pin to `node`.
+    fn place(&self, spec: &mut Value, platform: &str, node: Option<&str>) {
+        let template = self.ib.spec.pod_template.clone().unwrap_or_default();
+        let mut node_selector: BTreeMap<String, String> = template.node_selector.clone();
+        let (os, arch) = os_arch(platform);
+        node_selector.insert("kubernetes.io/os".into(), os);
+        node_selector.insert("kubernetes.io/arch".into(), arch);
+        spec["nodeSelector"] = json!(node_selector);
         if !template.tolerations.is_empty() {
             spec["tolerations"] = json!(template.tolerations);
         }
@@ -463,6 +521,97 @@ impl BuildObjects<'_> {
                 }]}],
             }}});
         }
+    }
+
+    /// The context pod of a git build: the operator image clones the
+    /// repository into the workspace, as a restricted non-root pod; the only
+    /// pod that sees the git credentials.
+    fn context_pod(&self, unit: &Unit, attempt: u32, node: Option<&str>) -> Pod {
+        let settings = self.settings;
+        let name = pod_name(&self.name(), self.generation, unit.n, attempt);
+        let mut labels = self.labels(unit.kind.role());
+        labels[UNIT_LABEL] = json!(unit.n.to_string());
+        labels[ATTEMPT_LABEL] = json!(attempt.to_string());
+        let annotations = json!({STAGE_ANNOTATION: unit.name});
+        let git = self.ib.spec.context.git.clone().unwrap_or_default();
+        let mut command = vec![
+            json!(settings.helper_path),
+            json!("stage"),
+            json!("clone"),
+            json!("--url"),
+            json!(git.url),
+        ];
+        if let Some(revision) = git.revision.as_deref().filter(|r| !r.is_empty()) {
+            command.push(json!("--revision"));
+            command.push(json!(revision));
+        }
+        command.extend([
+            json!("--dest"),
+            json!(format!("{WORKSPACE_MOUNT}/{SOURCE_DIR}")),
+            json!("--workspace"),
+            json!(WORKSPACE_MOUNT),
+            json!("--result"),
+            json!(format!("{WORKSPACE_MOUNT}/{CONTEXT_RESULT}")),
+        ]);
+        if let Some(sub) = git.sub_path.as_deref().map(|p| p.trim_matches('/')) {
+            if !sub.is_empty() {
+                command.push(json!("--sub-path"));
+                command.push(json!(sub));
+            }
+        }
+        if self.ib.spec.dockerfile.is_none()
+            && let Some(path) = &self.ib.spec.dockerfile_path
+        {
+            command.push(json!("--dockerfile"));
+            command.push(json!(path));
+        }
+        let mut volumes = vec![json!({
+            "name": "workspace",
+            "persistentVolumeClaim": {"claimName": claim_name(&self.name(), self.generation)},
+        })];
+        let mut mounts = vec![json!({"name": "workspace", "mountPath": WORKSPACE_MOUNT})];
+        if let Some(secret) = &git.credentials_secret {
+            command.push(json!("--credentials"));
+            command.push(json!(GIT_CREDENTIALS_MOUNT));
+            volumes.push(json!({"name": "git-credentials", "secret": {"secretName": secret}}));
+            mounts.push(json!({"name": "git-credentials", "mountPath": GIT_CREDENTIALS_MOUNT, "readOnly": true}));
+        }
+        let container = json!({
+            "name": "clone",
+            "image": settings.helper_image,
+            "command": command,
+            "volumeMounts": mounts,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": ASSEMBLE_UID,
+                "runAsGroup": ASSEMBLE_UID,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        });
+        let mut spec = json!({
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": self.deadline_seconds,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": ASSEMBLE_UID,
+                "fsGroup": ASSEMBLE_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": volumes,
+            "enableServiceLinks": false,
+            "automountServiceAccountToken": false,
+        });
+        let platform = self
+            .plan
+            .map(|p| p.platform.clone())
+            .or_else(|| self.ib.spec.platform.clone())
+            .unwrap_or_else(|| "linux/amd64".into());
+        self.place(&mut spec, &platform, node);
         let pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -497,8 +646,8 @@ impl BuildObjects<'_> {
         }
         if let Some(git) = &context.git {
             let dir = match git.sub_path.as_deref().map(|p| p.trim_matches('/')) {
-                Some(sub) if !sub.is_empty() => format!("{WORKSPACE_MOUNT}/source/{sub}"),
-                _ => format!("{WORKSPACE_MOUNT}/source"),
+                Some(sub) if !sub.is_empty() => format!("{WORKSPACE_MOUNT}/{SOURCE_DIR}/{sub}"),
+                _ => format!("{WORKSPACE_MOUNT}/{SOURCE_DIR}"),
             };
             return Some((json!({"dir": dir}).to_string(), None));
         }

@@ -12,13 +12,16 @@ use kube::Resource;
 use serde::Deserialize;
 
 use super::Settings;
-use super::pods::{BuildObjects, Unit, UnitKind, claim_name, units};
+use super::pods::{
+    BuildObjects, CONTEXT_UNIT, Unit, UnitKind, build_units, claim_name, context_unit,
+};
 use super::status::{BuildState, conditions};
 use crate::api::{
-    ImageBuild, ImageBuildStatus, ImageStatus, MAX_INLINE_CONTEXT_BYTES, Phase, StageStatus,
-    human_size,
+    ImageBuild, ImageBuildStatus, ImageStatus, MAX_INLINE_CONTEXT_BYTES, Phase, SourceStatus,
+    StageStatus, human_size,
 };
 use crate::plan::{BuildPlan, PlanRequest};
+use crate::stage::clone::CloneResult;
 
 /// The largest plan that travels in an environment variable (Linux caps one
 /// at 128 KiB).
@@ -159,11 +162,76 @@ pub struct Validated {
 }
 
 /// Checks the spec and plans the Dockerfile; errors name the field or line.
+/// For a git context, `dockerfile_from_context` is the context pod's.
 pub fn validate(
     ib: &ImageBuild,
     settings: &Settings,
     dockerfile_from_context: Option<&str>,
 ) -> Result<Validated, Invalid> {
+    let timeout = validate_spec(ib, settings)?;
+    let spec = &ib.spec;
+    let context = &spec.context;
+    let invalid = |message: String| Invalid {
+        reason: "InvalidSpec",
+        message,
+    };
+    let dockerfile = match (&spec.dockerfile, &spec.dockerfile_path) {
+        (Some(text), None) => text.clone(),
+        (None, Some(path)) => {
+            let from_inline = context
+                .inline
+                .as_ref()
+                .and_then(|files| files.get(path.trim_start_matches("./")));
+            match from_inline.map(String::as_str).or(dockerfile_from_context) {
+                Some(text) => text.to_string(),
+                None => {
+                    return Err(invalid(format!(
+                        "spec.dockerfilePath `{path}`: no such file in the context"
+                    )));
+                }
+            }
+        }
+        _ => {
+            return Err(invalid(
+                "spec: give exactly one of dockerfile and dockerfilePath".into(),
+            ));
+        }
+    };
+    let request = PlanRequest {
+        dockerfile,
+        build_args: spec.build_args.clone(),
+        target: spec.target.clone().filter(|t| !t.is_empty()),
+        platform: spec.platform.clone(),
+    };
+    let plan = request.plan().map_err(|e| Invalid {
+        reason: "InvalidDockerfile",
+        message: format!("{}: {e}", field_of_plan_error(spec.dockerfile.is_some())),
+    })?;
+    if let Some(chain) = plan.chains.iter().find(|c| c.image == "scratch") {
+        let line = chain.stages.first().map(|s| s.stage.line).unwrap_or(0);
+        return Err(Invalid {
+            reason: "InvalidDockerfile",
+            message: format!(
+                "line {line}: stage `{}` is FROM scratch and must run as a pod, which needs an image; copy its files into the final stage instead",
+                chain.id
+            ),
+        });
+    }
+    let plan_bytes = serde_json::to_vec(&plan).map(|v| v.len()).unwrap_or(0);
+    if plan_bytes > MAX_PLAN_BYTES {
+        return Err(Invalid {
+            reason: "InvalidDockerfile",
+            message: format!(
+                "the build plan is {plan_bytes} bytes, more than the {MAX_PLAN_BYTES} a pod can be handed"
+            ),
+        });
+    }
+    Ok(Validated { plan, timeout })
+}
+
+/// Checks everything but the Dockerfile (which a git context provides only
+/// after the clone); returns the build's timeout.
+pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, Invalid> {
     let spec = &ib.spec;
     let invalid = |message: String| Invalid {
         reason: "InvalidSpec",
@@ -245,64 +313,31 @@ pub fn validate(
             }
         }
     }
-    if context.git.is_some() {
-        return Err(Invalid {
-            reason: "Unsupported",
-            message: "spec.context.git: git contexts are not built by this version yet; use inline or configMap".into(),
-        });
-    }
-    let dockerfile = match (&spec.dockerfile, &spec.dockerfile_path) {
-        (Some(text), None) => text.clone(),
-        (None, Some(path)) => {
-            let from_inline = context
-                .inline
-                .as_ref()
-                .and_then(|files| files.get(path.trim_start_matches("./")));
-            match from_inline.map(String::as_str).or(dockerfile_from_context) {
-                Some(text) => text.to_string(),
-                None => {
-                    return Err(invalid(format!(
-                        "spec.dockerfilePath `{path}`: no such file in the context"
-                    )));
-                }
-            }
+    if let Some(git) = &context.git {
+        let scheme_ok = ["https://", "http://", "git://"]
+            .iter()
+            .any(|scheme| git.url.starts_with(scheme) && git.url.len() > scheme.len());
+        if !scheme_ok {
+            return Err(invalid(format!(
+                "spec.context.git.url `{}`: expected an https://, http:// or git:// URL (ssh is not supported)",
+                crate::stage::clone::redacted(&git.url)
+            )));
         }
-        _ => {
-            return Err(invalid(
-                "spec: give exactly one of dockerfile and dockerfilePath".into(),
-            ));
+        if let Some(sub) = git.sub_path.as_deref().map(|p| p.trim_matches('/'))
+            && !sub.is_empty()
+            && !is_relative_path(sub)
+        {
+            return Err(invalid(format!(
+                "spec.context.git.subPath `{sub}`: expected a relative path without `..`"
+            )));
         }
-    };
-    let request = PlanRequest {
-        dockerfile,
-        build_args: spec.build_args.clone(),
-        target: spec.target.clone().filter(|t| !t.is_empty()),
-        platform: spec.platform.clone(),
-    };
-    let plan = request.plan().map_err(|e| Invalid {
-        reason: "InvalidDockerfile",
-        message: format!("{}: {e}", field_of_plan_error(spec.dockerfile.is_some())),
-    })?;
-    if let Some(chain) = plan.chains.iter().find(|c| c.image == "scratch") {
-        let line = chain.stages.first().map(|s| s.stage.line).unwrap_or(0);
-        return Err(Invalid {
-            reason: "InvalidDockerfile",
-            message: format!(
-                "line {line}: stage `{}` is FROM scratch and must run as a pod, which needs an image; copy its files into the final stage instead",
-                chain.id
-            ),
-        });
     }
-    let plan_bytes = serde_json::to_vec(&plan).map(|v| v.len()).unwrap_or(0);
-    if plan_bytes > MAX_PLAN_BYTES {
-        return Err(Invalid {
-            reason: "InvalidDockerfile",
-            message: format!(
-                "the build plan is {plan_bytes} bytes, more than the {MAX_PLAN_BYTES} a pod can be handed"
-            ),
-        });
+    if spec.dockerfile.is_some() == spec.dockerfile_path.is_some() {
+        return Err(invalid(
+            "spec: give exactly one of dockerfile and dockerfilePath".into(),
+        ));
     }
-    Ok(Validated { plan, timeout })
+    Ok(timeout)
 }
 
 fn field_of_plan_error(inline: bool) -> &'static str {
@@ -394,7 +429,36 @@ pub fn reconcile(
         );
     };
 
-    let validated = match validate(ib, settings, observed.dockerfile_from_context.as_deref()) {
+    // A git context is cloned first: the plan may need its Dockerfile.
+    let context_pod = if ib.spec.context.git.is_some() {
+        observed
+            .pods
+            .iter()
+            .filter(|p| p.generation == generation && p.unit == CONTEXT_UNIT)
+            .max_by_key(|p| p.attempt)
+    } else {
+        None
+    };
+    let cloned = context_pod
+        .filter(|p| p.phase == PodPhase::Succeeded)
+        .map(|p| clone_outcome(p));
+    if let Some(Ok(outcome)) = &cloned {
+        status.source = Some(SourceStatus {
+            commit: outcome.commit.clone(),
+        });
+    }
+    let checked = match (ib.spec.context.git.is_some(), cloned) {
+        (false, _) => validate(ib, settings, observed.dockerfile_from_context.as_deref()).map(Some),
+        (true, None) => validate_spec(ib, settings).map(|_| None),
+        (true, Some(Ok(outcome))) => {
+            validate(ib, settings, outcome.dockerfile.as_deref()).map(Some)
+        }
+        (true, Some(Err(message))) => Err(Invalid {
+            reason: "ContextFailed",
+            message,
+        }),
+    };
+    let validated = match checked {
         Ok(validated) => validated,
         Err(invalid) => {
             fail(&mut status, invalid.reason, invalid.message.clone());
@@ -463,10 +527,19 @@ pub fn reconcile(
         return decision;
     }
 
-    let plan = &validated.plan;
-    let units = units(plan);
-    let deadline =
-        start + SignedDuration::try_from(validated.timeout).unwrap_or(SignedDuration::MAX);
+    let (plan, timeout) = match &validated {
+        Some(validated) => (Some(&validated.plan), validated.timeout),
+        // Only the context pod until the clone is done.
+        None => (
+            None,
+            validate_spec(ib, settings).unwrap_or(settings.default_timeout),
+        ),
+    };
+    let units = match plan {
+        Some(plan) => build_units(ib, plan),
+        None => vec![context_unit()],
+    };
+    let deadline = start + SignedDuration::try_from(timeout).unwrap_or(SignedDuration::MAX);
     let objects = BuildObjects {
         ib,
         plan,
@@ -496,14 +569,14 @@ pub fn reconcile(
             "Timeout",
             format!(
                 "the build did not finish within {}",
-                spec_timeout_text(ib, validated.timeout)
+                spec_timeout_text(ib, timeout)
             ),
         ))
     } else {
         units
             .iter()
             .filter_map(|u| latest.get(&u.n).map(|p| (u, *p)))
-            .find_map(|(unit, pod)| pod_failure(unit, pod, plan, settings))
+            .find_map(|(unit, pod)| pod_failure(unit, pod, settings))
     };
 
     // Evicted or preempted pods are retried, a bounded number of times.
@@ -575,7 +648,8 @@ pub fn reconcile(
 
     // The assembly done: the image is there.
     let assemble = units.last().expect("units always end with the assembly");
-    if let Some(pod) = latest.get(&assemble.n)
+    if assemble.kind == UnitKind::Assemble
+        && let Some(pod) = latest.get(&assemble.n)
         && pod.phase == PodPhase::Succeeded
     {
         match pod
@@ -684,12 +758,25 @@ pub fn reconcile(
         Phase::Pending
     });
     let done = units.iter().filter(|u| succeeded(&u.n)).count();
-    let message = format!("{done} of {} pods done", units.len());
+    let (reason, message) = match (plan, &ib.spec.context.git) {
+        (None, Some(git)) => (
+            "Cloning",
+            format!(
+                "cloning {} at {}",
+                crate::stage::clone::redacted(&git.url),
+                git.revision.as_deref().unwrap_or("HEAD")
+            ),
+        ),
+        _ => (
+            if running { "Building" } else { "Pending" },
+            format!("{done} of {} pods done", units.len()),
+        ),
+    };
     status.conditions = conditions(
         &previous.conditions,
         generation,
         BuildState::InProgress,
-        if running { "Building" } else { "Pending" },
+        reason,
         &message,
         now,
     );
@@ -763,15 +850,11 @@ const PULL_FAILURES: [&str; 4] = [
 ];
 
 /// Why this pod fails the build, if it does.
-fn pod_failure(
-    unit: &Unit,
-    pod: &PodState,
-    plan: &BuildPlan,
-    settings: &Settings,
-) -> Option<(&'static str, String)> {
+fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'static str, String)> {
     if let Some(waiting) = &pod.waiting {
         if PULL_FAILURES.contains(&waiting.reason.as_str()) {
-            let helper = waiting.container == "install" || unit.kind == UnitKind::Assemble;
+            let helper = waiting.container == "install"
+                || matches!(unit.kind, UnitKind::Assemble | UnitKind::Context);
             let what = if helper {
                 format!("the helper image {}", settings.helper_image)
             } else {
@@ -808,15 +891,16 @@ fn pod_failure(
         ));
     }
     let reason = match unit.kind {
+        UnitKind::Context => "ContextFailed",
         UnitKind::Assemble => "AssembleFailed",
         UnitKind::Probe => "ProbeFailed",
         _ => "StageFailed",
     };
-    Some((reason, failure_message(unit, pod, plan)))
+    Some((reason, failure_message(unit, pod)))
 }
 
 /// `stage builder, line 5 (RUN go build app.go): exit code 3` and the log tail.
-fn failure_message(unit: &Unit, pod: &PodState, _plan: &BuildPlan) -> String {
+fn failure_message(unit: &Unit, pod: &PodState) -> String {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct ChainFailure {
@@ -828,6 +912,13 @@ fn failure_message(unit: &Unit, pod: &PodState, _plan: &BuildPlan) -> String {
         error: Option<String>,
     }
     let result = pod.result.as_deref().unwrap_or_default();
+    if unit.kind == UnitKind::Context
+        && let Ok(CloneResult {
+            error: Some(error), ..
+        }) = serde_json::from_str::<CloneResult>(result)
+    {
+        return format!("{} (pod {}): {error}", unit.name, pod.name);
+    }
     if let Ok(f) = serde_json::from_str::<ChainFailure>(result)
         && (f.line.is_some() || f.error.is_some())
     {
@@ -874,6 +965,26 @@ fn stage_status(unit: &Unit, pod: &PodState) -> StageStatus {
             .map(|w| format!("{}: {}", w.reason, w.message))
             .or_else(|| pod.reason.clone()),
     }
+}
+
+/// What a succeeded context pod reports: the commit and the Dockerfile's text.
+struct CloneOutcome {
+    commit: String,
+    dockerfile: Option<String>,
+}
+
+fn clone_outcome(pod: &PodState) -> Result<CloneOutcome, String> {
+    let unreadable =
+        |detail: String| format!("context pod {}: result unreadable: {detail}", pod.name);
+    let result: CloneResult = serde_json::from_str(pod.result.as_deref().unwrap_or_default())
+        .map_err(|e| unreadable(e.to_string()))?;
+    let commit = result
+        .commit
+        .clone()
+        .filter(|c| c.len() == 40 && c.chars().all(|c| c.is_ascii_hexdigit()))
+        .ok_or_else(|| unreadable("no commit".into()))?;
+    let dockerfile = result.dockerfile_text().map_err(unreadable)?;
+    Ok(CloneOutcome { commit, dockerfile })
 }
 
 /// What the assemble pod reports (`slimforge assemble --result`).

@@ -22,8 +22,10 @@ use tokio::task::JoinHandle;
 use self::podman::{Podman, PodmanError};
 use self::pods::{LocalPodInputs, local_config_map, local_pod, uses_host_network};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, human_size};
-use crate::controller::pods::{ASSEMBLE_RESULT, PROBE_RESULT};
-use crate::controller::reconcile::{Observed, PodPhase, PodState, Waiting, validate};
+use crate::controller::pods::{ASSEMBLE_RESULT, CONTEXT_RESULT, CONTEXT_UNIT, PROBE_RESULT};
+use crate::controller::reconcile::{
+    Invalid, Observed, PodPhase, PodState, Waiting, validate, validate_spec,
+};
 use crate::controller::status::{READY, find};
 use crate::controller::{
     ASSEMBLE_UID, ATTEMPT_LABEL, GENERATION_LABEL, ROLE_LABEL, STAGE_ANNOTATION, Settings,
@@ -63,6 +65,9 @@ pub struct BuildOptions {
     pub helper_binary: Option<PathBuf>,
     /// dockerconfigjson for the push (default: the usual docker/podman auth file).
     pub push_secret: Option<PathBuf>,
+    /// A directory with `username` and `password` for a git context's
+    /// `credentialsSecret` (the Secret itself is not read locally).
+    pub git_credentials: Option<PathBuf>,
 }
 
 /// How the build ended.
@@ -196,15 +201,35 @@ impl Runner {
         let name = self.ib.meta().name.clone().unwrap_or_default();
         let config_map_name = format!("{name}-g1-context");
         let dockerfile_from_context = self.dockerfile_from_config_map();
-        // Bad input ends here, before anything is published or started.
-        let validated = validate(
-            &self.ib,
-            &Settings::default(),
-            dockerfile_from_context.as_deref(),
-        )
-        .map_err(|invalid| {
+        // Bad input ends here, before anything is published or started (a
+        // git context's Dockerfile is checked once it is cloned).
+        let refused = |invalid: Invalid| {
             LocalError::Invalid(format!("{}: {}", invalid.reason, invalid.message))
-        })?;
+        };
+        let git = self.ib.spec.context.git.clone();
+        let validated = match &git {
+            Some(_) => {
+                validate_spec(&self.ib, &Settings::default()).map_err(refused)?;
+                None
+            }
+            None => Some(
+                validate(
+                    &self.ib,
+                    &Settings::default(),
+                    dockerfile_from_context.as_deref(),
+                )
+                .map_err(refused)?,
+            ),
+        };
+        let platform = match &validated {
+            Some(validated) => validated.plan.platform.clone(),
+            None => self
+                .ib
+                .spec
+                .platform
+                .clone()
+                .unwrap_or_else(|| "linux/amd64".into()),
+        };
         let mut missing = Vec::new();
         if let Some(cm) = &self.ib.spec.context.config_map
             && !self.manifest.config_maps.contains_key(&cm.name)
@@ -215,10 +240,23 @@ impl Runner {
                 self.manifest.path.display()
             ));
         }
+        let git_credentials = match (&git, &options.git_credentials) {
+            (Some(g), Some(dir)) if g.credentials_secret.is_some() => {
+                Some(self.private_git_credentials(dir)?)
+            }
+            (Some(g), None) if g.credentials_secret.is_some() => {
+                missing.push(
+                    "spec.context.git.credentialsSecret: give its username and password with --git-credentials DIR".to_string(),
+                );
+                None
+            }
+            _ => None,
+        };
         if !missing.is_empty() {
             return Err(LocalError::Invalid(missing.join("; ")));
         }
-        let first_pod = crate::controller::pods::pod_name(&name, 1, 1, 0);
+        let first_unit = if git.is_some() { CONTEXT_UNIT } else { 1 };
+        let first_pod = crate::controller::pods::pod_name(&name, 1, first_unit, 0);
         if self
             .podman
             .run(&["pod", "exists", &first_pod])
@@ -242,7 +280,7 @@ impl Runner {
                 publish_helper(
                     options.helper_binary.as_deref(),
                     &self.ib.spec.output.image,
-                    &validated.plan.platform,
+                    &platform,
                     self.ib.spec.output.insecure,
                     auth.as_deref(),
                     &self.workdir,
@@ -254,11 +292,20 @@ impl Runner {
             helper_image,
             ..Settings::default()
         };
-        self.progress(&format!(
-            "building {} ({} pods)",
-            self.ib.spec.output.image,
-            crate::controller::pods::units(&validated.plan).len()
-        ));
+        match &validated {
+            Some(validated) => self.progress(&format!(
+                "building {} ({} pods)",
+                self.ib.spec.output.image,
+                crate::controller::pods::units(&validated.plan).len()
+            )),
+            None => self.progress(&format!(
+                "building {} from {} (cloned first)",
+                self.ib.spec.output.image,
+                crate::stage::clone::redacted(
+                    &git.as_ref().map(|g| g.url.clone()).unwrap_or_default()
+                )
+            )),
+        }
 
         loop {
             let observed = Observed {
@@ -299,6 +346,7 @@ impl Runner {
                     .config_map
                     .as_ref()
                     .map(|_| config_map_name.as_str()),
+                git_credentials_dir: git_credentials.as_deref(),
             };
             for pod in &decision.create_pods {
                 self.create_pod(pod, &inputs)?;
@@ -415,6 +463,29 @@ impl Runner {
         Ok(dir)
     }
 
+    /// A copy of the git credentials only the context pod's uid can read.
+    fn private_git_credentials(&self, source: &Path) -> Result<PathBuf, LocalError> {
+        let io = |e: std::io::Error| {
+            LocalError::Io(format!(
+                "preparing the git credentials from {}: {e}",
+                source.display()
+            ))
+        };
+        let dir = self.workdir.join("git-credentials");
+        std::fs::create_dir(&dir).map_err(io)?;
+        let uid = ASSEMBLE_UID as u32;
+        for name in ["username", "password"] {
+            let copy = dir.join(name);
+            std::fs::copy(source.join(name), &copy).map_err(io)?;
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o400)).map_err(io)?;
+            std::os::unix::fs::chown(&copy, Some(uid), Some(uid)).map_err(io)?;
+        }
+        std::fs::set_permissions(&self.workdir, std::fs::Permissions::from_mode(0o711))
+            .map_err(io)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
+        Ok(dir)
+    }
+
     fn create_pod(&mut self, pod: &Pod, inputs: &LocalPodInputs) -> Result<(), LocalError> {
         let local = local_pod(pod, inputs);
         let meta = local.meta();
@@ -438,6 +509,7 @@ impl Runner {
                 Some(format!("results/{}.json", stage.replace('/', "_")))
             }
             "probe" => Some(PROBE_RESULT.to_string()),
+            "context" => Some(CONTEXT_RESULT.to_string()),
             "assemble" => Some(ASSEMBLE_RESULT.to_string()),
             _ => None,
         };

@@ -7,7 +7,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use serde_json::{Value, json};
 
-use crate::controller::AUTH_MOUNT;
+use crate::controller::{AUTH_MOUNT, GIT_CREDENTIALS_MOUNT};
 
 /// One way a local pod differs from the cluster's, and why.
 pub struct LocalDifference {
@@ -21,11 +21,15 @@ pub struct LocalDifference {
 pub const LOCAL_DIFFERENCES: &[LocalDifference] = &[
     LocalDifference {
         path: "spec.hostNetwork",
-        why: "the assemble pod pushes to a registry on loopback: host network (all others run with --network none)",
+        why: "the assemble pod pushes to a registry on loopback and the context pod clones from a git server there: host network (all others run with --network none)",
     },
     LocalDifference {
         path: "spec.volumes[push-secret]",
         why: "podman's Secret volumes crash or arrive base64-encoded: the push credentials come from a host path, readable only by the assemble pod's uid",
+    },
+    LocalDifference {
+        path: "spec.volumes[git-credentials]",
+        why: "podman's Secret volumes crash or arrive base64-encoded: the git credentials come from a host path (`slimforge build --git-credentials DIR`), readable only by the context pod's uid",
     },
     LocalDifference {
         path: "spec.volumes[helper].name",
@@ -51,6 +55,8 @@ pub struct LocalPodInputs<'a> {
     pub auth_dir: Option<&'a Path>,
     /// The per-build name of the context ConfigMap, if any.
     pub config_map: Option<&'a str>,
+    /// The directory holding `username` and `password` for a git context, if any.
+    pub git_credentials_dir: Option<&'a Path>,
 }
 
 /// The cluster's pod, changed for podman as [`LOCAL_DIFFERENCES`] lists.
@@ -62,7 +68,7 @@ pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs) -> Pod {
         .to_string();
     let helper_volume = format!("{name}-helper");
     let spec = &mut value["spec"];
-    if is_assemble(spec) {
+    if is_assemble(spec) || is_context(spec) {
         spec["hostNetwork"] = json!(true);
     }
     if let Some(volumes) = spec["volumes"].as_array_mut() {
@@ -76,6 +82,16 @@ pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs) -> Pod {
                         .unwrap_or_else(|| AUTH_MOUNT.to_string());
                     *volume = json!({
                         "name": "push-secret",
+                        "hostPath": {"path": path, "type": "Directory"},
+                    });
+                }
+                Some("git-credentials") => {
+                    let path = inputs
+                        .git_credentials_dir
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_else(|| GIT_CREDENTIALS_MOUNT.to_string());
+                    *volume = json!({
+                        "name": "git-credentials",
                         "hostPath": {"path": path, "type": "Directory"},
                     });
                 }
@@ -114,6 +130,10 @@ pub fn uses_host_network(pod: &Pod) -> bool {
 
 fn is_assemble(spec: &Value) -> bool {
     spec["containers"][0]["name"] == "assemble"
+}
+
+fn is_context(spec: &Value) -> bool {
+    spec["containers"][0]["name"] == "clone"
 }
 
 /// The user's ConfigMap under its per-build name, for the same `kube play`.

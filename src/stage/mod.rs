@@ -2,6 +2,7 @@
 //! run arbitrary images, often without a shell, libc or coreutils, so this
 //! is part of the static binary and uses nothing but the filesystem.
 
+pub mod clone;
 pub mod context;
 pub mod copy;
 pub mod install;

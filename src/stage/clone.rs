@@ -1,0 +1,392 @@
+//! `stage clone`: the context pod of a git build. Clones the repository
+//! (shallow where the server allows), checks out the revision, leaves the
+//! checkout readable by every user (later pods run as the image's user) and
+//! reports the commit and, when asked, the Dockerfile: planning happens only
+//! once it is known.
+
+use std::io::Write as _;
+use std::num::NonZeroU32;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::{StageError, io_err, remove_tree, write_atomically};
+
+/// A result is a termination message: 4 KiB at most, keep a margin.
+pub const MAX_RESULT_BYTES: usize = 3 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cloning {url} at {revision}: {detail}")]
+    Git {
+        url: String,
+        revision: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Stage(#[from] StageError),
+}
+
+/// What `stage clone` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct CloneOptions {
+    pub url: String,
+    /// A branch, a tag, a full ref name or a full commit SHA (default: the remote's HEAD).
+    pub revision: Option<String>,
+    pub dest: PathBuf,
+    /// The context inside the checkout; `dockerfile` is read relative to it.
+    pub sub_path: Option<String>,
+    /// A directory with `username` and `password` files (HTTPS basic auth).
+    pub credentials: Option<PathBuf>,
+    pub dockerfile: Option<String>,
+}
+
+/// The context pod's result: `{"commit", "dockerfile"}` or `{"error"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// base64 of the gzip-compressed Dockerfile text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl CloneResult {
+    /// The Dockerfile's text, from its base64 and gzip encoding.
+    pub fn dockerfile_text(&self) -> Result<Option<String>, String> {
+        let Some(encoded) = &self.dockerfile else {
+            return Ok(None);
+        };
+        let compressed = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("the Dockerfile in the result is not base64: {e}"))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(compressed.as_slice()),
+            &mut text,
+        )
+        .map_err(|e| format!("the Dockerfile in the result is not gzip-compressed text: {e}"))?;
+        Ok(Some(text))
+    }
+}
+
+/// Clones, and writes the result (success or error) to `result` and the
+/// termination message. Returns the commit.
+pub fn clone_with_result(options: &CloneOptions, result: &Path) -> Result<String, CloneError> {
+    let outcome = clone(options);
+    let json = match &outcome {
+        Ok(r) => serde_json::to_string(r),
+        Err(e) => serde_json::to_string(&CloneResult {
+            error: Some(keep_first_bytes(&e.to_string(), MAX_RESULT_BYTES - 64)),
+            ..CloneResult::default()
+        }),
+    }
+    .unwrap_or_default();
+    if let Some(parent) = result.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StageError::from(io_err(parent)(e)))?;
+    }
+    write_atomically(result, json.as_bytes())?;
+    let _ = std::fs::set_permissions(result, std::fs::Permissions::from_mode(0o644));
+    super::write_termination_message(json.as_bytes());
+    outcome.map(|r| r.commit.unwrap_or_default())
+}
+
+/// Clones `options.url` into `options.dest` and checks the revision out.
+pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
+    let url = redacted(&options.url);
+    let revision = options.revision.clone().filter(|r| !r.trim().is_empty());
+    let shown_revision = revision.clone().unwrap_or_else(|| "HEAD".into());
+    let git_error = |detail: String| CloneError::Git {
+        url: url.clone(),
+        revision: shown_revision.clone(),
+        detail,
+    };
+    if options.url.starts_with("ssh://") || !options.url.contains("://") {
+        return Err(git_error(
+            "only https://, http:// and git:// URLs are supported (not ssh)".into(),
+        ));
+    }
+    let account = match &options.credentials {
+        Some(dir) => Some(read_credentials(dir)?),
+        None => None,
+    };
+    let secrets: Vec<String> = account
+        .iter()
+        .map(|a| a.password.clone())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let scrub = |text: String| {
+        let mut text = text.replace(&options.url, &url);
+        for secret in &secrets {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
+    };
+
+    let is_sha = revision
+        .as_deref()
+        .is_some_and(|r| r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()));
+    // What to ask the remote for, in order: a name may be a branch or a tag.
+    let wanted: Vec<Option<String>> = match revision.as_deref() {
+        None => vec![None],
+        Some(r) if is_sha || r == "HEAD" || r.starts_with("refs/") => vec![Some(r.to_string())],
+        Some(r) => vec![
+            Some(format!("refs/heads/{r}")),
+            Some(format!("refs/tags/{r}")),
+        ],
+    };
+    if let Some(parent) = options.dest.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| StageError::from(io_err(parent)(e)))?;
+    }
+    let mut errors = Vec::new();
+    let mut commit = None;
+    'attempts: for want in &wanted {
+        // A commit may not be fetchable shallowly from every server.
+        let depths: &[bool] = if is_sha { &[true, false] } else { &[true] };
+        for &shallow in depths {
+            if options.dest.exists() {
+                remove_tree(&options.dest)
+                    .map_err(|e| StageError::from(io_err(&options.dest)(e)))?;
+            }
+            match fetch_and_checkout(
+                &options.url,
+                &options.dest,
+                want.as_deref(),
+                shallow,
+                account.clone(),
+            ) {
+                Ok(id) => {
+                    commit = Some(id);
+                    break 'attempts;
+                }
+                Err(e) => errors.push(match want {
+                    Some(w) => format!("{w}: {}", scrub(e)),
+                    None => scrub(e),
+                }),
+            }
+        }
+    }
+    let Some(commit) = commit else {
+        errors.dedup();
+        return Err(git_error(errors.join("; ")));
+    };
+    tracing::info!(url = %url, revision = %shown_revision, commit = %commit, "checked out");
+
+    // The context is the checkout without the repository, as Docker's git contexts are.
+    let git_dir = options.dest.join(".git");
+    remove_tree(&git_dir).map_err(|e| StageError::from(io_err(&git_dir)(e)))?;
+    open_to_everyone(&options.dest)?;
+
+    let context = match options.sub_path.as_deref().map(|p| p.trim_matches('/')) {
+        Some(sub) if !sub.is_empty() => {
+            if sub.split('/').any(|part| part == "..") {
+                return Err(CloneError::Invalid(format!(
+                    "subPath `{sub}`: must not contain `..`"
+                )));
+            }
+            let dir = options.dest.join(sub);
+            if !dir.is_dir() {
+                return Err(git_error(format!(
+                    "subPath `{sub}`: no such directory at commit {commit}"
+                )));
+            }
+            dir
+        }
+        _ => options.dest.clone(),
+    };
+    let dockerfile = match &options.dockerfile {
+        None => None,
+        Some(path) => {
+            let file = context.join(path.trim_start_matches("./"));
+            let text = std::fs::read(&file).map_err(|e| {
+                git_error(format!(
+                    "the Dockerfile `{path}` cannot be read at commit {commit}: {e}"
+                ))
+            })?;
+            let encoded = compress(&text);
+            if encoded.len() + 128 > MAX_RESULT_BYTES {
+                return Err(git_error(format!(
+                    "the Dockerfile `{path}` is too large for a termination message ({} bytes, {} compressed; at most about {} fit): give it inline in spec.dockerfile",
+                    text.len(),
+                    encoded.len(),
+                    MAX_RESULT_BYTES - 128
+                )));
+            }
+            Some(encoded)
+        }
+    };
+    Ok(CloneResult {
+        commit: Some(commit),
+        dockerfile,
+        error: None,
+    })
+}
+
+fn fetch_and_checkout(
+    url: &str,
+    dest: &Path,
+    want: Option<&str>,
+    shallow: bool,
+    account: Option<gix::sec::identity::Account>,
+) -> Result<String, String> {
+    let interrupt = AtomicBool::new(false);
+    let text = |e: gix::Error| e.to_string();
+    // Isolated: no system or user git configuration, no git binary asked.
+    let mut prepare = gix::clone::PrepareFetch::new(
+        url,
+        dest,
+        gix::create::Kind::WithWorktree,
+        gix::create::Options::default(),
+        gix::open::Options::isolated(),
+    )
+    .map_err(text)?;
+    if shallow {
+        prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN));
+    }
+    if let Some(want) = want {
+        prepare = prepare.with_revision(Some(want)).map_err(text)?;
+    }
+    if let Some(account) = account {
+        prepare = prepare.configure_connection(move |connection| {
+            let account = account.clone();
+            connection.set_credentials(move |action| match action {
+                gix::credentials::helper::Action::Get(context) => {
+                    Ok(Some(gix::credentials::protocol::Outcome {
+                        identity: account.clone(),
+                        next: context.into(),
+                    }))
+                }
+                _ => Ok(None),
+            });
+            Ok(())
+        });
+    }
+    let (mut checkout, _) = prepare
+        .fetch_then_checkout(gix::progress::Discard, &interrupt)
+        .map_err(text)?;
+    let (repo, _) = checkout
+        .main_worktree(gix::progress::Discard, &interrupt)
+        .map_err(text)?;
+    let commit = repo
+        .head_commit()
+        .map_err(|e| format!("reading the checked-out commit: {e}"))?;
+    Ok(commit.id().to_string())
+}
+
+/// `username` and `password` from a mounted Secret.
+fn read_credentials(dir: &Path) -> Result<gix::sec::identity::Account, CloneError> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+    };
+    match (read("username"), read("password")) {
+        (Some(username), Some(password)) => Ok(gix::sec::identity::Account {
+            username,
+            password,
+            oauth_refresh_token: None,
+        }),
+        _ if dir.join("ssh-privatekey").exists() => Err(CloneError::Invalid(format!(
+            "{}: ssh keys are not supported yet; give `username` and `password` for an https:// URL",
+            dir.display()
+        ))),
+        _ => Err(CloneError::Invalid(format!(
+            "{}: expected the files `username` and `password`",
+            dir.display()
+        ))),
+    }
+}
+
+/// Read (and search) permission for everyone on the whole checkout.
+fn open_to_everyone(root: &Path) -> Result<(), StageError> {
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.map_err(|e| StageError::Invalid {
+            path: root.to_path_buf(),
+            what: e.to_string(),
+        })?;
+        let file_type = entry.file_type();
+        if file_type.is_symlink() {
+            continue;
+        }
+        let meta = entry.metadata().map_err(|e| StageError::Invalid {
+            path: entry.path().to_path_buf(),
+            what: e.to_string(),
+        })?;
+        let mode = meta.permissions().mode();
+        let wanted = if file_type.is_dir() || mode & 0o100 != 0 {
+            mode | 0o755
+        } else {
+            mode | 0o644
+        };
+        if wanted != mode {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(wanted))
+                .map_err(io_err(entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// base64 of the gzip-compressed text.
+fn compress(text: &[u8]) -> String {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let _ = encoder.write_all(text);
+    let compressed = encoder.finish().unwrap_or_default();
+    base64::engine::general_purpose::STANDARD.encode(compressed)
+}
+
+/// The URL without a user or password in it.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+fn keep_first_bytes(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_not_shown() {
+        assert_eq!(
+            redacted("https://bob:secret@example.com/r.git"),
+            "https://***@example.com/r.git"
+        );
+        assert_eq!(redacted("git://host:9418/repo"), "git://host:9418/repo");
+    }
+
+    #[test]
+    fn a_compressed_dockerfile_comes_back_as_it_was() {
+        let text = "FROM busybox\nCOPY app.go .\n";
+        let result = CloneResult {
+            commit: Some("a".repeat(40)),
+            dockerfile: Some(compress(text.as_bytes())),
+            error: None,
+        };
+        assert_eq!(result.dockerfile_text().unwrap().as_deref(), Some(text));
+    }
+}
