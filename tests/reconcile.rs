@@ -468,3 +468,225 @@ fn read_write_many_starts_independent_pods_together() {
             .all(|p| p.spec.as_ref().unwrap().affinity.is_none())
     );
 }
+
+const GIT: &str = r#"
+apiVersion: slimforge.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: goapp, namespace: demo, uid: 1234-abcd, generation: 1}
+spec:
+  context:
+    git: {url: "https://git.example/team/goapp.git", revision: release, subPath: app, credentialsSecret: git-creds}
+  dockerfilePath: Dockerfile
+  output: {image: "registry.example/team/goapp:v1", pushSecret: regcred}
+  timeout: 10m
+"#;
+
+const GIT_DOCKERFILE: &str = "FROM golang:1.22 AS builder\nWORKDIR /go\nCOPY app.go .\nRUN CGO_ENABLED=0 go build app.go\n\nFROM busybox\nCOPY --from=builder /go/app .\nCMD [\"./app\"]\n";
+
+const COMMIT: &str = "95dc5401c9de136fc5fb209658a35eb02ff812d6";
+
+/// The context pod's result: the commit and the Dockerfile, gzip and base64.
+fn clone_result(dockerfile: &str) -> String {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gzip.write_all(dockerfile.as_bytes()).unwrap();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(gzip.finish().unwrap());
+    serde_json::json!({"commit": COMMIT, "dockerfile": encoded}).to_string()
+}
+
+fn pod_json(pod: &Pod) -> serde_json::Value {
+    serde_json::to_value(pod).unwrap()
+}
+
+#[test]
+fn a_git_build_starts_with_only_the_context_pod() {
+    let mut world = World::new(image_build(GIT));
+    let decision = world.step();
+    assert!(decision.create_claim.is_some());
+    assert_eq!(world.created, ["goapp-g1-0"]);
+    assert_eq!(world.phase(), Phase::Running);
+    let (_, reason, message) = world.ready();
+    assert_eq!(reason, "Cloning");
+    assert!(
+        message.contains("https://git.example/team/goapp.git"),
+        "{message}"
+    );
+
+    let pod = pod_json(&decision.create_pods[0]);
+    assert_eq!(pod["metadata"]["labels"]["slimforge.dev/role"], "context");
+    assert_eq!(pod["metadata"]["labels"]["slimforge.dev/unit"], "0");
+    let spec = &pod["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    let container = &spec["containers"][0];
+    assert_eq!(container["image"], "registry.example/slimforge:test");
+    let command: Vec<&str> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for pair in [
+        ["--url", "https://git.example/team/goapp.git"],
+        ["--revision", "release"],
+        ["--dest", "/.slimforge/source"],
+        ["--sub-path", "app"],
+        ["--dockerfile", "Dockerfile"],
+        ["--credentials", "/.slimforge-git"],
+    ] {
+        assert!(
+            command.windows(2).any(|w| w == pair),
+            "{pair:?} in {command:?}"
+        );
+    }
+    let security = &container["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["runAsUser"], 65532);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert_eq!(spec["volumes"][1]["secret"]["secretName"], "git-creds");
+
+    // Nothing else starts while it runs.
+    world.pod_mut(0).phase = PodPhase::Running;
+    let decision = world.step();
+    assert!(decision.create_pods.is_empty());
+    assert_eq!(world.units_of_live_pods(), [0]);
+}
+
+#[test]
+fn after_the_clone_the_chains_start_with_the_dockerfile_it_returned() {
+    let mut world = World::new(image_build(GIT));
+    world.step();
+    world.finish(0, PodPhase::Succeeded, &clone_result(GIT_DOCKERFILE));
+    let decision = world.step();
+    // The builder chain and the probe, pinned to the context pod's node.
+    assert_eq!(world.created, ["goapp-g1-0", "goapp-g1-1", "goapp-g1-2"]);
+    assert_eq!(
+        world
+            .ib
+            .status
+            .as_ref()
+            .unwrap()
+            .source
+            .as_ref()
+            .unwrap()
+            .commit,
+        COMMIT
+    );
+    let chain = pod_json(&decision.create_pods[0]);
+    assert_eq!(chain["spec"]["containers"][0]["image"], "golang:1.22");
+    let env = chain["spec"]["containers"][0]["env"].as_array().unwrap();
+    let context = env
+        .iter()
+        .find(|e| e["name"] == "SLIMFORGE_CONTEXT")
+        .expect("the chain copies from the context");
+    assert_eq!(context["value"], r#"{"dir":"/.slimforge/source/app"}"#);
+    assert!(
+        !chain.to_string().contains("git-creds"),
+        "only the context pod sees the git credentials"
+    );
+    assert!(
+        chain["spec"]["affinity"].to_string().contains("node-a"),
+        "pinned to the context pod's node"
+    );
+
+    world.finish(1, PodPhase::Succeeded, "{}");
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    assert_eq!(world.created.last().unwrap(), "goapp-g1-3");
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    world.step();
+    assert_eq!(world.phase(), Phase::Succeeded);
+    let status = world.ib.status.as_ref().unwrap();
+    assert_eq!(status.source.as_ref().unwrap().commit, COMMIT);
+    let stages: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(stages, ["git clone", "builder", "probe", "assemble"]);
+}
+
+#[test]
+fn a_failed_clone_fails_the_build_with_its_error() {
+    let mut world = World::new(image_build(GIT));
+    world.step();
+    world.finish(
+        0,
+        PodPhase::Failed,
+        r#"{"error":"cloning https://git.example/team/goapp.git at release: refs/heads/release: not found"}"#,
+    );
+    let decision = world.step();
+    assert!(decision.create_pods.is_empty());
+    assert_eq!(world.phase(), Phase::Failed);
+    let (status, reason, message) = world.ready();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ContextFailed")
+    );
+    assert!(
+        message.contains("at release: refs/heads/release: not found"),
+        "{message}"
+    );
+    assert!(world.ib.status.as_ref().unwrap().source.is_none());
+}
+
+#[test]
+fn a_dockerfile_from_git_that_does_not_parse_is_reported_with_the_commit() {
+    let mut world = World::new(image_build(GIT));
+    world.step();
+    world.finish(
+        0,
+        PodPhase::Succeeded,
+        &clone_result("FROM busybox\nBOGUS x\n"),
+    );
+    let decision = world.step();
+    assert!(decision.create_pods.is_empty());
+    assert_eq!(world.phase(), Phase::Failed);
+    let (_, reason, message) = world.ready();
+    assert_eq!(reason, "InvalidDockerfile");
+    assert!(message.contains("spec.dockerfilePath"), "{message}");
+    assert_eq!(
+        world
+            .ib
+            .status
+            .as_ref()
+            .unwrap()
+            .source
+            .as_ref()
+            .unwrap()
+            .commit,
+        COMMIT
+    );
+}
+
+#[test]
+fn an_inline_dockerfile_works_with_a_git_context() {
+    let yaml = GIT.replace(
+        "  dockerfilePath: Dockerfile\n",
+        "  dockerfile: |\n    FROM busybox\n    COPY app.go /app.go\n",
+    );
+    let mut world = World::new(image_build(&yaml));
+    let decision = world.step();
+    let command =
+        pod_json(&decision.create_pods[0])["spec"]["containers"][0]["command"].to_string();
+    assert!(!command.contains("--dockerfile"), "{command}");
+    world.finish(
+        0,
+        PodPhase::Succeeded,
+        &format!(r#"{{"commit":"{COMMIT}"}}"#),
+    );
+    world.step();
+    // No chains: the probe of busybox, then the assembly.
+    assert_eq!(world.created, ["goapp-g1-0", "goapp-g1-1"]);
+}
+
+#[test]
+fn an_ssh_git_url_is_refused_before_anything_starts() {
+    let yaml = GIT.replace(
+        "https://git.example/team/goapp.git",
+        "git@git.example:team/goapp.git",
+    );
+    let mut world = World::new(image_build(&yaml));
+    let decision = world.step();
+    assert!(decision.create_pods.is_empty());
+    let (_, reason, message) = world.ready();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(message.contains("spec.context.git.url"), "{message}");
+}

@@ -221,6 +221,30 @@ pub async fn dereference(
             ));
         }
     }
+    if let Some(secret) = ib
+        .spec
+        .context
+        .git
+        .as_ref()
+        .and_then(|g| g.credentials_secret.as_ref())
+    {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let found = secrets
+            .get_opt(secret)
+            .await
+            .map_err(|source| ClusterError::Kube {
+                action: "reading",
+                kind: "Secret",
+                name: secret.clone(),
+                source,
+            })?;
+        if found.is_none() {
+            observed.missing.push((
+                "spec.context.git.credentialsSecret".into(),
+                format!("Secret {secret} not found in namespace {namespace}"),
+            ));
+        }
+    }
     if let Some(context) = &ib.spec.context.config_map {
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let found =
