@@ -274,3 +274,124 @@ fn a_dockerfile_that_does_not_parse_creates_no_pod() {
     );
     assert_nothing_left(&name);
 }
+
+/// `git daemon` serving the repositories under a directory, on a free
+/// loopback port; killed on drop.
+struct GitDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Command::new("git")
+            .arg("daemon")
+            .arg("--reuseaddr")
+            .arg("--export-all")
+            .arg(format!("--base-path={}", base.display()))
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(base)
+            .spawn()
+            .expect("start git daemon (Debian package git)");
+        let daemon = GitDaemon { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        daemon
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=slimforge",
+            "-c",
+            "user.email=test@slimforge.dev",
+        ])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_git_context_is_cloned_on_its_branch_and_built_from_its_subpath() {
+    let reg = Registry::start();
+    let golang = push_golang(&reg, "golang");
+    let busybox = push_busybox(&reg, "busybox", Format::Docker);
+    let dockerfile = SEED_DOCKERFILE
+        .replace("{golang}", &golang)
+        .replace("{busybox}", &busybox);
+    let app = std::fs::read_to_string(support::fixtures_dir().join("seed/app.go")).unwrap();
+
+    // The default branch has no app; the `release` branch has it in app/.
+    let served = tempfile::tempdir().unwrap();
+    let repo = served.path().join("repo");
+    std::fs::create_dir_all(repo.join("app")).unwrap();
+    std::fs::write(repo.join("README"), "the seed, in app/\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "readme"]);
+    git(&repo, &["checkout", "-q", "-b", "release"]);
+    std::fs::write(repo.join("app/app.go"), &app).unwrap();
+    std::fs::write(repo.join("app/Dockerfile"), &dockerfile).unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "the app"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    let daemon = GitDaemon::start(served.path());
+
+    let name = unique_name("git");
+    let image = reg.image("gitapp", "v1");
+    let ib = serde_json::json!({
+        "apiVersion": "slimforge.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": name},
+        "spec": {
+            "context": {"git": {
+                "url": format!("git://127.0.0.1:{}/repo", daemon.port),
+                "revision": "release",
+                "subPath": "app",
+            }},
+            "dockerfilePath": "Dockerfile",
+            "output": {"image": image, "insecure": true},
+            "timeout": "10m",
+        },
+    });
+    let out = slimforge_build(&serde_yaml::to_string(&ib).unwrap());
+    drop(daemon);
+    assert!(out.status.success(), "slimforge build failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("git clone"),
+        "the context pod ran:\n{stderr}"
+    );
+    let reference = last_line(&out);
+    assert!(reference.contains("@sha256:"), "{reference}");
+    let printed = podman_run_for(&reference, 2.5);
+    assert!(printed.contains("user: root id: 0"), "{printed}");
+    assert_nothing_left(&name);
+}

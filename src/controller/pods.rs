@@ -553,11 +553,11 @@ impl BuildObjects<'_> {
             json!("--result"),
             json!(format!("{WORKSPACE_MOUNT}/{CONTEXT_RESULT}")),
         ]);
-        if let Some(sub) = git.sub_path.as_deref().map(|p| p.trim_matches('/')) {
-            if !sub.is_empty() {
-                command.push(json!("--sub-path"));
-                command.push(json!(sub));
-            }
+        if let Some(sub) = git.sub_path.as_deref().map(|p| p.trim_matches('/'))
+            && !sub.is_empty()
+        {
+            command.push(json!("--sub-path"));
+            command.push(json!(sub));
         }
         if self.ib.spec.dockerfile.is_none()
             && let Some(path) = &self.ib.spec.dockerfile_path

@@ -441,7 +441,7 @@ pub fn reconcile(
     };
     let cloned = context_pod
         .filter(|p| p.phase == PodPhase::Succeeded)
-        .map(|p| clone_outcome(p));
+        .map(clone_outcome);
     if let Some(Ok(outcome)) = &cloned {
         status.source = Some(SourceStatus {
             commit: outcome.commit.clone(),

@@ -90,7 +90,7 @@ pub fn clone_with_result(options: &CloneOptions, result: &Path) -> Result<String
     }
     .unwrap_or_default();
     if let Some(parent) = result.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| StageError::from(io_err(parent)(e)))?;
+        std::fs::create_dir_all(parent).map_err(|e| CloneError::from(io_err(parent)(e)))?;
     }
     write_atomically(result, json.as_bytes())?;
     let _ = std::fs::set_permissions(result, std::fs::Permissions::from_mode(0o644));
@@ -145,7 +145,7 @@ pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
     if let Some(parent) = options.dest.parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).map_err(|e| StageError::from(io_err(parent)(e)))?;
+        std::fs::create_dir_all(parent).map_err(|e| CloneError::from(io_err(parent)(e)))?;
     }
     let mut errors = Vec::new();
     let mut commit = None;
@@ -155,7 +155,7 @@ pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
         for &shallow in depths {
             if options.dest.exists() {
                 remove_tree(&options.dest)
-                    .map_err(|e| StageError::from(io_err(&options.dest)(e)))?;
+                    .map_err(|e| CloneError::from(io_err(&options.dest)(e)))?;
             }
             match fetch_and_checkout(
                 &options.url,
@@ -183,7 +183,7 @@ pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
 
     // The context is the checkout without the repository, as Docker's git contexts are.
     let git_dir = options.dest.join(".git");
-    remove_tree(&git_dir).map_err(|e| StageError::from(io_err(&git_dir)(e)))?;
+    remove_tree(&git_dir).map_err(|e| CloneError::from(io_err(&git_dir)(e)))?;
     open_to_everyone(&options.dest)?;
 
     let context = match options.sub_path.as_deref().map(|p| p.trim_matches('/')) {
