@@ -8,8 +8,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use support::{
-    Format, Registry, podman, podman_env, podman_run_for, push_busybox, push_golang,
-    skopeo_inspect, skopeo_inspect_raw, static_helper_stripped, unique_name,
+    Format, GitDaemon, Registry, git, podman, podman_env, podman_run_for, push_busybox,
+    push_golang, skopeo_inspect, skopeo_inspect_raw, static_helper_stripped, unique_name,
 };
 
 const SEED_DOCKERFILE: &str = r#"FROM {golang} AS builder
@@ -273,69 +273,6 @@ fn a_dockerfile_that_does_not_parse_creates_no_pod() {
         "stopped before anything ran"
     );
     assert_nothing_left(&name);
-}
-
-/// `git daemon` serving the repositories under a directory, on a free
-/// loopback port; killed on drop.
-struct GitDaemon {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl GitDaemon {
-    fn start(base: &std::path::Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let child = Command::new("git")
-            .arg("daemon")
-            .arg("--reuseaddr")
-            .arg("--export-all")
-            .arg(format!("--base-path={}", base.display()))
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(base)
-            .spawn()
-            .expect("start git daemon (Debian package git)");
-        let daemon = GitDaemon { child, port };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "git daemon did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        daemon
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=slimforge",
-            "-c",
-            "user.email=test@slimforge.dev",
-        ])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

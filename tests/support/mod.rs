@@ -9,12 +9,14 @@
 // Re-exports below are used by some test binaries and not others.
 #![allow(unused_imports)]
 
+mod git;
 mod http;
 mod images;
 mod podman;
 mod registry;
 mod token;
 
+pub use git::{GitDaemon, git};
 pub use http::{HttpReply, basic_auth, http_get, http_request, percent_decode, percent_encode};
 pub use images::{BusyboxLayout, Format, push_busybox, push_busybox_with, push_golang, seed_app};
 pub use podman::{
