@@ -239,7 +239,20 @@ fn fetch_and_checkout(
     account: Option<gix::sec::identity::Account>,
 ) -> Result<String, String> {
     let interrupt = AtomicBool::new(false);
-    let text = |e: gix::Error| e.to_string();
+    // Every cause, outermost first: the top message alone says too little.
+    let text = |e: gix::Error| {
+        let mut causes: Vec<String> = Vec::new();
+        for cause in e.iter_errors().map(|c| c.to_string()) {
+            if !causes.contains(&cause) {
+                causes.push(cause);
+            }
+        }
+        if causes.is_empty() {
+            e.to_string()
+        } else {
+            causes.join(": ")
+        }
+    };
     // Isolated: no system or user git configuration, no git binary asked.
     let mut prepare = gix::clone::PrepareFetch::new(
         url,
