@@ -59,6 +59,10 @@ enum Command {
         /// Report this image's compressed size too (`builderSizeBytes`).
         #[arg(long)]
         builder_image: Option<String>,
+        /// dockerconfigjson to read the builder image with (repeatable; tried
+        /// in order, then --auth).
+        #[arg(long = "builder-auth", value_name = "FILE")]
+        builder_auth: Vec<PathBuf>,
     },
     /// Plan a build: a Dockerfile or an ImageBuild manifest → chains, exports, final image.
     Plan {
@@ -262,6 +266,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             context,
             result,
             builder_image,
+            builder_auth,
         } => {
             // A context materialised here lives until the assembly is done.
             let context_guard: Option<stage::context::Materialised>;
@@ -297,19 +302,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let mut outcome = assemble(&spec).await?;
             if let Some(builder) = builder_image {
-                let options = slimforge::oci::registry::RegistryOptions {
-                    insecure: spec.insecure,
-                    ca_bundle: spec.ca_bundle.clone(),
-                    auth_file: spec.auth.clone(),
-                };
                 let platform = spec
                     .platform
                     .clone()
                     .unwrap_or_else(|| "linux/amd64".into());
-                match slimforge::assemble::compressed_size(&builder, &platform, &options).await {
-                    Ok(size) => outcome.builder_size_bytes = Some(size),
-                    Err(e) => {
-                        tracing::warn!(image = %builder, error = %e, "builder image size unknown")
+                let auths = builder_auth
+                    .into_iter()
+                    .map(Some)
+                    .chain([spec.auth.clone()]);
+                for auth_file in auths {
+                    let options = slimforge::oci::registry::RegistryOptions {
+                        insecure: spec.insecure,
+                        ca_bundle: spec.ca_bundle.clone(),
+                        auth_file,
+                    };
+                    match slimforge::assemble::compressed_size(&builder, &platform, &options).await
+                    {
+                        Ok(size) => {
+                            outcome.builder_size_bytes = Some(size);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(image = %builder, error = %e, "builder image size unknown")
+                        }
                     }
                 }
             }

@@ -41,6 +41,11 @@ impl Run {
 
 /// Writes `spec` as YAML next to nothing else and runs the binary on it.
 fn assemble(spec: &Value) -> Run {
+    assemble_with(spec, &[])
+}
+
+/// [`assemble`] with more command-line arguments.
+fn assemble_with(spec: &Value, args: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let spec_path = dir.path().join("spec.yaml");
     std::fs::write(&spec_path, serde_yaml::to_string(spec).unwrap()).unwrap();
@@ -51,6 +56,7 @@ fn assemble(spec: &Value) -> Run {
         .arg(&spec_path)
         .arg("--result")
         .arg(&result_path)
+        .args(args)
         .output()
         .unwrap();
     let result = std::fs::read(&result_path)
@@ -581,4 +587,53 @@ fn bad_input_fails_with_one_clear_line() {
     let line =
         one_line_error(&assemble(&json!({"base": base, "target": target, "layer": []})).failed());
     assert!(line.contains("unknown field `layer`"), "{line}");
+}
+
+#[test]
+fn builder_size_is_read_with_the_pull_credentials() {
+    let registry = Registry::start();
+    let private = Registry::start_htpasswd("puller", "pull-secret");
+    let builder = push_busybox(&private, "builder", Format::Docker);
+    let base = push_busybox(&registry, "busybox", Format::Docker);
+    let spec = seed_spec(&base, &registry.image("goapp", "v1"));
+    let manifest = {
+        let out = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg("--creds=puller:pull-secret")
+            .arg(format!("docker://{builder}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let expected: u64 = manifest["config"]["size"].as_u64().unwrap()
+        + manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["size"].as_u64().unwrap())
+            .sum::<u64>();
+
+    // Without credentials for its registry: the image is pushed, the size is unknown.
+    let run = assemble_with(&spec, &["--builder-image", &builder]);
+    let anonymous = run.ok();
+    assert!(anonymous["builderSizeBytes"].is_null(), "{anonymous}");
+
+    // A wrong file first, then the pull secret: the size comes from the manifest.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.json");
+    std::fs::write(&wrong, json!({"auths": {}}).to_string()).unwrap();
+    let pull = private.auth_file().unwrap();
+    let run = assemble_with(
+        &spec,
+        &[
+            "--builder-image",
+            &builder,
+            "--builder-auth",
+            wrong.to_str().unwrap(),
+            "--builder-auth",
+            pull.to_str().unwrap(),
+        ],
+    );
+    let result = run.ok();
+    assert_eq!(result["builderSizeBytes"], expected, "{result}");
 }

@@ -16,6 +16,8 @@ use super::{
 use crate::api::ImageBuild;
 use crate::plan::{BuildPlan, CopySource, FinalImage, PLAN_ENV};
 
+/// Where the pull secrets are mounted in the assemble pod (one directory each).
+pub const PULL_AUTH_MOUNT: &str = "/.slimforge-pull";
 /// Default workspace size.
 pub const DEFAULT_WORKSPACE_SIZE: &str = "2Gi";
 /// The runtime pod's snapshot layer, on the workspace.
@@ -425,6 +427,21 @@ impl BuildObjects<'_> {
                 if let Some(builder) = builder_image(plan) {
                     command.push(json!("--builder-image"));
                     command.push(json!(builder));
+                    // Its size is read with the pull secrets, as the kubelet pulled it.
+                    for (i, pull) in template.image_pull_secrets.iter().enumerate() {
+                        let name = format!("pull-secret-{i}");
+                        let dir = format!("{PULL_AUTH_MOUNT}/{i}");
+                        command.push(json!("--builder-auth"));
+                        command.push(json!(format!("{dir}/config.json")));
+                        volumes.push(json!({
+                            "name": name,
+                            "secret": {
+                                "secretName": pull.name,
+                                "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+                            },
+                        }));
+                        main_mounts.push(json!({"name": name, "mountPath": dir, "readOnly": true}));
+                    }
                 }
                 if let Some(secret) = &output.push_secret {
                     command.push(json!("--auth"));

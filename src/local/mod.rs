@@ -157,6 +157,15 @@ impl Manifest {
         meta.uid.get_or_insert_with(|| "local".into());
         meta.generation.get_or_insert(1);
         ib.status = None;
+        // podman pulls with its own auth file; pull Secrets are cluster-side.
+        if let Some(template) = ib.spec.pod_template.as_mut()
+            && !template.image_pull_secrets.is_empty()
+        {
+            tracing::info!(
+                "podTemplate.imagePullSecrets: not used locally (podman's own credentials pull the images)"
+            );
+            template.image_pull_secrets.clear();
+        }
         Ok(Manifest {
             path: path.to_path_buf(),
             image_build: ib,
