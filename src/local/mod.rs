@@ -49,6 +49,8 @@ pub enum LocalError {
     Podman(#[from] PodmanError),
     #[error("{0}")]
     Io(String),
+    #[error("interrupted; the build's pods and volumes were removed")]
+    Interrupted,
     /// The build ran and failed: the Ready condition's reason and message.
     #[error("build failed ({reason}): {message}")]
     Failed { reason: String, message: String },
@@ -108,7 +110,11 @@ pub async fn build(options: &BuildOptions) -> Result<BuildReport, LocalError> {
         start_time: Timestamp::now(),
         shown: BTreeMap::new(),
     };
-    let outcome = runner.run(options).await;
+    // Interrupted or not, what was started is removed.
+    let outcome = tokio::select! {
+        outcome = runner.run(options) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(LocalError::Interrupted),
+    };
     runner.clean_up().await;
     outcome
 }
@@ -681,7 +687,7 @@ impl Runner {
                 .unwrap_or_default();
             let detail = match (pod.phase, pod.started, pod.finished) {
                 (PodPhase::Succeeded | PodPhase::Failed, Some(start), Some(end)) => {
-                    let secs = end.duration_since(start).as_secs_f64();
+                    let secs = end.duration_since(start).as_secs_f64().max(0.0);
                     format!(" in {secs:.1}s")
                 }
                 _ => String::new(),
