@@ -16,8 +16,16 @@ impl GitDaemon {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let child = Command::new("git")
-            .arg("daemon")
+        // `git daemon` runs git-daemon as its child, which a kill of the
+        // parent would leave behind: start git-daemon itself.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git --exec-path (Debian package git)");
+        let exec_path = String::from_utf8_lossy(&exec_path.stdout)
+            .trim()
+            .to_string();
+        let child = Command::new(std::path::Path::new(&exec_path).join("git-daemon"))
             .arg("--reuseaddr")
             .arg("--export-all")
             .arg(format!("--base-path={}", base.display()))
