@@ -96,6 +96,19 @@ pub struct ConfigMapContext {
     pub items: Vec<ConfigMapItem>,
 }
 
+impl ConfigMapContext {
+    /// The key that holds the context file at `path` (an item's key, or
+    /// the path itself when no item maps it).
+    pub fn key_for(&self, path: &str) -> String {
+        let path = path.trim_start_matches("./");
+        self.items
+            .iter()
+            .find(|i| i.path == path)
+            .map(|i| i.key.clone())
+            .unwrap_or_else(|| path.to_string())
+    }
+}
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapItem {

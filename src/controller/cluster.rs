@@ -203,61 +203,31 @@ pub async fn dereference(
         return Ok(observed);
     }
     // Secrets are read when needed, never watched.
-    if let Some(secret) = &ib.spec.output.push_secret {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let found = secrets
-            .get_opt(secret)
-            .await
-            .map_err(|source| ClusterError::Kube {
-                action: "reading",
-                kind: "Secret",
-                name: secret.clone(),
-                source,
-            })?;
-        if found.is_none() {
+    let git_credentials = ib.spec.context.git.as_ref();
+    let secrets = [
+        (
+            "spec.output.pushSecret",
+            ib.spec.output.push_secret.as_ref(),
+        ),
+        (
+            "spec.context.git.credentialsSecret",
+            git_credentials.and_then(|g| g.credentials_secret.as_ref()),
+        ),
+    ];
+    for (field, name) in secrets {
+        let Some(name) = name else { continue };
+        if get_optional::<Secret>(client, namespace, "Secret", name)
+            .await?
+            .is_none()
+        {
             observed.missing.push((
-                "spec.output.pushSecret".into(),
-                format!("Secret {secret} not found in namespace {namespace}"),
-            ));
-        }
-    }
-    if let Some(secret) = ib
-        .spec
-        .context
-        .git
-        .as_ref()
-        .and_then(|g| g.credentials_secret.as_ref())
-    {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let found = secrets
-            .get_opt(secret)
-            .await
-            .map_err(|source| ClusterError::Kube {
-                action: "reading",
-                kind: "Secret",
-                name: secret.clone(),
-                source,
-            })?;
-        if found.is_none() {
-            observed.missing.push((
-                "spec.context.git.credentialsSecret".into(),
-                format!("Secret {secret} not found in namespace {namespace}"),
+                field.into(),
+                format!("Secret {name} not found in namespace {namespace}"),
             ));
         }
     }
     if let Some(context) = &ib.spec.context.config_map {
-        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let found =
-            config_maps
-                .get_opt(&context.name)
-                .await
-                .map_err(|source| ClusterError::Kube {
-                    action: "reading",
-                    kind: "ConfigMap",
-                    name: context.name.clone(),
-                    source,
-                })?;
-        match found {
+        match get_optional::<ConfigMap>(client, namespace, "ConfigMap", &context.name).await? {
             None => observed.missing.push((
                 "spec.context.configMap.name".into(),
                 format!(
@@ -267,12 +237,7 @@ pub async fn dereference(
             )),
             Some(config_map) => {
                 if let Some(path) = &ib.spec.dockerfile_path {
-                    let key = context
-                        .items
-                        .iter()
-                        .find(|i| i.path == path.trim_start_matches("./"))
-                        .map(|i| i.key.clone())
-                        .unwrap_or_else(|| path.clone());
+                    let key = context.key_for(path);
                     observed.dockerfile_from_context =
                         config_map.data.as_ref().and_then(|d| d.get(&key).cloned());
                 }
@@ -280,6 +245,30 @@ pub async fn dereference(
         }
     }
     Ok(observed)
+}
+
+/// The object `name` of kind `K` in `namespace`, `None` when there is none.
+async fn get_optional<K>(
+    client: &Client,
+    namespace: &str,
+    kind: &'static str,
+    name: &str,
+) -> Result<Option<K>, ClusterError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(|source| ClusterError::Kube {
+            action: "reading",
+            kind,
+            name: name.to_string(),
+            source,
+        })
 }
 
 /// A pod as the core sees it.

@@ -422,13 +422,7 @@ impl Runner {
         let path = self.ib.spec.dockerfile_path.as_deref()?;
         let cm = self.ib.spec.context.config_map.as_ref()?;
         let config_map = self.manifest.config_maps.get(&cm.name)?;
-        let key = cm
-            .items
-            .iter()
-            .find(|i| i.path == path.trim_start_matches("./"))
-            .map(|i| i.key.clone())
-            .unwrap_or_else(|| path.to_string());
-        config_map.data.as_ref()?.get(&key).cloned()
+        config_map.data.as_ref()?.get(&cm.key_for(path)).cloned()
     }
 
     /// The push credentials: `--push-secret`, else the usual auth files.
