@@ -25,6 +25,20 @@ fn committed_crd_matches_slimforge_crd() {
         committed == printed,
         "crds/ is stale: run `slimforge crd > crds/imagebuilds.slimforge.dev.yaml`"
     );
+    // The Helm chart and the kustomize base ship their own copies (neither
+    // may reach outside its directory).
+    for copy in [
+        "charts/slimforge/crds/imagebuilds.slimforge.dev.yaml",
+        "deploy/base/imagebuilds.slimforge.dev.yaml",
+    ] {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(copy))
+                .unwrap_or_else(|e| panic!("{copy}: {e}"));
+        assert!(
+            text == printed,
+            "{copy} is stale: run `slimforge crd > {copy}`"
+        );
+    }
 }
 
 #[test]

@@ -690,3 +690,98 @@ fn an_ssh_git_url_is_refused_before_anything_starts() {
     assert_eq!(reason, "InvalidSpec");
     assert!(message.contains("spec.context.git.url"), "{message}");
 }
+
+/// Argo CD's health for an ImageBuild: the Lua script users install from
+/// deploy/argocd/argocd-cm.yaml, run by Lua 5.1 (Argo CD's dialect) over
+/// the object as the core left it. Returns (status, message).
+fn argocd_health(ib: &ImageBuild) -> (String, String) {
+    let cm: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/argocd/argocd-cm.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let script = cm["data"]["resource.customizations.health.slimforge.dev_ImageBuild"]
+        .as_str()
+        .expect("the health key");
+    let object = lua_value(&serde_json::to_value(ib).unwrap());
+    let program = format!(
+        "obj = {object}\nlocal hs = (function()\n{script}\nend)()\nio.write(hs.status, '\\n', hs.message or '')"
+    );
+    let out = std::process::Command::new("lua5.1")
+        .args(["-e", &program])
+        .output()
+        .expect("lua5.1 (scripts/install-deps installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, message) = text.split_once('\n').unwrap();
+    (status.to_string(), message.to_string())
+}
+
+/// A JSON value as a Lua table constructor (arrays 1-based, like Argo CD's
+/// conversion).
+fn lua_value(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua_value).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+#[test]
+fn argocd_health_follows_the_build() {
+    let mut world = World::new(image_build(SEED));
+    assert_eq!(argocd_health(&world.ib).0, "Progressing", "no status yet");
+    world.step();
+    assert_eq!(argocd_health(&world.ib).0, "Progressing");
+    world.step();
+    world.finish(1, PodPhase::Succeeded, "{}");
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    world.step();
+    let (status, message) = argocd_health(&world.ib);
+    assert_eq!(status, "Healthy");
+    assert!(message.contains("sha256:0123456789ab"), "{message}");
+
+    // Edited: the controller has not seen generation 2 yet.
+    world.ib.meta_mut().generation = Some(2);
+    assert_eq!(argocd_health(&world.ib).0, "Progressing");
+
+    // A failed stage and a missing Secret both need a person: Degraded,
+    // with the Ready message.
+    let mut failed = World::new(image_build(
+        &SEED.replace("RUN CGO_ENABLED", "RUNN CGO_ENABLED"),
+    ));
+    failed.step();
+    let (status, message) = argocd_health(&failed.ib);
+    assert_eq!(status, "Degraded");
+    assert!(message.contains("line 4"), "{message}");
+    let mut stalled = World::new(image_build(SEED));
+    stalled.missing = vec![(
+        "spec.output.pushSecret".into(),
+        "Secret regcred not found".into(),
+    )];
+    stalled.step();
+    let (status, message) = argocd_health(&stalled.ib);
+    assert_eq!(status, "Degraded");
+    assert!(message.contains("spec.output.pushSecret"), "{message}");
+}
