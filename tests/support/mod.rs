@@ -13,6 +13,7 @@ mod git;
 mod http;
 mod images;
 mod podman;
+pub mod pss;
 mod registry;
 mod token;
 
