@@ -17,8 +17,19 @@ use slimforge::stage;
     about = "Slim container images from multi-stage builds, without a Docker daemon"
 )]
 struct Cli {
+    /// How logs (on stderr) are written; the level is in SLIMFORGE_LOG.
+    #[arg(long, global = true, env = "SLIMFORGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -90,8 +101,8 @@ enum Command {
         /// The operator image build pods use for the helper and the assembly.
         #[arg(long, env = "SLIMFORGE_HELPER_IMAGE")]
         helper_image: String,
-        /// Watch only this namespace (default: all).
-        #[arg(long, env = "WATCH_NAMESPACE")]
+        /// Watch only these namespaces, comma-separated (default, or empty: all).
+        #[arg(long, env = "WATCH_NAMESPACE", value_name = "NS[,NS…]")]
         namespace: Option<String>,
         /// Serve /metrics, /healthz and /readyz here.
         #[arg(long, default_value = "0.0.0.0:8080")]
@@ -221,16 +232,23 @@ enum PlanOutput {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_env("SLIMFORGE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_from_env("SLIMFORGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init(),
+    }
     // One TLS crypto provider for every client in the process: ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -405,7 +423,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     helper_image,
                     ..Default::default()
                 },
-                namespace,
+                namespaces: slimforge::controller::run::parse_namespaces(
+                    namespace.as_deref().unwrap_or_default(),
+                ),
                 metrics_address,
                 leader_election: leader_election.then_some((lease_name, lease_namespace)),
             };

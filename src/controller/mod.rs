@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod metrics;
 pub mod pods;
+pub mod rbac;
 pub mod reconcile;
 pub mod run;
 pub mod status;

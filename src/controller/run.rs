@@ -1,6 +1,6 @@
-//! `slimforge controller`: the kube-runtime Controller around the core,
-//! behind a Lease when leader election is on, with `/metrics`, `/healthz`
-//! and `/readyz`.
+//! `slimforge controller`: the kube-runtime Controller around the core (one
+//! per watched namespace, or one for the whole cluster), behind a Lease when
+//! leader election is on, with `/metrics`, `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,12 +23,24 @@ use crate::api::ImageBuild;
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
     pub settings: Settings,
-    /// Watch only this namespace (default: every namespace).
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (empty: every namespace).
+    pub namespaces: Vec<String>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: SocketAddr,
     /// Run only while holding this Lease (name, namespace).
     pub leader_election: Option<(String, String)>,
+}
+
+/// The namespaces of `--namespace` / `WATCH_NAMESPACE`: comma-separated,
+/// blanks and repeats ignored; none means every namespace.
+pub fn parse_namespaces(text: &str) -> Vec<String> {
+    let mut namespaces: Vec<String> = Vec::new();
+    for namespace in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !namespaces.iter().any(|n| n == namespace) {
+            namespaces.push(namespace.to_string());
+        }
+    }
+    namespaces
 }
 
 /// Runs until a shutdown signal (or the loss of the Lease), with the
@@ -65,32 +77,74 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
         leadership = Some((channel, task));
     }
 
-    let (builds, pods, claims) = match &options.namespace {
-        Some(ns) => (
-            Api::<DeserializeGuard<ImageBuild>>::namespaced(client.clone(), ns),
-            Api::<Pod>::namespaced(client.clone(), ns),
-            Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
-    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let reporter = Reporter {
         controller: "slimforge".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        client,
+        client: client.clone(),
         settings: options.settings,
         metrics,
         in_flight: Default::default(),
     });
+    // One Controller per namespace (each with its own watches, which a
+    // namespaced Role allows), sharing the context: one recorder, one set of metrics.
+    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.into_iter().map(Some).collect()
+    };
+    let controllers = futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|namespace| controller(client.clone(), namespace, context.clone())),
+    );
     ready.store(true, Ordering::Relaxed);
-    let controller = Controller::new(builds, watcher::Config::default())
+    match leadership {
+        Some((mut channel, _task)) => {
+            tokio::select! {
+                _ = controllers => {}
+                _ = async {
+                    while *channel.borrow_and_update() {
+                        if channel.changed().await.is_err() { break; }
+                    }
+                } => anyhow::bail!("lost the leader lease"),
+            }
+        }
+        None => {
+            controllers.await;
+        }
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// The Controller for one namespace (`None`: every namespace), until a
+/// shutdown signal.
+fn controller(
+    client: Client,
+    namespace: Option<String>,
+    context: Arc<Context>,
+) -> impl Future<Output = ()> {
+    let (builds, pods, claims) = match &namespace {
+        Some(ns) => (
+            Api::<DeserializeGuard<ImageBuild>>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<PersistentVolumeClaim>::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("*"),
+        "watching ImageBuilds"
+    );
+    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    Controller::new(builds, watcher::Config::default())
         .owns(pods, ours.clone())
         .owns(claims, ours)
         .shutdown_on_signal()
@@ -99,22 +153,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile");
             }
-        });
-    match leadership {
-        Some((mut channel, _task)) => {
-            tokio::select! {
-                () = controller => {}
-                _ = async {
-                    while *channel.borrow_and_update() {
-                        if channel.changed().await.is_err() { break; }
-                    }
-                } => anyhow::bail!("lost the leader lease"),
-            }
-        }
-        None => controller.await,
-    }
-    tracing::info!("controller stopped");
-    Ok(())
+        })
 }
 
 async fn serve(address: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
@@ -157,5 +196,21 @@ async fn serve(address: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool
             }
         }
         Err(error) => tracing::error!(%error, %address, "cannot serve metrics"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_namespaces;
+
+    #[test]
+    fn namespaces_are_a_comma_separated_list_and_empty_means_all() {
+        assert_eq!(parse_namespaces("demo"), ["demo"]);
+        assert_eq!(
+            parse_namespaces(" demo, team-a ,,demo,team-b"),
+            ["demo", "team-a", "team-b"]
+        );
+        assert!(parse_namespaces("").is_empty());
+        assert!(parse_namespaces(" , ").is_empty());
     }
 }
