@@ -46,7 +46,7 @@ they differ.
 {{- define "slimforge.buildRules" -}}
 - apiGroups: ["slimforge.dev"]
   resources: ["imagebuilds"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["slimforge.dev"]
   resources: ["imagebuilds/status"]
   verbs: ["patch"]

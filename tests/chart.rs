@@ -1,0 +1,545 @@
+//! The ways slimforge is installed: the Helm chart (`charts/slimforge`),
+//! rendered and linted by Helm 4's own engine (helm-python-sdk), and the
+//! kustomize base (`deploy/base`), built by real kubectl. Every object is
+//! validated against the Kubernetes OpenAPI schemas (kubernetes-validate),
+//! the operator's pod against Pod Security `restricted`, and the RBAC
+//! against the rules the code declares in `controller::rbac`.
+//!
+//! The tools come from PyPI into a venv that scripts/install-deps makes
+//! (`<cache>/venv`, pinned in tests/requirements.txt).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use support::pss::{self, Level};
+
+/// The Kubernetes release whose schemas the objects must satisfy.
+const KUBE_VERSION: &str = "1.37.0";
+const NAMESPACE: &str = "slimforge-system";
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs `tests/support/k8s.py COMMAND ARGS…` with the venv's Python.
+fn k8s_tool(args: &[&str], stdin: Option<&Value>) -> Value {
+    let python = support::cache_dir().join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-deps",
+        python.display()
+    );
+    let mut child = Command::new(&python)
+        .arg(repo("tests/support/k8s.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run k8s.py");
+    let input = stdin.map(|v| v.to_string()).unwrap_or_default();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "k8s.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("k8s.py prints JSON")
+}
+
+struct Rendered {
+    objects: Vec<Value>,
+    crds: Vec<Value>,
+    notes: String,
+}
+
+/// The chart rendered by Helm's engine as `helm install sf … -n
+/// slimforge-system` would, after checking `values` against
+/// values.schema.json; `Err` is Helm's message.
+fn render(values: &Value) -> Result<Rendered, String> {
+    let chart = repo("charts/slimforge");
+    let out = k8s_tool(
+        &[
+            "render",
+            chart.to_str().unwrap(),
+            "sf",
+            NAMESPACE,
+            &values.to_string(),
+        ],
+        None,
+    );
+    if let Some(error) = out["error"].as_str() {
+        return Err(error.to_string());
+    }
+    Ok(Rendered {
+        objects: out["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["object"].clone())
+            .collect(),
+        crds: out["crds"].as_array().unwrap().clone(),
+        notes: out["notes"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+fn kustomize() -> Vec<Value> {
+    let base = repo("deploy/base");
+    k8s_tool(&["kustomize", base.to_str().unwrap()], None)["objects"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Each object checked against its kind's OpenAPI schema (strict: unknown
+/// fields are errors). Returns (kind/name, error) for every failure.
+fn schema_errors(objects: &[Value]) -> Vec<(String, String)> {
+    let results = k8s_tool(&["validate", KUBE_VERSION], Some(&json!(objects)));
+    results
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["error"].is_null())
+        .map(|r| {
+            (
+                format!("{}/{}", r["kind"].as_str().unwrap(), r["name"]),
+                r["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn deployment(objects: &[Value]) -> &Value {
+    let deployments = of_kind(objects, "Deployment");
+    assert_eq!(deployments.len(), 1, "one Deployment");
+    deployments[0]
+}
+
+fn env<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("env {name}"))
+}
+
+/// The operator's pod must pass `restricted`: it runs no user code and
+/// ships in namespaces that enforce it.
+fn assert_restricted(deployment: &Value) {
+    let template = &deployment["spec"]["template"];
+    let violations = pss::check(
+        Level::Restricted,
+        &template["spec"],
+        template["metadata"].get("annotations"),
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// One permission: (API group, resource, resource name or "", verb).
+type Grant = (String, String, String, String);
+
+fn grants(rules: &Value) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for rule in rules.as_array().unwrap() {
+        let list = |key: &str| -> Vec<String> {
+            rule[key]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default()
+        };
+        let names = match list("resourceNames") {
+            names if names.is_empty() => vec![String::new()],
+            names => names,
+        };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for name in &names {
+                    for verb in list("verbs") {
+                        out.insert((group.clone(), resource.clone(), name.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn code_grants(rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>) -> BTreeSet<Grant> {
+    grants(&serde_json::to_value(rules).unwrap())
+}
+
+/// What the operator's ServiceAccount may do, per namespace ("" for
+/// cluster-wide), from the roles bound to it.
+fn service_account_grants(
+    objects: &[Value],
+    account: &str,
+) -> std::collections::BTreeMap<String, BTreeSet<Grant>> {
+    let mut out = std::collections::BTreeMap::<String, BTreeSet<Grant>>::new();
+    for binding in objects
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")
+    {
+        let ours = binding["subjects"].as_array().unwrap().iter().any(|s| {
+            s["kind"] == "ServiceAccount" && s["name"] == account && s["namespace"] == NAMESPACE
+        });
+        if !ours {
+            continue;
+        }
+        let role_ref = &binding["roleRef"];
+        let role = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == role_ref["kind"]
+                    && o["metadata"]["name"] == role_ref["name"]
+                    && (role_ref["kind"] == "ClusterRole"
+                        || o["metadata"]["namespace"] == binding["metadata"]["namespace"])
+            })
+            .unwrap_or_else(|| panic!("the role {role_ref} bound by {binding}"));
+        let scope = binding["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        out.entry(scope).or_default().extend(grants(&role["rules"]));
+    }
+    out
+}
+
+fn assert_no_wildcards(objects: &[Value]) {
+    for role in objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+    {
+        for (group, resource, _, verb) in grants(&role["rules"]) {
+            assert!(
+                !(group == "*" || resource.contains('*') || verb == "*"),
+                "{} grants a wildcard: {group} {resource} {verb}",
+                role["metadata"]["name"]
+            );
+        }
+    }
+}
+
+/// The code's Lease rule as the manifests grant it: `create` cannot be
+/// limited to a name, the other verbs are limited to the Lease's.
+fn lease_grants(lease: &str) -> BTreeSet<Grant> {
+    code_grants(slimforge::controller::rbac::leader_election_rules())
+        .into_iter()
+        .map(|(group, resource, _, verb)| {
+            let name = if verb == "create" { "" } else { lease };
+            (group, resource, name.to_string(), verb)
+        })
+        .collect()
+}
+
+fn build_grants() -> BTreeSet<Grant> {
+    code_grants(slimforge::controller::rbac::build_rules())
+}
+
+#[test]
+fn chart_with_default_values_renders_valid_objects() {
+    let chart = render(&json!({})).expect("render");
+    let kinds: BTreeSet<&str> = chart
+        .objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+        ])
+    );
+    assert_eq!(schema_errors(&chart.objects), []);
+    // The CRD against the apiextensions.k8s.io/v1 schema.
+    assert_eq!(chart.crds.len(), 1);
+    assert_eq!(schema_errors(&chart.crds), []);
+
+    let deployment = deployment(&chart.objects);
+    assert_restricted(deployment);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    // The default tag is the chart's appVersion, which is the crate's.
+    assert_eq!(
+        container["image"],
+        format!(
+            "registry.example.com/slimforge/slimforge:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert_eq!(
+        container["args"],
+        json!([
+            "controller",
+            "--metrics-address=0.0.0.0:8080",
+            "--leader-election",
+            "--lease-name=slimforge-controller"
+        ])
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The build pods' helper is the operator image itself.
+    assert_eq!(
+        env(deployment, "SLIMFORGE_HELPER_IMAGE")["value"],
+        container["image"]
+    );
+    assert_eq!(env(deployment, "WATCH_NAMESPACE")["value"], "");
+    assert!(
+        chart.notes.contains("kubectl -n demo get ib goapp -w"),
+        "{}",
+        chart.notes
+    );
+}
+
+#[test]
+fn chart_with_every_option_on_renders_valid_objects() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let values = json!({
+        "image": {"repository": "registry.internal/platform/slimforge", "digest": digest},
+        "imagePullSecrets": [{"name": "platform-pull"}],
+        "helperImage": "registry.internal/platform/slimforge-helper:1",
+        "replicaCount": 2,
+        "leaderElection": {"enabled": true, "leaseName": "builds-leader"},
+        "watchNamespaces": ["team-a", "team-b"],
+        "logLevel": "slimforge=debug,info",
+        "logFormat": "text",
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "builds", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+        "priorityClassName": "platform",
+        "podLabels": {"team": "platform"},
+        "podAnnotations": {"example.com/owner": "platform"},
+        "serviceAccount": {"create": true, "name": "builder-operator",
+                           "annotations": {"example.com/role": "builder"}},
+        "rbac": {"create": true, "aggregateToDefaultRoles": true},
+        "metrics": {"port": 9090, "service": {"enabled": true, "type": "ClusterIP", "port": 9090,
+                                              "annotations": {"example.com/scrape": "true"}},
+                    "serviceMonitor": {"enabled": true, "interval": "15s", "scrapeTimeout": "5s",
+                                       "labels": {"release": "prometheus"}}},
+    });
+    let chart = render(&values).expect("render");
+    // kubernetes-validate knows the built-in kinds only: the ServiceMonitor
+    // is prometheus-operator's, and the one object without a schema.
+    let errors = schema_errors(&chart.objects);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].0.starts_with("ServiceMonitor/") && errors[0].1.starts_with("no schema"));
+    let monitor = of_kind(&chart.objects, "ServiceMonitor")[0];
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+
+    let deployment = deployment(&chart.objects);
+    assert_restricted(deployment);
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        format!("registry.internal/platform/slimforge@{digest}")
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/owner"],
+        "platform"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "builder-operator");
+    assert_eq!(pod["spec"]["priorityClassName"], "platform");
+    assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "platform-pull");
+    assert_eq!(pod["spec"]["tolerations"][0]["value"], "builds");
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+        9090
+    );
+    assert_eq!(env(deployment, "WATCH_NAMESPACE")["value"], "team-a,team-b");
+    assert_eq!(env(deployment, "SLIMFORGE_LOG_FORMAT")["value"], "text");
+    assert_eq!(
+        env(deployment, "SLIMFORGE_LOG")["value"],
+        "slimforge=debug,info"
+    );
+    assert_eq!(
+        env(deployment, "SLIMFORGE_HELPER_IMAGE")["value"],
+        "registry.internal/platform/slimforge-helper:1"
+    );
+    assert!(
+        pod["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--lease-name=builds-leader"))
+    );
+
+    // Watching two namespaces: Roles there and nothing cluster-wide for builds.
+    let access = service_account_grants(&chart.objects, "builder-operator");
+    assert_eq!(
+        access.keys().collect::<Vec<_>>(),
+        [NAMESPACE, "team-a", "team-b"]
+    );
+    assert_eq!(access["team-a"], build_grants());
+    assert_eq!(access["team-b"], build_grants());
+    assert_eq!(access[NAMESPACE], lease_grants("builds-leader"));
+    assert!(chart.notes.contains("team-a, team-b"), "{}", chart.notes);
+}
+
+#[test]
+fn chart_lints_clean_with_defaults_and_every_option() {
+    let chart = repo("charts/slimforge");
+    for values in [
+        json!({}),
+        json!({"watchNamespaces": ["team-a"], "replicaCount": 3,
+               "metrics": {"serviceMonitor": {"enabled": true}}}),
+    ] {
+        let report = k8s_tool(
+            &["lint", chart.to_str().unwrap(), &values.to_string()],
+            None,
+        );
+        assert_eq!(report["errors"], json!([]), "{report}");
+        let serious: Vec<&Value> = report["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["severity"].as_i64().unwrap() >= 2)
+            .collect();
+        assert!(serious.is_empty(), "{values}: {serious:?}");
+    }
+}
+
+#[test]
+fn chart_refuses_values_that_would_misbehave() {
+    let refused = |values: Value, needle: &str| {
+        let error = render(&values)
+            .err()
+            .unwrap_or_else(|| panic!("{values} rendered"));
+        assert!(error.contains(needle), "{values}: {error}");
+    };
+    // A misspelt key is an error, not a silent default.
+    refused(json!({"replicas": 2}), "replicas");
+    refused(json!({"logFormat": "xml"}), "logFormat");
+    refused(json!({"watchNamespaces": ["Team_A"]}), "watchNamespaces");
+    refused(json!({"metrics": {"port": 80}}), "port");
+    // Two controllers without a Lease would build everything twice.
+    refused(
+        json!({"replicaCount": 2, "leaderElection": {"enabled": false}}),
+        "leaderElection",
+    );
+    refused(
+        json!({"metrics": {"service": {"enabled": false}, "serviceMonitor": {"enabled": true}}}),
+        "metrics.service.enabled",
+    );
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_controller_uses_and_no_wildcards() {
+    let chart = render(&json!({})).expect("render");
+    let kustomized = kustomize();
+    for (source, objects, account) in [
+        ("chart", &chart.objects, "sf-slimforge"),
+        ("deploy/base", &kustomized, "slimforge"),
+    ] {
+        assert_no_wildcards(objects);
+        let access = service_account_grants(objects, account);
+        assert_eq!(
+            access.keys().collect::<Vec<_>>(),
+            ["", NAMESPACE],
+            "{source}: cluster-wide builds, the Lease in its own namespace"
+        );
+        assert_eq!(access[""], build_grants(), "{source}: build rules");
+        assert_eq!(
+            access[NAMESPACE],
+            lease_grants("slimforge-controller"),
+            "{source}: leader election rules"
+        );
+    }
+    // Without leader election there is no Lease to touch.
+    let single = render(&json!({"leaderElection": {"enabled": false}})).expect("render");
+    let access = service_account_grants(&single.objects, "sf-slimforge");
+    assert_eq!(access.keys().collect::<Vec<_>>(), [""]);
+    // Users' aggregated roles touch ImageBuilds only.
+    for role in of_kind(&chart.objects, "ClusterRole")
+        .into_iter()
+        .filter(|r| {
+            r["metadata"]["labels"]
+                .get("rbac.authorization.k8s.io/aggregate-to-view")
+                .is_some()
+                || r["metadata"]["labels"]
+                    .get("rbac.authorization.k8s.io/aggregate-to-edit")
+                    .is_some()
+        })
+    {
+        for (group, resource, _, _) in grants(&role["rules"]) {
+            assert_eq!(group, "slimforge.dev");
+            assert!(resource.starts_with("imagebuilds"), "{resource}");
+        }
+    }
+}
+
+#[test]
+fn kustomize_base_builds_valid_objects_like_the_chart() {
+    let objects = kustomize();
+    assert_eq!(schema_errors(&objects), []);
+    let namespace = of_kind(&objects, "Namespace");
+    assert_eq!(namespace.len(), 1);
+    assert_eq!(namespace[0]["metadata"]["name"], NAMESPACE);
+    assert_eq!(
+        namespace[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    assert_eq!(of_kind(&objects, "CustomResourceDefinition").len(), 1);
+    let kustomized = deployment(&objects);
+    assert_eq!(kustomized["metadata"]["namespace"], NAMESPACE);
+    assert_restricted(kustomized);
+
+    // The same controller settings as the chart's defaults.
+    let chart = render(&json!({})).expect("render");
+    let from_chart = &deployment(&chart.objects)["spec"]["template"]["spec"]["containers"][0];
+    let ours = &kustomized["spec"]["template"]["spec"]["containers"][0];
+    for field in [
+        "args",
+        "ports",
+        "livenessProbe",
+        "readinessProbe",
+        "resources",
+        "securityContext",
+    ] {
+        assert_eq!(ours[field], from_chart[field], "{field}");
+    }
+    assert_eq!(
+        kustomized["spec"]["template"]["spec"]["securityContext"],
+        deployment(&chart.objects)["spec"]["template"]["spec"]["securityContext"]
+    );
+    let names = |c: &Value| -> Vec<String> {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(ours), names(from_chart));
+    // kustomize's image setting carries over to the build pods' helper.
+    assert_eq!(
+        env(kustomized, "SLIMFORGE_HELPER_IMAGE")["value"],
+        ours["image"]
+    );
+    assert_eq!(ours["image"], from_chart["image"]);
+}
