@@ -610,6 +610,27 @@ impl ControllerProcess {
         }
     }
 
+    /// SIGTERM, as the kubelet sends it, then a bounded wait for the exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running {PATIENCE:?} after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
     }
@@ -638,6 +659,18 @@ impl ControllerProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The holder of the `slimforge-controller` Lease in slimforge-system.
+fn lease_holder(fake: &Fake) -> Option<String> {
+    fake.object(
+        "coordination.k8s.io",
+        "leases",
+        "slimforge-system",
+        "slimforge-controller",
+    )?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// GET over plain HTTP/1.1: (status, content type, body).
@@ -788,32 +821,27 @@ async fn the_controller_leads_builds_and_asks_only_for_what_rbac_grants() {
         })
         .await;
     controller
-        .eventually("/readyz answers 200 once leading", async || {
+        .eventually("/readyz answers 200", async || {
             answers_ok(metrics, "/readyz").await
         })
         .await;
-    let lease = fake
-        .object(
-            "coordination.k8s.io",
-            "leases",
-            "slimforge-system",
-            "slimforge-controller",
-        )
-        .expect("a Lease created in slimforge-system");
-    assert!(
-        lease["spec"]["holderIdentity"]
-            .as_str()
-            .is_some_and(|h| h.starts_with("slimforge-")),
-        "the Lease is held: {lease}"
-    );
+    let own = format!("slimforge-{}", controller.child.id());
+    controller
+        .eventually("the Lease in slimforge-system is held", async || {
+            lease_holder(&fake)
+                .filter(|h| *h == own)
+                .map(|_| ())
+                .ok_or(format!("{:?}", lease_holder(&fake)))
+        })
+        .await;
     controller
         .eventually(
             "the builds in demo start, the expired one is cleaned up",
             async || namespace_done(&fake, "demo"),
         )
         .await;
-    // The families with labels (builds, stage durations) show only once a
-    // build has finished under this process: none has here.
+    // The build counters are there from the start, at 0: no build has
+    // finished under this process.
     controller
         .eventually("/metrics serves OpenMetrics text", async || {
             let answer = http_get(metrics, "/metrics").await;
@@ -821,6 +849,7 @@ async fn the_controller_leads_builds_and_asks_only_for_what_rbac_grants() {
                 Some((200, content_type, body))
                     if content_type.starts_with("application/openmetrics-text")
                         && body.contains("\nslimforge_builds_in_flight 2\n")
+                        && body.contains("\nslimforge_builds_total{result=\"failed\"} 0\n")
                         && body.contains("# TYPE slimforge_builds_in_flight gauge")
                         && body.contains("# TYPE slimforge_build_duration_seconds histogram")
                         && body.ends_with("# EOF\n") =>
@@ -961,4 +990,66 @@ async fn a_namespace_list_runs_one_controller_per_namespace() {
     }
     assert_eq!(pods_of(&fake, "elsewhere", "goapp"), 0);
     assert_eq!(pods_of(&fake, "elsewhere", "goapp-old"), 1);
+}
+
+/// Two replicas: the standby is ready (a rollout must not wait for it to
+/// lead) but builds nothing, stops at once on SIGTERM, and the leader gives
+/// the Lease up when it stops, so a standby takes over without waiting for
+/// the Lease to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_is_ready_and_the_leader_releases_the_lease_on_sigterm() {
+    let fake = fake_with(&["demo"]);
+    let api = start_api_server(fake.clone()).await;
+    let args = [
+        "--leader-election",
+        "--lease-namespace",
+        "slimforge-system",
+        "--namespace",
+        "demo",
+    ];
+    let mut leader = ControllerProcess::start(api, &args);
+    let leader_id = format!("slimforge-{}", leader.child.id());
+    leader
+        .eventually("the first replica leads", async || {
+            match lease_holder(&fake) {
+                Some(h) if h == leader_id => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    leader
+        .eventually("the leader starts the builds", async || {
+            namespace_done(&fake, "demo")
+        })
+        .await;
+
+    let mut standby = ControllerProcess::start(api, &args);
+    let standby_metrics = standby.metrics;
+    standby
+        .eventually("the standby answers /readyz", async || {
+            answers_ok(standby_metrics, "/readyz").await
+        })
+        .await;
+    assert_eq!(lease_holder(&fake).as_deref(), Some(leader_id.as_str()));
+    let status = standby.terminate();
+    assert!(status.success(), "{status}:\n{}", standby.log());
+    assert!(
+        standby.log().contains("stopped before leading"),
+        "{}",
+        standby.log()
+    );
+
+    let status = leader.terminate();
+    assert!(status.success(), "{status}:\n{}", leader.log());
+    assert_eq!(
+        lease_holder(&fake),
+        None,
+        "the Lease is released: {:?}",
+        fake.object(
+            "coordination.k8s.io",
+            "leases",
+            "slimforge-system",
+            "slimforge-controller"
+        )
+    );
 }

@@ -42,6 +42,13 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("slimforge");
         let builds = Family::<ResultLabels, Counter>::default();
+        // Both results exist from the start, so a rate over them is 0
+        // rather than "no data" before the first build finishes.
+        for result in ["succeeded", "failed"] {
+            drop(builds.get_or_create(&ResultLabels {
+                result: result.into(),
+            }));
+        }
         registry.register("builds", "Finished builds by result", builds.clone());
         // 1 s … ~4.5 h.
         let build_seconds = Histogram::new(exponential_buckets(1.0, 2.0, 15));
@@ -113,6 +120,19 @@ impl Metrics {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn build_counters_start_at_zero() {
+        let text = Metrics::new().encode();
+        assert!(
+            text.contains("slimforge_builds_total{result=\"succeeded\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slimforge_builds_total{result=\"failed\"} 0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_finished_build_is_counted_with_its_durations() {

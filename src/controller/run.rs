@@ -69,9 +69,21 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
             .build()
             .await?;
         let (mut channel, task) = manager.watch().await;
+        // A standby replica is ready too: it serves /metrics, and a
+        // rollout of several replicas must not wait for it to lead.
+        ready.store(true, Ordering::Relaxed);
         tracing::info!(%lease, %namespace, "waiting for the leader lease");
-        while !*channel.borrow_and_update() {
-            channel.changed().await?;
+        tokio::select! {
+            waited = async {
+                while !*channel.borrow_and_update() {
+                    channel.changed().await?;
+                }
+                anyhow::Ok(())
+            } => waited?,
+            () = shutdown_signal() => {
+                tracing::info!("stopped before leading");
+                return Ok(());
+            }
         }
         tracing::info!("leading");
         leadership = Some((channel, task));
@@ -102,14 +114,21 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
     );
     ready.store(true, Ordering::Relaxed);
     match leadership {
-        Some((mut channel, _task)) => {
-            tokio::select! {
-                _ = controllers => {}
+        Some((mut channel, task)) => {
+            let lost = tokio::select! {
+                _ = controllers => false,
                 _ = async {
                     while *channel.borrow_and_update() {
                         if channel.changed().await.is_err() { break; }
                     }
-                } => anyhow::bail!("lost the leader lease"),
+                } => true,
+            };
+            // Closing the channel makes the lease task release the Lease,
+            // so a standby takes over at once instead of after its expiry.
+            drop(channel);
+            let _ = task.await;
+            if lost {
+                anyhow::bail!("lost the leader lease");
             }
         }
         None => {
@@ -118,6 +137,22 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
     }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 /// The Controller for one namespace (`None`: every namespace), until a
