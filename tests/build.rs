@@ -332,3 +332,69 @@ fn a_git_context_is_cloned_on_its_branch_and_built_from_its_subpath() {
     assert!(printed.contains("user: root id: 0"), "{printed}");
     assert_nothing_left(&name);
 }
+
+/// Stopped by SIGTERM (a CI job cancelled, a terminal closed) in the middle
+/// of a stage: it says so, exits non-zero and removes everything it started.
+#[test]
+fn sigterm_in_the_middle_of_a_stage_removes_everything() {
+    let reg = Registry::start();
+    let dockerfile = "FROM {busybox} AS builder\nRUN sleep 120\n\nFROM {busybox}\nCOPY --from=builder /etc/passwd /x\n";
+    let name = unique_name("sigterm");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("build.yaml");
+    std::fs::write(
+        &file,
+        manifest(&name, dockerfile, &[], &reg.image("sigterm", "v1"), &reg),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .envs(podman_env())
+        .arg("build")
+        .arg(&file)
+        .arg("--helper-binary")
+        .arg(static_helper_stripped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run slimforge build");
+    // Until the builder pod's main container (`<pod>-stage`) runs its
+    // `sleep` (bounded; the build is killed if it never gets there).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let running = loop {
+        let out = podman(&["ps", "--format", "{{.Names}}"]);
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if listed
+            .lines()
+            .any(|l| l.starts_with(&name) && l.ends_with("-g1-1-stage"))
+        {
+            break Ok(());
+        }
+        if child.try_wait().unwrap().is_some() {
+            break Err(format!(
+                "slimforge build ended before the stage ran: {listed}"
+            ));
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(format!("the stage never started: {listed}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    if let Err(why) = running {
+        // SIGTERM rather than SIGKILL: let it clean up after itself.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        panic!("{why}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_nothing_left(&name);
+}

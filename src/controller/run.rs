@@ -80,7 +80,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
                 }
                 anyhow::Ok(())
             } => waited?,
-            () = shutdown_signal() => {
+            () = crate::shutdown_signal() => {
                 tracing::info!("stopped before leading");
                 return Ok(());
             }
@@ -137,22 +137,6 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
     }
     tracing::info!("controller stopped");
     Ok(())
-}
-
-/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 /// The Controller for one namespace (`None`: every namespace), until a

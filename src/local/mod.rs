@@ -110,10 +110,10 @@ pub async fn build(options: &BuildOptions) -> Result<BuildReport, LocalError> {
         start_time: Timestamp::now(),
         shown: BTreeMap::new(),
     };
-    // Interrupted or not, what was started is removed.
+    // Interrupted (Ctrl-C or SIGTERM) or not, what was started is removed.
     let outcome = tokio::select! {
         outcome = runner.run(options) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(LocalError::Interrupted),
+        () = crate::shutdown_signal() => Err(LocalError::Interrupted),
     };
     runner.clean_up().await;
     outcome
