@@ -543,3 +543,71 @@ fn kustomize_base_builds_valid_objects_like_the_chart() {
     );
     assert_eq!(ours["image"], from_chart["image"]);
 }
+
+/// The objects of every manifest under deploy/examples/.
+fn examples() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = ["deploy/examples", "deploy/examples/local"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(repo(dir)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object: Value = serde::Deserialize::deserialize(document).unwrap();
+            if !object.is_null() {
+                out.push((file.display().to_string(), object));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_example_is_a_valid_manifest() {
+    let crd = repo("crds/imagebuilds.slimforge.dev.yaml");
+    let crd = crd.to_str().unwrap();
+    let (builds, others): (Vec<_>, Vec<_>) = examples()
+        .into_iter()
+        .partition(|(_, o)| o["kind"] == "ImageBuild");
+    assert!(builds.len() >= 4, "{builds:?}");
+    let objects: Vec<Value> = builds.iter().map(|(_, o)| o.clone()).collect();
+    // As `kubectl apply` (strict field validation) would check them against the CRD.
+    for (result, (file, _)) in k8s_tool(&["validate-crd", crd], Some(&json!(objects)))
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&builds)
+    {
+        assert_eq!(result["errors"], json!([]), "{file}");
+    }
+    for (file, object) in &builds {
+        // The CRD's CEL rules, and the controller's own checks.
+        slimforge::api::ImageBuildSpec::validate_cel(&object["spec"], None)
+            .unwrap_or_else(|e| panic!("{file}: {e:?}"));
+        let ib: slimforge::api::ImageBuild = serde_json::from_value(object.clone()).unwrap();
+        slimforge::controller::reconcile::validate_spec(&ib, &Default::default())
+            .unwrap_or_else(|e| panic!("{file}: {e:?}"));
+    }
+    let others: Vec<Value> = others.into_iter().map(|(_, o)| o).collect();
+    assert!(!others.is_empty(), "the ConfigMap context's ConfigMap");
+    assert_eq!(schema_errors(&others), []);
+
+    // The check is not vacuous: a misspelt field is caught.
+    let mut misspelt = objects[0].clone();
+    let output = misspelt["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("output")
+        .unwrap();
+    misspelt["spec"]["outptu"] = output;
+    let result = k8s_tool(&["validate-crd", crd], Some(&json!([misspelt])));
+    let errors = result[0]["errors"].to_string();
+    assert!(
+        errors.contains("outptu") && errors.contains("'output' is a required"),
+        "{errors}"
+    );
+}

@@ -7,6 +7,7 @@ scripts/install-deps makes; every command prints one JSON document.
   lint CHART VALUES_JSON                    helm lint --strict
   kustomize DIR                             kubectl kustomize DIR, as objects
   validate KUBE_VERSION                     stdin: a JSON list of objects
+  validate-crd CRD_FILE                     stdin: a JSON list of custom objects
 """
 
 import json
@@ -70,6 +71,59 @@ def validate(version, objects):
     return results
 
 
+def strict_schema(node):
+    """An openAPIV3Schema as the API server applies it with kubectl's
+    default --validate=strict: unknown fields are errors (no pruning),
+    `nullable` admits null."""
+    if isinstance(node, list):
+        return [strict_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: strict_schema(v) for k, v in node.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    if out.get("nullable") and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def validate_crd(crd_file, objects):
+    """Custom objects against their CRD version's schema: [{kind, name, errors}]."""
+    import jsonschema
+
+    with open(crd_file) as f:
+        crd = yaml.safe_load(f)
+    group = crd["spec"]["group"]
+    schemas = {
+        group + "/" + v["name"]: strict_schema(v["schema"]["openAPIV3Schema"])
+        for v in crd["spec"]["versions"]
+    }
+    results = []
+    for obj in objects:
+        entry = {"kind": obj.get("kind"), "name": obj.get("metadata", {}).get("name")}
+        schema = schemas.get(obj.get("apiVersion"))
+        if obj.get("kind") != crd["spec"]["names"]["kind"] or schema is None:
+            entry["errors"] = ["not a version of " + crd["metadata"]["name"]]
+        else:
+            # apiVersion, kind and metadata are the API server's, not the schema's.
+            body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+            schema = dict(schema)
+            schema["properties"] = {
+                k: v for k, v in schema.get("properties", {}).items() if k != "metadata"
+            }
+            validator = jsonschema.Draft7Validator(schema)
+            entry["errors"] = [
+                "%s: %s" % (".".join(str(p) for p in e.absolute_path), e.message)
+                for e in validator.iter_errors(body)
+            ]
+        results.append(entry)
+    return results
+
+
 def main(argv):
     command = argv[1]
     if command == "render":
@@ -80,6 +134,8 @@ def main(argv):
         result = kustomize(argv[2])
     elif command == "validate":
         result = validate(argv[2], json.load(sys.stdin))
+    elif command == "validate-crd":
+        result = validate_crd(argv[2], json.load(sys.stdin))
     else:
         raise SystemExit("unknown command " + command)
     json.dump(result, sys.stdout)
