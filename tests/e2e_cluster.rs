@@ -6,6 +6,8 @@
 //! Also needed: `SLIMFORGE_E2E_REGISTRY` (the registry as pods and the
 //! kubelet both name it, e.g. `kind-registry:5000`, holding `golang:e2e`
 //! and `busybox:e2e`) and `SLIMFORGE_E2E_HELPER_IMAGE` (the operator image).
+//! With `SLIMFORGE_E2E_INSTALLED` set, no controller runs here: the one the
+//! Helm chart installed in the cluster does the work, under its RBAC.
 
 use std::time::Duration;
 
@@ -41,7 +43,6 @@ async fn the_seed_builds_in_a_real_cluster() {
         return;
     };
     let registry = std::env::var("SLIMFORGE_E2E_REGISTRY").expect("SLIMFORGE_E2E_REGISTRY");
-    let helper = std::env::var("SLIMFORGE_E2E_HELPER_IMAGE").expect("SLIMFORGE_E2E_HELPER_IMAGE");
     let config = Config::from_custom_kubeconfig(
         Kubeconfig::read_from(&kubeconfig).expect("read the kubeconfig"),
         &KubeConfigOptions::default(),
@@ -62,18 +63,22 @@ async fn the_seed_builds_in_a_real_cluster() {
         .await
         .expect("create the namespace");
 
-    let controller = tokio::spawn(run_with(
-        client.clone(),
-        ControllerOptions {
-            settings: Settings {
-                helper_image: helper,
-                ..Settings::default()
+    let controller = match std::env::var_os("SLIMFORGE_E2E_INSTALLED") {
+        Some(_) => None,
+        None => Some(tokio::spawn(run_with(
+            client.clone(),
+            ControllerOptions {
+                settings: Settings {
+                    helper_image: std::env::var("SLIMFORGE_E2E_HELPER_IMAGE")
+                        .expect("SLIMFORGE_E2E_HELPER_IMAGE"),
+                    ..Settings::default()
+                },
+                namespaces: vec![namespace.clone()],
+                metrics_address: "127.0.0.1:0".parse().unwrap(),
+                leader_election: None,
             },
-            namespaces: vec![namespace.clone()],
-            metrics_address: "127.0.0.1:0".parse().unwrap(),
-            leader_election: None,
-        },
-    ));
+        ))),
+    };
 
     let dockerfile = format!(
         "FROM {registry}/golang:e2e AS builder\nCOPY app.go .\nRUN CGO_ENABLED=0 go build app.go\n\nFROM {registry}/busybox:e2e\nCOPY --from=builder /go/app .\nCMD [\"./app\"]\n"
@@ -114,7 +119,9 @@ async fn the_seed_builds_in_a_real_cluster() {
     let rebuilt = wait_for(&api, "goapp", 2).await;
     assert_eq!(rebuilt.status.unwrap().phase, Some(Phase::Succeeded));
 
-    controller.abort();
+    if let Some(controller) = controller {
+        controller.abort();
+    }
     let _ = namespaces
         .delete(&namespace, &DeleteParams::default())
         .await;
