@@ -510,11 +510,7 @@ impl<'a> Evaluation<'a> {
     fn copy(&mut self, step: &Step, args: &CopyArgs, add: bool) -> Result<RecipeLayer, String> {
         let written = self.expand(&args.destination)?;
         let several = args.sources.len() + args.heredocs.len() > 1;
-        let written_as_dir = written.ends_with('/')
-            || written == "."
-            || written == ".."
-            || written.ends_with("/.")
-            || written.ends_with("/..");
+        let written_as_dir = crate::dockerfile::instruction::written_as_directory(&written);
         let absolute = normalize(&self.workdir.join(&written));
         let mut as_text = absolute.display().to_string();
         if (written_as_dir || several) && as_text != "/" {

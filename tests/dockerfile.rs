@@ -553,7 +553,7 @@ fn every_error_names_its_line() {
             "FROM a\nCOPY a b c\n",
             2,
             "COPY",
-            "must be a directory ending in `/`",
+            "must be a directory: end it with `/`",
         ),
         (
             "FROM a\nCOPY a\n",

@@ -647,7 +647,7 @@ fn planner_errors_name_their_line() {
         (
             "FROM alpine\nARG D=/dst\nCOPY a b $D\n",
             3,
-            "must be a directory ending in `/`",
+            "must be a directory: end it with `/`",
         ),
         (
             "FROM alpine\nARG U=https://example.com/x\nADD $U /x\n",
@@ -1114,4 +1114,17 @@ fn plan_command_errors_exit_non_zero_with_the_line() {
         stderr.trim(),
         "error: unknown target stage `nope` (stages: base, test, build, release)"
     );
+}
+
+/// BuildKit's reading, which users write today: `.` and `..` (alone or as
+/// the last component) name directories, so several sources may go there
+/// without a trailing `/`; the same holds when an ARG expands to `.`.
+#[test]
+fn several_sources_onto_dot_are_copied_into_the_directory() {
+    for destination in [".", "..", "./sub/.", "$D"] {
+        let text = format!(
+            "FROM golang:1.22 AS build\nARG D=.\nWORKDIR /src\nCOPY go.mod go.sum {destination}\nRUN go build ./...\n\nFROM busybox\nCOPY --from=build /src/app /app\n"
+        );
+        plan(&text);
+    }
 }

@@ -574,7 +574,9 @@ fn parse_copy(
             "ADD {remote}: remote sources (URLs, git) are not supported; download in a RUN step or COPY the file from the context"
         )));
     }
-    if sources.len() + inline.len() > 1 && !destination.ends_with('/') && !destination.contains('$')
+    if sources.len() + inline.len() > 1
+        && !written_as_directory(destination)
+        && !destination.contains('$')
     {
         return Err(InstructionError::TrailingSlash {
             destination: destination.clone(),
@@ -789,6 +791,17 @@ pub fn valid_duration(text: &str) -> bool {
         rest = &rest[unit.len()..];
     }
     true
+}
+
+/// Whether a COPY/ADD destination, as written, names a directory: a
+/// trailing `/`, or `.`/`..` (alone or as the last component). BuildKit
+/// reads `COPY a b .` so; the classic builder wanted the `/`.
+pub fn written_as_directory(destination: &str) -> bool {
+    destination.ends_with('/')
+        || destination == "."
+        || destination == ".."
+        || destination.ends_with("/.")
+        || destination.ends_with("/..")
 }
 
 #[cfg(test)]

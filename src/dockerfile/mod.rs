@@ -92,7 +92,7 @@ pub enum InstructionError {
     #[error("--from={index}: no stage {index} comes before this one ({available})")]
     StageIndex { index: String, available: String },
     #[error(
-        "with several sources the destination must be a directory ending in `/` (got `{destination}`)"
+        "with several sources the destination must be a directory: end it with `/` (got `{destination}`)"
     )]
     TrailingSlash { destination: String },
     #[error("{what}: {error}")]

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::expand::{ExpandError, expand_word};
-use super::instruction::{Instruction, is_remote};
+use super::instruction::{Instruction, is_remote, written_as_directory};
 use super::{
     Dockerfile, DockerfileError, InstructionError, Stage, Statement, edit_distance, within_edits,
 };
@@ -622,7 +622,7 @@ impl<'a> Planner<'a> {
         if count > 1
             && copy.destination.contains('$')
             && let Ok(Ok(destination)) = scope.expand(&copy.destination, self.escape)
-            && !destination.ends_with('/')
+            && !written_as_directory(&destination)
         {
             return Err(instruction_error(
                 statement,

@@ -568,11 +568,7 @@ impl<'a> Runner<'a> {
         add: bool,
     ) -> Result<(), StepError> {
         let written = self.expand(&args.destination)?;
-        let destination_is_dir = written.ends_with('/')
-            || written == "."
-            || written == ".."
-            || written.ends_with("/.")
-            || written.ends_with("/..");
+        let destination_is_dir = crate::dockerfile::instruction::written_as_directory(&written);
         let destination = normalize(&self.workdir.join(&written));
         let owner = match &args.chown {
             Some(word) => {
