@@ -398,3 +398,29 @@ fn sigterm_in_the_middle_of_a_stage_removes_everything() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert_nothing_left(&name);
 }
+
+/// A final stage that cannot be evaluated in its base (here `--chown` to a
+/// user the base does not have) fails the build naming the line and the
+/// user, and leaves nothing behind.
+#[test]
+fn a_final_stage_naming_an_unknown_user_fails_naming_line_and_user() {
+    let reg = Registry::start();
+    let dockerfile = "FROM {busybox} AS builder\nRUN echo hi > /hello\n\nFROM {busybox}\nCOPY --chown=nosuchuser --from=builder /hello /hello\n";
+    let name = unique_name("chown");
+    let out = slimforge_build(&manifest(
+        &name,
+        dockerfile,
+        &[],
+        &reg.image("chown", "v1"),
+        &reg,
+    ));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(error.contains("nosuchuser"), "{error}");
+    assert!(error.contains("line 5"), "{error}");
+    assert_nothing_left(&name);
+}

@@ -13,10 +13,7 @@ use std::sync::atomic::AtomicBool;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::{StageError, io_err, remove_tree, write_atomically};
-
-/// A result is a termination message: 4 KiB at most, keep a margin.
-pub const MAX_RESULT_BYTES: usize = 3 * 1024;
+use super::{MAX_RESULT_BYTES, StageError, io_err, keep_first_bytes, remove_tree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {
@@ -89,12 +86,7 @@ pub fn clone_with_result(options: &CloneOptions, result: &Path) -> Result<String
         }),
     }
     .unwrap_or_default();
-    if let Some(parent) = result.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| CloneError::from(io_err(parent)(e)))?;
-    }
-    write_atomically(result, json.as_bytes())?;
-    let _ = std::fs::set_permissions(result, std::fs::Permissions::from_mode(0o644));
-    super::write_termination_message(json.as_bytes());
+    super::publish_result(result, json.as_bytes())?;
     outcome.map(|r| r.commit.unwrap_or_default())
 }
 
@@ -366,17 +358,6 @@ pub fn redacted(url: &str) -> String {
         Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
         None => url.to_string(),
     }
-}
-
-fn keep_first_bytes(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 #[cfg(test)]

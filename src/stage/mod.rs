@@ -42,8 +42,45 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename, so a
-/// reader never sees half a file.
+/// A result file is the pod's termination message: keep it well under 4 KiB.
+pub const MAX_RESULT_BYTES: usize = 3 * 1024;
+
+/// Writes a pod's result (JSON) where the others read it: `path` in the
+/// workspace, readable by every uid (the assemble pod runs as another
+/// user), and, when it fits in [`MAX_RESULT_BYTES`], the termination
+/// message (a cut JSON would be no use there).
+pub(crate) fn publish_result(path: &Path, json: &[u8]) -> Result<(), StageError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    write_atomically(path, json)?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
+    if json.len() <= MAX_RESULT_BYTES {
+        write_termination_message(json);
+    }
+    Ok(())
+}
+
+/// The result of a pod that failed before (or instead of) its work:
+/// `{"status": "failed", "error": …}`, the error cut to fit.
+pub(crate) fn failure_json(error: &str) -> String {
+    serde_json::json!({
+        "status": "failed",
+        "error": keep_first_bytes(error, MAX_RESULT_BYTES - 64),
+    })
+    .to_string()
+}
+
+/// The first at most `n` bytes of `s`, ending on a character boundary.
+pub(crate) fn keep_first_bytes(s: &str, n: usize) -> String {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// Where Kubernetes reads a container's termination message.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
@@ -55,6 +92,8 @@ pub fn write_termination_message(bytes: &[u8]) {
     }
 }
 
+/// Writes `bytes` to `path` through a temporary sibling and a rename, so a
+/// reader never sees half a file.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::users::Users;
-use super::{StageError, io_err, write_atomically};
+use super::{StageError, io_err};
 use crate::plan::BuildPlan;
 use crate::recipe::{FinalRecipe, RecipeError};
 
@@ -71,20 +71,26 @@ pub enum UserResolution {
 /// `stage probe`: evaluates the plan's final image where this process runs
 /// (its `/`, environment and cwd are the base's) and writes the
 /// [`FinalRecipe`] as JSON to `result`.
+/// A failure is a result too: `{"status": "failed", "error": …}` naming
+/// the line, so the build's status says what is wrong.
 pub fn probe_plan(plan: Option<&Path>, result: &Path) -> Result<FinalRecipe, RecipeError> {
-    let plan = BuildPlan::load(plan)?;
-    let recipe = crate::recipe::evaluate_here(&plan)?;
-    let json = serde_json::to_vec_pretty(&recipe).map_err(|e| StageError::Invalid {
-        path: result.to_path_buf(),
-        what: e.to_string(),
-    })?;
-    if let Some(dir) = result.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let recipe = BuildPlan::load(plan)
+        .map_err(RecipeError::from)
+        .and_then(|plan| crate::recipe::evaluate_here(&plan));
+    match recipe {
+        Ok(recipe) => {
+            let json = serde_json::to_vec_pretty(&recipe).map_err(|e| StageError::Invalid {
+                path: result.to_path_buf(),
+                what: e.to_string(),
+            })?;
+            super::publish_result(result, &json)?;
+            Ok(recipe)
+        }
+        Err(e) => {
+            super::publish_result(result, super::failure_json(&e.to_string()).as_bytes())?;
+            Err(e)
+        }
     }
-    write_atomically(result, &json)?;
-    // The assemble pod runs as another user.
-    fs::set_permissions(result, fs::Permissions::from_mode(0o644)).map_err(io_err(result))?;
-    Ok(recipe)
 }
 
 /// Answers `request` about the filesystem whose `/` is `root`: the lookups
@@ -275,7 +281,7 @@ pub(crate) fn read_table(root: &Path, file: &str) -> Result<String, StageError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     /// A merged-/usr base: /bin → usr/bin, /sbin → /usr/sbin, /tmp 1777.
     fn base() -> tempfile::TempDir {

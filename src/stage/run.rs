@@ -104,7 +104,7 @@ use super::copy::{
     match_sources, write_export,
 };
 use super::users::Users;
-use super::{ScratchDir, StageError, io_err, write_atomically};
+use super::{ScratchDir, StageError, io_err, keep_first_bytes};
 use crate::dockerfile::{
     CommandForm, CopyArgs, DockerIgnore, Heredoc, Instruction, RunArgs, expand_heredoc, expand_word,
 };
@@ -114,8 +114,7 @@ use crate::plan::{BuildPlan, Chain, ChainStage, CopySource, Step};
 pub const DEFAULT_WORKSPACE: &str = "/.slimforge";
 /// PATH for RUN when the environment has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// A result file is the pod's termination message: keep it well under 4 KiB.
-pub const MAX_RESULT_BYTES: usize = 3 * 1024;
+pub use super::MAX_RESULT_BYTES;
 /// How long the output of a finished RUN may still come (from processes
 /// it left in the background).
 const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -221,15 +220,6 @@ fn keep_last_bytes(s: &str, n: usize) -> String {
     s[start..].to_string()
 }
 
-/// The first at most `n` bytes of `s`, ending on a character boundary.
-fn keep_first_bytes(s: &str, n: usize) -> String {
-    let mut end = n.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
-
 /// What `stage run` reads: the plan, the chain to run, the workspace.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -281,11 +271,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
         Ok(result) => result,
         Err(e) => {
             // The chain never started: the reason still goes in the result.
-            let message = keep_first_bytes(&e.to_string(), MAX_RESULT_BYTES - 64);
-            let json = serde_json::json!({"status": "failed", "error": message});
-            write_atomically(&path, json.to_string().as_bytes())?;
-            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
-            super::write_termination_message(json.to_string().as_bytes());
+            super::publish_result(&path, super::failure_json(&e.to_string()).as_bytes())?;
             return Err(e);
         }
     };
@@ -294,9 +280,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
         let _ = fs::set_permissions(layer, fs::Permissions::from_mode(0o644));
         tracing::info!(digest = %digests.digest, size = digests.size, "snapshot layer written");
     }
-    write_atomically(&path, &result.to_json())?;
-    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
-    super::write_termination_message(&result.to_json());
+    super::publish_result(&path, &result.to_json())?;
     Ok(result)
 }
 
