@@ -705,6 +705,13 @@ fn argocd_health(ib: &ImageBuild) -> (String, String) {
     let script = cm["data"]["resource.customizations.health.slimforge.dev_ImageBuild"]
         .as_str()
         .expect("the health key");
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    assert!(
+        readme.contains(&format!("```lua\n{script}```")),
+        "README's Lua differs from deploy/argocd/argocd-cm.yaml"
+    );
     let object = lua_value(&serde_json::to_value(ib).unwrap());
     let program = format!(
         "obj = {object}\nlocal hs = (function()\n{script}\nend)()\nio.write(hs.status, '\\n', hs.message or '')"
