@@ -9,6 +9,7 @@
 // Re-exports below are used by some test binaries and not others.
 #![allow(unused_imports)]
 
+pub mod fake_api;
 mod git;
 mod http;
 mod images;
