@@ -11,7 +11,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use support::{container_tool, describe, run_any, run_ok, skopeo_copy, skopeo_inspect_config};
+use serde_json::{Value, json};
+use support::fake_api::{fake_with, start_api_server};
+use support::{
+    container_tool, describe, http_get, run_any, run_ok, skopeo_copy, skopeo_inspect_config,
+};
 
 const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -227,6 +231,9 @@ fn operator_image_from_a_host_binary_is_scratch_with_the_binary_and_ca_bundle_on
         format!("slimforge {}", env!("CARGO_PKG_VERSION"))
     );
 
+    // --- It runs the controller the way the chart deploys it.
+    runs_the_controller_as_the_chart_deploys_it(&image.reference);
+
     // --- As 65532:65532, not root. `stage whoami` writes the effective ids
     // the kernel gave the process; the host sees who owns the file.
     let out = tempfile::tempdir().expect("temp dir");
@@ -328,4 +335,174 @@ fn operator_image_from_a_host_binary_is_scratch_with_the_binary_and_ca_bundle_on
         std::fs::read(rootfs.join("etc/ssl/certs/ca-certificates.crt")).expect("read the bundle"),
         std::fs::read(HOST_CA_BUNDLE).expect("read the host bundle"),
     );
+}
+
+/// A container of ours, removed however the test ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = container_tool("podman")
+            .args(["rm", "--force", "--time", "0", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Polls `check` for up to 30 s; panics with `what` and the container's log.
+fn eventually(what: &str, container: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !check() {
+        if std::time::Instant::now() > deadline {
+            let logs = run_any(container_tool("podman").args(["logs", container]));
+            panic!(
+                "not within 30 s: {what}\n{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The image run with the Deployment the chart renders by default: its
+/// args and env, its pod and container securityContext (read-only root,
+/// no capabilities, no new privileges, 65532), against the recording fake
+/// API server (the one test double; a kubeconfig stands in for the
+/// ServiceAccount token). It must take the Lease, start the builds, answer
+/// /healthz and /readyz, log JSON, and on SIGTERM (`podman stop`) exit 0
+/// and give the Lease back.
+fn runs_the_controller_as_the_chart_deploys_it(image: &str) {
+    let chart = support::k8s::render(&json!({})).expect("render the chart");
+    let deployment = chart
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("the chart's Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    // What the podman options below stand for.
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    let user = format!(
+        "{}:{}",
+        pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]
+    );
+    assert_eq!(user, "65532:65532");
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime for the fake API server");
+    let fake = fake_with(&["demo"]);
+    let api = runtime.block_on(start_api_server(fake.clone()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             current-context: fake\n"
+        ),
+    )
+    .expect("write the kubeconfig");
+    std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+
+    // The chart's args, but the metrics address: the container shares the
+    // host's network here, so a free loopback port stands in for 8080.
+    let mut args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let metrics = args
+        .iter_mut()
+        .find(|a| a.starts_with("--metrics-address="))
+        .expect("the chart sets --metrics-address");
+    assert_eq!(metrics, "--metrics-address=0.0.0.0:8080");
+    *metrics = format!("--metrics-address=127.0.0.1:{port}");
+    let pod_name = "slimforge-5d9c7b-x2k4q";
+    let mut env = vec![format!("KUBECONFIG=/var/run/slimforge/kubeconfig")];
+    for variable in container["env"].as_array().unwrap() {
+        let name = variable["name"].as_str().unwrap();
+        let value = match variable["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.name") => pod_name.to_string(),
+            Some("metadata.namespace") => support::k8s::NAMESPACE.to_string(),
+            Some(other) => panic!("env {name} from {other}"),
+            None => variable["value"].as_str().unwrap().to_string(),
+        };
+        env.push(format!("{name}={value}"));
+    }
+
+    let name = support::unique_name("operator");
+    let mut run = container_tool("podman");
+    run.args(["run", "--detach", "--name", &name, "--pull=never"])
+        .args(["--network", "host", "--read-only", "--cap-drop", "all"])
+        .args(["--security-opt", "no-new-privileges", "--user", &user])
+        .arg("--volume")
+        .arg(format!(
+            "{}:/var/run/slimforge/kubeconfig:ro",
+            kubeconfig.display()
+        ));
+    for variable in &env {
+        run.args(["--env", variable]);
+    }
+    run.arg(image).args(&args);
+    run_ok(&mut run);
+    let running = Container(name.clone());
+
+    let lease_holder = || -> Option<String> {
+        fake.object(
+            "coordination.k8s.io",
+            "leases",
+            support::k8s::NAMESPACE,
+            "slimforge-controller",
+        )?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)
+    };
+    eventually("it holds the Lease as its pod", &name, || {
+        lease_holder().as_deref() == Some(pod_name)
+    });
+    eventually("it starts the seed's first pod in demo", &name, || {
+        !fake
+            .labelled("pods", "demo", "slimforge.dev/build", "goapp")
+            .is_empty()
+    });
+    for path in ["/healthz", "/readyz"] {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        eventually(&format!("{path} answers 200"), &name, || {
+            http_get(&url, None).is_ok_and(|r| r.status == 200)
+        });
+    }
+
+    run_ok(container_tool("podman").args(["stop", "--time", "20", &name]));
+    let state = run_ok(container_tool("podman").args([
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        &name,
+    ]));
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "0");
+    assert_eq!(lease_holder(), None, "the Lease is given back on SIGTERM");
+    let logs = run_ok(container_tool("podman").args(["logs", &name]));
+    let logs =
+        String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log at all");
+    for line in lines {
+        let entry: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("logFormat json, but ({e}): {line}"));
+        assert!(entry["level"].is_string(), "{line}");
+    }
+    drop(running);
 }

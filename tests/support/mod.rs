@@ -13,6 +13,7 @@ pub mod fake_api;
 mod git;
 mod http;
 mod images;
+pub mod k8s;
 mod podman;
 pub mod pss;
 mod registry;
