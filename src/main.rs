@@ -107,6 +107,10 @@ enum Command {
         /// Serve /metrics, /healthz and /readyz here.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_address: std::net::SocketAddr,
+        /// At most this many ImageBuilds reconciled at once (per watched
+        /// namespace); 0: no limit. Bounds memory and the load on the API server.
+        #[arg(long, env = "SLIMFORGE_CONCURRENCY", default_value_t = 16)]
+        concurrency: u16,
         /// Run only while holding the leader Lease.
         #[arg(long)]
         leader_election: bool,
@@ -417,6 +421,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             leader_election,
             lease_name,
             lease_namespace,
+            concurrency,
         } => {
             let options = slimforge::controller::run::ControllerOptions {
                 settings: slimforge::controller::Settings {
@@ -428,6 +433,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ),
                 metrics_address,
                 leader_election: leader_election.then_some((lease_name, lease_namespace)),
+                concurrency,
             };
             slimforge::controller::run::run(options).await
         }

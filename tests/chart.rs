@@ -219,6 +219,7 @@ fn chart_with_every_option_on_renders_valid_objects() {
         "leaderElection": {"enabled": true, "leaseName": "builds-leader"},
         "watchNamespaces": ["team-a", "team-b"],
         "logLevel": "slimforge=debug,info",
+        "concurrency": 4,
         "logFormat": "text",
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -271,6 +272,7 @@ fn chart_with_every_option_on_renders_valid_objects() {
     );
     assert_eq!(env(deployment, "WATCH_NAMESPACE")["value"], "team-a,team-b");
     assert_eq!(env(deployment, "SLIMFORGE_LOG_FORMAT")["value"], "text");
+    assert_eq!(env(deployment, "SLIMFORGE_CONCURRENCY")["value"], "4");
     assert_eq!(
         env(deployment, "SLIMFORGE_LOG")["value"],
         "slimforge=debug,info"

@@ -76,6 +76,7 @@ async fn the_seed_builds_in_a_real_cluster() {
                 namespaces: vec![namespace.clone()],
                 metrics_address: "127.0.0.1:0".parse().unwrap(),
                 leader_election: None,
+                concurrency: 16,
             },
         ))),
     };

@@ -29,6 +29,9 @@ pub struct ControllerOptions {
     pub metrics_address: SocketAddr,
     /// Run only while holding this Lease (name, namespace).
     pub leader_election: Option<(String, String)>,
+    /// At most this many builds reconciled at once (per watched namespace
+    /// list entry); 0: no limit.
+    pub concurrency: u16,
 }
 
 /// The namespaces of `--namespace` / `WATCH_NAMESPACE`: comma-separated,
@@ -102,6 +105,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
     });
     // One Controller per namespace (each with its own watches, which a
     // namespaced Role allows), sharing the context: one recorder, one set of metrics.
+    let concurrency = options.concurrency;
     let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
     } else {
@@ -110,7 +114,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
     let controllers = futures::future::join_all(
         scopes
             .into_iter()
-            .map(|namespace| controller(client.clone(), namespace, context.clone())),
+            .map(|namespace| controller(client.clone(), namespace, concurrency, context.clone())),
     );
     ready.store(true, Ordering::Relaxed);
     match leadership {
@@ -144,6 +148,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
 fn controller(
     client: Client,
     namespace: Option<String>,
+    concurrency: u16,
     context: Arc<Context>,
 ) -> impl Future<Output = ()> {
     let (builds, pods, claims) = match &namespace {
@@ -164,6 +169,7 @@ fn controller(
     );
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     Controller::new(builds, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns(pods, ours.clone())
         .owns(claims, ours)
         .shutdown_on_signal()
