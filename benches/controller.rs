@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::fake_api::{Fake, fake_with, start_api_server};
+use support::fake_api::{Fake, fake_with, start_api_server, write_kubeconfig};
 
 /// Never wait longer than this for one size.
 const PATIENCE: Duration = Duration::from_secs(300);
@@ -97,18 +97,7 @@ fn measure(runtime: &tokio::runtime::Runtime, count: usize) -> Row {
     let fake = fake_with(&names);
     let api = runtime.block_on(start_api_server(fake.clone()));
     let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\n\
-             clusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-             current-context: fake\n"
-        ),
-    )
-    .expect("write the kubeconfig");
+    let kubeconfig = write_kubeconfig(dir.path(), api);
 
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_slimforge"))

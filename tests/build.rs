@@ -95,6 +95,16 @@ fn assert_nothing_left(build: &str) {
     }
 }
 
+/// The `error:` line of a build that must have failed.
+fn error_line(output: &Output) -> String {
+    assert!(!output.status.success(), "the build succeeded");
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line")
+        .to_string()
+}
+
 fn compressed_size(reference: &str) -> u64 {
     let manifest = skopeo_inspect_raw(reference);
     let layers: u64 = manifest["layers"]
@@ -241,12 +251,7 @@ fn a_failing_run_names_stage_line_and_code_and_leaves_nothing() {
         &reg.image("failing", "v1"),
         &reg,
     ));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let error = error_line(&out);
     assert!(error.contains("stage builder"), "{error}");
     assert!(error.contains("line 3"), "{error}");
     assert!(error.contains("exit code 3"), "{error}");
@@ -414,12 +419,7 @@ fn a_final_stage_naming_an_unknown_user_fails_naming_line_and_user() {
         &reg.image("chown", "v1"),
         &reg,
     ));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let error = error_line(&out);
     assert!(error.contains("nosuchuser"), "{error}");
     assert!(error.contains("line 5"), "{error}");
     assert_nothing_left(&name);

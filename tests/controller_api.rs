@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use slimforge::controller::rbac;
-use support::fake_api::{Access, Fake, Recorded, fake_with, start_api_server};
+use support::fake_api::{Access, Fake, Recorded, fake_with, start_api_server, write_kubeconfig};
 
 /// How long anything may take to show up.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -40,18 +40,7 @@ impl Drop for ControllerProcess {
 impl ControllerProcess {
     fn start(api: SocketAddr, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\n\
-                 clusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-                 current-context: fake\n"
-            ),
-        )
-        .expect("write the kubeconfig");
+        let kubeconfig = write_kubeconfig(dir.path(), api);
         let metrics = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("its address")

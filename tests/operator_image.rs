@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use support::fake_api::{fake_with, start_api_server};
+use support::fake_api::{fake_with, start_api_server, write_kubeconfig};
 use support::{
     container_tool, describe, http_get, run_any, run_ok, skopeo_copy, skopeo_inspect_config,
 };
@@ -397,19 +397,7 @@ fn runs_the_controller_as_the_chart_deploys_it(image: &str) {
     let api = runtime.block_on(start_api_server(fake.clone()));
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\n\
-             clusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-             current-context: fake\n"
-        ),
-    )
-    .expect("write the kubeconfig");
-    std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let kubeconfig = write_kubeconfig(dir.path(), api);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -430,7 +418,7 @@ fn runs_the_controller_as_the_chart_deploys_it(image: &str) {
     assert_eq!(metrics, "--metrics-address=0.0.0.0:8080");
     *metrics = format!("--metrics-address=127.0.0.1:{port}");
     let pod_name = "slimforge-5d9c7b-x2k4q";
-    let mut env = vec![format!("KUBECONFIG=/var/run/slimforge/kubeconfig")];
+    let mut env = vec!["KUBECONFIG=/var/run/slimforge/kubeconfig".to_string()];
     for variable in container["env"].as_array().unwrap() {
         let name = variable["name"].as_str().unwrap();
         let value = match variable["valueFrom"]["fieldRef"]["fieldPath"].as_str() {

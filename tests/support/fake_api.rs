@@ -416,6 +416,27 @@ pub async fn start_api_server(fake: Fake) -> SocketAddr {
     address
 }
 
+/// `DIR/kubeconfig` pointing at the fake on `api`, without credentials,
+/// readable by any uid (a container may read it as another user).
+pub fn write_kubeconfig(dir: &std::path::Path, api: SocketAddr) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             current-context: fake\n"
+        ),
+    )
+    .expect("write the kubeconfig");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod the kubeconfig");
+    path
+}
+
 // ---- the world ---------------------------------------------------------
 
 /// The seed example (deploy/examples/goapp.yaml) as the API server holds it.
