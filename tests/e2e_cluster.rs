@@ -1,129 +1,713 @@
-//! The whole path in a REAL cluster: kind with its local-registry recipe,
-//! the controller running in this test process against it. Runs only when
-//! `SLIMFORGE_E2E_KUBECONFIG` is set (see .github/workflows/e2e.yaml, which
-//! creates the cluster); skipped otherwise — this machine has no Kubernetes.
+//! slimforge in a REAL Kubernetes: the single-node cluster `scripts/cluster
+//! up` runs on this machine (etcd, kube-apiserver with RBAC, Node
+//! authorization and Pod Security admission, the controller manager's
+//! garbage collector and host-path provisioner, the scheduler, containerd
+//! with runc, a kubelet, kube-proxy), with the operator installed by
+//! `helm upgrade --install` from `charts/slimforge` (two replicas, leader
+//! election, the chart's RBAC). Nothing here is a double: every ImageBuild
+//! is applied with kubectl and built by the installed operator's pods, whose
+//! images the kubelet pulls from the cluster's registry.
 //!
-//! Also needed: `SLIMFORGE_E2E_REGISTRY` (the registry as pods and the
-//! kubelet both name it, e.g. `kind-registry:5000`, holding `golang:e2e`
-//! and `busybox:e2e`) and `SLIMFORGE_E2E_HELPER_IMAGE` (the operator image).
-//! With `SLIMFORGE_E2E_INSTALLED` set, no controller runs here: the one the
-//! Helm chart installed in the cluster does the work, under its RBAC.
+//! `scripts/test` starts the cluster before the tests and stops it after;
+//! without a cluster these tests fail, saying to start one.
+
+mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
-use serde_json::json;
-use slimforge::api::{ImageBuild, Phase};
-use slimforge::controller::Settings;
-use slimforge::controller::run::{ControllerOptions, run_with};
+use serde_json::{Value, json};
+use support::cluster::{Cluster, TestNamespace};
+use support::{GitDaemon, git, podman_run_for};
 
 const APP: &str = include_str!("fixtures/seed/app.go");
+const BUILD: Duration = Duration::from_secs(600);
 
-async fn wait_for(api: &Api<ImageBuild>, name: &str, generation: i64) -> ImageBuild {
-    for _ in 0..300 {
-        let ib = api.get(name).await.expect("get the ImageBuild");
-        if let Some(status) = &ib.status
-            && status.observed_generation == Some(generation)
-            && status.phase.is_some_and(Phase::is_terminal)
-        {
-            return ib;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    panic!("{name} did not finish generation {generation} in 10 minutes");
+/// The seed's Dockerfile on the cluster registry's bases.
+fn seed_dockerfile(cluster: &Cluster) -> String {
+    let (golang, busybox) = cluster.base_images();
+    format!(
+        "FROM {golang} AS builder\nCOPY app.go .\nRUN CGO_ENABLED=0 go build app.go\n\nFROM {busybox}\nCOPY --from=builder /go/app .\nCMD [\"./app\"]\n"
+    )
 }
 
-#[tokio::test]
-async fn the_seed_builds_in_a_real_cluster() {
-    let Ok(kubeconfig) = std::env::var("SLIMFORGE_E2E_KUBECONFIG") else {
-        eprintln!("skipped: SLIMFORGE_E2E_KUBECONFIG is not set (needs a real cluster)");
-        return;
-    };
-    let registry = std::env::var("SLIMFORGE_E2E_REGISTRY").expect("SLIMFORGE_E2E_REGISTRY");
-    let config = Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(&kubeconfig).expect("read the kubeconfig"),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .expect("kubeconfig");
-    let client = Client::try_from(config).expect("client");
-
-    let namespace = format!("slimforge-e2e-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": namespace,
-                "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}))
-            .unwrap(),
-        )
-        .await
-        .expect("create the namespace");
-
-    let controller = match std::env::var_os("SLIMFORGE_E2E_INSTALLED") {
-        Some(_) => None,
-        None => Some(tokio::spawn(run_with(
-            client.clone(),
-            ControllerOptions {
-                settings: Settings {
-                    helper_image: std::env::var("SLIMFORGE_E2E_HELPER_IMAGE")
-                        .expect("SLIMFORGE_E2E_HELPER_IMAGE"),
-                    ..Settings::default()
-                },
-                namespaces: vec![namespace.clone()],
-                metrics_address: "127.0.0.1:0".parse().unwrap(),
-                leader_election: None,
-                concurrency: 16,
-            },
-        ))),
-    };
-
-    let dockerfile = format!(
-        "FROM {registry}/golang:e2e AS builder\nCOPY app.go .\nRUN CGO_ENABLED=0 go build app.go\n\nFROM {registry}/busybox:e2e\nCOPY --from=builder /go/app .\nCMD [\"./app\"]\n"
-    );
-    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &namespace);
-    let ib = json!({
-        "apiVersion": "slimforge.dev/v1alpha1", "kind": "ImageBuild",
-        "metadata": {"name": "goapp"},
-        "spec": {
-            "context": {"inline": {"app.go": APP}},
-            "dockerfile": dockerfile,
-            "output": {"image": format!("{registry}/goapp:e2e"), "insecure": true},
-            "timeout": "8m",
-            "ttlSecondsAfterFinished": 60,
-        },
+fn image_build(cluster: &Cluster, name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    let defaults = json!({
+        "output": {"image": format!("{}/e2e/{name}:v1", cluster.registry), "insecure": true},
+        "timeout": "10m",
+        "ttlSecondsAfterFinished": 3600,
     });
-    let params = PatchParams::apply("slimforge-e2e");
-    api.patch("goapp", &params, &Patch::Apply(&ib))
-        .await
-        .expect("apply the ImageBuild");
-    let done = wait_for(&api, "goapp", 1).await;
-    let status = done.status.unwrap();
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
-    let image = status.image.expect("status.image");
-    assert!(image.reference.contains("@sha256:"));
-    assert!(image.builder_size_bytes.unwrap_or(0) > image.size_bytes);
+    for (key, value) in defaults.as_object().unwrap() {
+        if spec.get(key).is_none() {
+            spec[key] = value.clone();
+        }
+    }
+    json!({
+        "apiVersion": "slimforge.dev/v1alpha1", "kind": "ImageBuild",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
 
-    // Re-applied unchanged: no rebuild. Edited: a new generation, built.
-    api.patch("goapp", &params, &Patch::Apply(&ib))
-        .await
-        .unwrap();
-    assert_eq!(api.get("goapp").await.unwrap().metadata.generation, Some(1));
+fn apply(cluster: &Cluster, ns: &TestNamespace, object: &Value) {
+    let out = cluster.kubectl_stdin(&["-n", &ns.name, "apply", "-f", "-"], &object.to_string());
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn get_json(cluster: &Cluster, ns: &TestNamespace, what: &[&str]) -> Value {
+    let mut args = vec!["-n", ns.name.as_str(), "get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&cluster.kubectl_ok(&args)).expect("kubectl printed JSON")
+}
+
+fn ready_condition(ib: &Value) -> Option<&Value> {
+    ib["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+/// Waits until generation `generation` of the ImageBuild is Succeeded or
+/// Failed; returns the object.
+fn wait_finished(cluster: &Cluster, ns: &TestNamespace, name: &str, generation: i64) -> Value {
+    cluster.wait(
+        &format!("{name} generation {generation} finished"),
+        BUILD,
+        || {
+            let ib = get_json(cluster, ns, &["imagebuild", name]);
+            let status = &ib["status"];
+            (status["observedGeneration"] == generation
+                && matches!(status["phase"].as_str(), Some("Succeeded" | "Failed")))
+            .then_some(ib)
+        },
+    )
+}
+
+fn pods(cluster: &Cluster, ns: &TestNamespace) -> Vec<Value> {
+    get_json(cluster, ns, &["pods"])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn names(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_crd_is_served_and_the_apiserver_refuses_invalid_imagebuilds() {
+    let cluster = Cluster::get();
+    let crd = std::fs::read_to_string(
+        support::cluster::repo_dir().join("crds/imagebuilds.slimforge.dev.yaml"),
+    )
+    .expect("read the CRD");
+    let out = cluster.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=slimforge-test",
+            "-f",
+            "-",
+        ],
+        &crd,
+    );
+    assert!(out.status.success(), "apply the CRD: {out:?}");
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/imagebuilds.slimforge.dev",
+        "--timeout=60s",
+    ]);
+    let ns = cluster.namespace("crd", "baseline");
+
+    let valid = json!({
+        "context": {"inline": {"app.go": "package main"}},
+        "dockerfile": "FROM busybox\n",
+        "output": {"image": "registry.example.com/app:v1"},
+    });
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut spec = valid.clone();
+        edit(&mut spec);
+        spec
+    };
+    let big = "x".repeat(101 * 1024);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "dockerfile and dockerfilePath",
+            with(&|s| s["dockerfilePath"] = json!("Dockerfile")),
+            "give exactly one of dockerfile and dockerfilePath",
+        ),
+        (
+            "neither dockerfile nor dockerfilePath",
+            with(&|s| {
+                s.as_object_mut().unwrap().remove("dockerfile");
+            }),
+            "give exactly one of dockerfile and dockerfilePath",
+        ),
+        (
+            "two contexts",
+            with(&|s| s["context"]["git"] = json!({"url": "https://example.com/r.git"})),
+            "give exactly one of inline, configMap and git",
+        ),
+        (
+            "no context kind",
+            with(&|s| s["context"] = json!({})),
+            "give exactly one of inline, configMap and git",
+        ),
+        (
+            "an empty output image",
+            with(&|s| s["output"]["image"] = json!("")),
+            "output.image is required",
+        ),
+        (
+            "no output",
+            with(&|s| {
+                s.as_object_mut().unwrap().remove("output");
+            }),
+            "spec.output: Required value",
+        ),
+        (
+            "no context",
+            with(&|s| {
+                s.as_object_mut().unwrap().remove("context");
+            }),
+            "spec.context: Required value",
+        ),
+        (
+            "a git context without url",
+            with(&|s| s["context"] = json!({"git": {"revision": "main"}})),
+            "spec.context.git.url: Required value",
+        ),
+        (
+            "a configMap context without name",
+            with(&|s| s["context"] = json!({"configMap": {}})),
+            "spec.context.configMap.name: Required value",
+        ),
+        (
+            "a 101 KiB inline context",
+            with(&|s| s["context"]["inline"] = json!({"big.txt": big})),
+            "inline context is limited to 64 KiB",
+        ),
+        (
+            "a number for timeout",
+            with(&|s| s["timeout"] = json!(30)),
+            "spec.timeout: Invalid value: \"integer\"",
+        ),
+        (
+            "an unknown access mode",
+            with(&|s| s["workspace"] = json!({"accessModes": ["ReadWriteSometimes"]})),
+            "Unsupported value: \"ReadWriteSometimes\"",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, spec, message) in &cases {
+        let object = json!({
+            "apiVersion": "slimforge.dev/v1alpha1", "kind": "ImageBuild",
+            "metadata": {"name": "invalid"}, "spec": spec,
+        });
+        let out =
+            cluster.kubectl_stdin(&["-n", &ns.name, "create", "-f", "-"], &object.to_string());
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.success() {
+            let _ = cluster.kubectl(&["-n", &ns.name, "delete", "imagebuild", "invalid"]);
+            wrong.push(format!("{what}: accepted"));
+        } else if !stderr.contains(message) {
+            wrong.push(format!("{what}: refused without `{message}`: {stderr}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // And the valid one is accepted, with the printer columns served.
+    apply(
+        cluster,
+        &ns,
+        &json!({
+            "apiVersion": "slimforge.dev/v1alpha1", "kind": "ImageBuild",
+            "metadata": {"name": "valid"}, "spec": valid,
+        }),
+    );
+    let table = cluster.kubectl_ok(&["-n", &ns.name, "get", "ib", "valid"]);
+    let header = table.lines().next().unwrap_or_default();
+    for column in ["NAME", "PHASE", "IMAGE", "DIGEST", "SIZE", "AGE"] {
+        assert!(header.contains(column), "no {column} column: {table}");
+    }
+}
+
+#[test]
+fn helm_installs_the_operator_with_two_replicas_and_one_leads() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let deployment: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "-n",
+        "slimforge-system",
+        "get",
+        "deployment",
+        "slimforge",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        deployment["status"]["availableReplicas"], 2,
+        "{}",
+        deployment["status"]
+    );
+    let pods: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "-n",
+        "slimforge-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=slimforge",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let pod_names = names(pods["items"].as_array().unwrap());
+    assert_eq!(pod_names.len(), 2, "{pod_names:?}");
+    let holder = cluster.wait("a leader", Duration::from_secs(60), || {
+        let lease: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+            "-n",
+            "slimforge-system",
+            "get",
+            "lease",
+            "slimforge-controller",
+            "-o",
+            "json",
+        ]))
+        .ok()?;
+        lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+    });
+    assert!(
+        pod_names.contains(&holder),
+        "{holder} holds the Lease, not one of {pod_names:?}"
+    );
+}
+
+#[test]
+fn the_seed_builds_runs_and_is_reported_then_rebuilds_on_edit_and_is_collected_on_delete() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let ns = cluster.namespace("seed", "baseline");
+    let ib = image_build(
+        cluster,
+        "goapp",
+        json!({"context": {"inline": {"app.go": APP}}, "dockerfile": seed_dockerfile(cluster)}),
+    );
+    apply(cluster, &ns, &ib);
+
+    // kstatus, as Flux reads it, while building.
+    let building = cluster.wait("the build to start", Duration::from_secs(120), || {
+        let object = get_json(cluster, &ns, &["imagebuild", "goapp"]);
+        (object["status"]["phase"] == "Running").then_some(object)
+    });
+    assert_eq!(
+        cluster.kstatus(&building).0,
+        "InProgress",
+        "{}",
+        building["status"]
+    );
+
+    let out = cluster.kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=condition=Ready",
+        "imagebuild/goapp",
+        "--timeout=600s",
+    ]);
+    let done = get_json(cluster, &ns, &["imagebuild", "goapp"]);
+    assert!(
+        out.status.success(),
+        "kubectl wait: {out:?}\n{}",
+        done["status"]
+    );
+    assert_eq!(done["status"]["phase"], "Succeeded");
+    assert_eq!(cluster.kstatus(&done).0, "Current", "{}", done["status"]);
+
+    let image = &done["status"]["image"];
+    let reference = image["reference"].as_str().expect("status.image.reference");
+    assert!(
+        reference.starts_with(&format!("{}/e2e/goapp@sha256:", cluster.registry)),
+        "{reference}"
+    );
+    let size = image["sizeBytes"].as_i64().expect("sizeBytes");
+    assert!(
+        image["builderSizeBytes"].as_i64().unwrap() > 50 * size,
+        "{image}"
+    );
+
+    // The table a user sees.
+    let table = cluster.kubectl_ok(&["-n", &ns.name, "get", "ib", "goapp"]);
+    let short = image["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")[..12]
+        .to_string();
+    assert!(
+        table.contains("Succeeded") && table.contains(&short),
+        "{table}"
+    );
+    assert!(table.contains(image["size"].as_str().unwrap()), "{table}");
+
+    // The builder ran in the Go image the kubelet pulled from the registry.
+    let (golang, _) = cluster.base_images();
+    let golang_repo = golang.rsplit_once(':').unwrap().0;
+    let builder = pods(cluster, &ns)
+        .into_iter()
+        .find(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(golang_repo))
+        })
+        .expect("a pod in the Go image");
+    let status = &builder["status"]["containerStatuses"][0];
+    assert!(
+        status["imageID"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("@sha256:"),
+        "{status}"
+    );
+    assert_eq!(builder["status"]["phase"], "Succeeded");
+
+    // The image runs.
+    let printed = podman_run_for(reference, 3.0);
+    assert!(printed.contains("user: root id: 0"), "{printed}");
+
+    // An edit is a new generation and a new build; the old pods go first.
     let mut edited = ib.clone();
     edited["spec"]["buildArgs"] = json!({"EDITED": "1"});
-    api.patch("goapp", &params, &Patch::Apply(&edited))
-        .await
-        .unwrap();
-    let rebuilt = wait_for(&api, "goapp", 2).await;
-    assert_eq!(rebuilt.status.unwrap().phase, Some(Phase::Succeeded));
+    apply(cluster, &ns, &edited);
+    let rebuilt = wait_finished(cluster, &ns, "goapp", 2);
+    assert_eq!(
+        rebuilt["status"]["phase"], "Succeeded",
+        "{}",
+        rebuilt["status"]
+    );
+    let left = names(&pods(cluster, &ns));
+    assert!(left.iter().all(|n| n.starts_with("goapp-g2-")), "{left:?}");
 
-    if let Some(controller) = controller {
-        controller.abort();
+    // Deleted: the garbage collector removes every pod and claim it owned.
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "delete",
+        "imagebuild",
+        "goapp",
+        "--wait=true",
+    ]);
+    cluster.wait(
+        "pods and claims collected",
+        Duration::from_secs(120),
+        || {
+            (pods(cluster, &ns).is_empty()
+                && get_json(cluster, &ns, &["persistentvolumeclaims"])["items"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty))
+            .then_some(())
+        },
+    );
+}
+
+#[test]
+fn after_the_ttl_pods_and_claim_are_gone_and_the_status_stays() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let ns = cluster.namespace("ttl", "baseline");
+    let (_, busybox) = cluster.base_images();
+    let ib = image_build(
+        cluster,
+        "ttl",
+        json!({
+            "context": {"inline": {"hello.txt": "hello\n"}},
+            "dockerfile": format!("FROM {busybox} AS b\nRUN cp /etc/hostname /made\n\nFROM {busybox}\nCOPY --from=b /made /made\nCOPY hello.txt /\n"),
+            "ttlSecondsAfterFinished": 5,
+        }),
+    );
+    apply(cluster, &ns, &ib);
+    let done = wait_finished(cluster, &ns, "ttl", 1);
+    assert_eq!(done["status"]["phase"], "Succeeded", "{}", done["status"]);
+    cluster.wait("the TTL to clean up", Duration::from_secs(120), || {
+        (pods(cluster, &ns).is_empty()
+            && get_json(cluster, &ns, &["persistentvolumeclaims"])["items"]
+                .as_array()
+                .is_some_and(Vec::is_empty))
+        .then_some(())
+    });
+    // Still Succeeded, and not built again.
+    std::thread::sleep(Duration::from_secs(5));
+    let after = get_json(cluster, &ns, &["imagebuild", "ttl"]);
+    assert_eq!(after["status"]["phase"], "Succeeded");
+    assert_eq!(after["status"]["image"], done["status"]["image"]);
+    assert!(pods(cluster, &ns).is_empty());
+}
+
+#[test]
+fn a_failing_run_names_the_stage_line_exit_code_and_log_tail() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let ns = cluster.namespace("fail", "baseline");
+    let (_, busybox) = cluster.base_images();
+    let ib = image_build(
+        cluster,
+        "broken",
+        json!({
+            "context": {"inline": {"x": "x"}},
+            "dockerfile": format!("FROM {busybox} AS build\nRUN echo preparing\nRUN echo the-compiler-said-no >&2; exit 3\n\nFROM {busybox}\nCOPY --from=build /etc/hostname /h\n"),
+        }),
+    );
+    apply(cluster, &ns, &ib);
+    let done = wait_finished(cluster, &ns, "broken", 1);
+    let ready = ready_condition(&done).expect("a Ready condition");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "StageFailed");
+    let message = ready["message"].as_str().unwrap();
+    for part in ["build", "line 3", "exit code 3", "the-compiler-said-no"] {
+        assert!(message.contains(part), "`{part}` not in: {message}");
     }
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::default())
-        .await;
+    assert_eq!(cluster.kstatus(&done).0, "Failed", "{}", done["status"]);
+    // What the message rests on: the real termination message of the pod.
+    let failed = pods(cluster, &ns)
+        .into_iter()
+        .find(|p| p["status"]["phase"] == "Failed")
+        .expect("the failed pod");
+    let terminated = &failed["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert!(
+        terminated["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the-compiler-said-no"),
+        "{terminated}"
+    );
+}
+
+#[test]
+fn a_base_image_that_does_not_exist_fails_naming_the_from_line() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let ns = cluster.namespace("pull", "baseline");
+    let (_, busybox) = cluster.base_images();
+    let missing = format!("{}/e2e/no-such-image:v0", cluster.registry);
+    let ib = image_build(
+        cluster,
+        "nobase",
+        json!({
+            "context": {"inline": {"x": "x"}},
+            "dockerfile": format!("FROM {busybox}\n\nFROM {missing} AS build\nRUN true\n\nFROM {busybox}\nCOPY --from=build /etc /e\n"),
+        }),
+    );
+    apply(cluster, &ns, &ib);
+    let done = wait_finished(cluster, &ns, "nobase", 1);
+    let ready = ready_condition(&done).expect("a Ready condition");
+    assert_eq!(ready["reason"], "ImagePullFailed", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("line 3: FROM {missing}")),
+        "{message}"
+    );
+    // Nothing is left pulling forever.
+    cluster.wait("the pods to stop", Duration::from_secs(60), || {
+        pods(cluster, &ns)
+            .iter()
+            .all(|p| {
+                matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                    || p["metadata"]["deletionTimestamp"].is_string()
+            })
+            .then_some(())
+    });
+}
+
+#[test]
+fn configmap_and_git_contexts_build() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let ns = cluster.namespace("contexts", "baseline");
+    let dockerfile = seed_dockerfile(cluster);
+
+    apply(
+        cluster,
+        &ns,
+        &json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "goapp-src"},
+            "data": {"main": APP},
+        }),
+    );
+    apply(
+        cluster,
+        &ns,
+        &image_build(
+            cluster,
+            "from-configmap",
+            json!({
+                "context": {"configMap": {"name": "goapp-src", "items": [{"key": "main", "path": "app.go"}]}},
+                "dockerfile": dockerfile,
+            }),
+        ),
+    );
+
+    // A git daemon on the cluster bridge, where pods reach it.
+    let repos = tempfile::tempdir().unwrap();
+    let work = repos.path().join("work");
+    std::fs::create_dir_all(work.join("app")).unwrap();
+    std::fs::write(work.join("app/app.go"), APP).unwrap();
+    std::fs::write(work.join("app/Dockerfile"), &dockerfile).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "-m",
+            "seed",
+        ],
+    );
+    git(
+        repos.path(),
+        &["clone", "-q", "--bare", "work", "goapp.git"],
+    );
+    let host = cluster.registry.split(':').next().unwrap();
+    let daemon = GitDaemon::start_on(repos.path(), host);
+    apply(
+        cluster,
+        &ns,
+        &image_build(
+            cluster,
+            "from-git",
+            json!({
+                "context": {"git": {"url": format!("git://{host}:{}/goapp.git", daemon.port), "revision": "main", "subPath": "app"}},
+                "dockerfilePath": "Dockerfile",
+            }),
+        ),
+    );
+
+    for name in ["from-configmap", "from-git"] {
+        let done = wait_finished(cluster, &ns, name, 1);
+        assert_eq!(
+            done["status"]["phase"], "Succeeded",
+            "{name}: {}",
+            done["status"]
+        );
+        let reference = done["status"]["image"]["reference"].as_str().unwrap();
+        let printed = podman_run_for(reference, 2.5);
+        assert!(printed.contains("user: root id: 0"), "{name}: {printed}");
+    }
+    let git_build = get_json(cluster, &ns, &["imagebuild", "from-git"]);
+    let commit = git_build["status"]["source"]["commit"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(commit.len(), 40, "{}", git_build["status"]);
+    drop(daemon);
+}
+
+#[test]
+fn a_restricted_namespace_refuses_the_chain_pod_and_the_status_says_so() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let ns = cluster.namespace("restricted", "restricted");
+    apply(
+        cluster,
+        &ns,
+        &image_build(
+            cluster,
+            "goapp",
+            json!({"context": {"inline": {"app.go": APP}}, "dockerfile": seed_dockerfile(cluster)}),
+        ),
+    );
+    let done = wait_finished(cluster, &ns, "goapp", 1);
+    let ready = ready_condition(&done).expect("a Ready condition");
+    assert_eq!(ready["reason"], "PodSecurityForbidden", "{ready}");
+    // The admission plugin's words, not ours.
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("violates PodSecurity \"restricted"),
+        "{message}"
+    );
+    assert!(pods(cluster, &ns).is_empty(), "a pod was admitted");
+}
+
+#[test]
+fn the_standby_takes_over_a_running_build_without_duplicating_pods() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let ns = cluster.namespace("failover", "baseline");
+    let (_, busybox) = cluster.base_images();
+    apply(
+        cluster,
+        &ns,
+        &image_build(
+            cluster,
+            "slow",
+            json!({
+                "context": {"inline": {"x": "x"}},
+                "dockerfile": format!("FROM {busybox} AS build\nRUN sleep 25 && echo done > /out\n\nFROM {busybox}\nCOPY --from=build /out /out\n"),
+            }),
+        ),
+    );
+    cluster.wait("the stage to run", Duration::from_secs(120), || {
+        pods(cluster, &ns)
+            .iter()
+            .any(|p| p["status"]["phase"] == "Running")
+            .then_some(())
+    });
+    let lease = || -> Value {
+        serde_json::from_str(&cluster.kubectl_ok(&[
+            "-n",
+            "slimforge-system",
+            "get",
+            "lease",
+            "slimforge-controller",
+            "-o",
+            "json",
+        ]))
+        .unwrap()
+    };
+    let leader = lease()["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cluster.kubectl_ok(&[
+        "-n",
+        "slimforge-system",
+        "delete",
+        "pod",
+        &leader,
+        "--wait=false",
+    ]);
+    let successor = cluster.wait("another replica to lead", Duration::from_secs(120), || {
+        let holder = lease()["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)?;
+        (holder != leader && !holder.is_empty()).then_some(holder)
+    });
+    let done = wait_finished(cluster, &ns, "slow", 1);
+    assert_eq!(done["status"]["phase"], "Succeeded", "{}", done["status"]);
+    let built = names(&pods(cluster, &ns));
+    assert!(
+        built.iter().all(|n| !n.contains("-r")),
+        "a pod was created again after {successor} took over: {built:?}"
+    );
+    let mut unique = built.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), built.len());
 }

@@ -12,7 +12,12 @@ pub struct GitDaemon {
 
 impl GitDaemon {
     pub fn start(base: &std::path::Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(base, "127.0.0.1")
+    }
+
+    /// Listening on `host` (e.g. the cluster bridge's address, for pods).
+    pub fn start_on(base: &std::path::Path, host: &str) -> Self {
+        let port = std::net::TcpListener::bind((host, 0))
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
@@ -29,7 +34,7 @@ impl GitDaemon {
             .arg("--reuseaddr")
             .arg("--export-all")
             .arg(format!("--base-path={}", base.display()))
-            .arg("--listen=127.0.0.1")
+            .arg(format!("--listen={host}"))
             .arg(format!("--port={port}"))
             .arg(base)
             .stdin(std::process::Stdio::null())
@@ -39,7 +44,7 @@ impl GitDaemon {
             .expect("start git daemon (Debian package git)");
         let daemon = GitDaemon { child, port };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((host, port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "git daemon did not listen"

@@ -74,13 +74,23 @@ pub fn push_busybox_with(
     format: Format,
     layout: BusyboxLayout,
 ) -> String {
+    push_busybox_at(&reg.addr(), repo, format, layout)
+}
+
+/// [`push_busybox_with`] to the registry at `host:port` (plain HTTP).
+pub fn push_busybox_at(
+    registry: &str,
+    repo: &str,
+    format: Format,
+    layout: BusyboxLayout,
+) -> String {
     let name = format!(
         "busybox-{CACHE_VERSION}-{}-{}",
         layout.name(),
         format.buildah_name()
     );
     let cached = cached_image(&name, |dest| build_busybox(dest, format, layout));
-    push_cached(&cached, reg, repo)
+    push_cached(&cached, registry, repo)
 }
 
 /// Pushes the Go builder base as `REGISTRY/repo:latest` and returns that
@@ -92,9 +102,14 @@ pub fn push_busybox_with(
 /// `$SLIMFORGE_DEBIAN_MIRROR` or deb.debian.org) and takes about two
 /// minutes; later pushes copy the cached compressed layer as is.
 pub fn push_golang(reg: &Registry, repo: &str) -> String {
+    push_golang_at(&reg.addr(), repo)
+}
+
+/// [`push_golang`] to the registry at `host:port` (plain HTTP).
+pub fn push_golang_at(registry: &str, repo: &str) -> String {
     let name = format!("golang-{CACHE_VERSION}");
     let cached = cached_image(&name, build_golang);
-    push_cached(&cached, reg, repo)
+    push_cached(&cached, registry, repo)
 }
 
 /// The seed program (`tests/fixtures/seed/app.go`, from the seed article),
@@ -131,8 +146,8 @@ pub fn seed_app() -> PathBuf {
     binary
 }
 
-fn push_cached(cached: &Path, reg: &Registry, repo: &str) -> String {
-    let reference = reg.image(repo, "latest");
+fn push_cached(cached: &Path, registry: &str, repo: &str) -> String {
+    let reference = format!("{registry}/{repo}:latest");
     skopeo_copy(&format!("dir:{}", cached.display()), &reference);
     reference
 }

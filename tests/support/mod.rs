@@ -9,6 +9,7 @@
 // Re-exports below are used by some test binaries and not others.
 #![allow(unused_imports)]
 
+pub mod cluster;
 pub mod fake_api;
 mod git;
 mod http;
@@ -21,7 +22,10 @@ mod token;
 
 pub use git::{GitDaemon, git};
 pub use http::{HttpReply, basic_auth, http_get, http_request, percent_decode, percent_encode};
-pub use images::{BusyboxLayout, Format, push_busybox, push_busybox_with, push_golang, seed_app};
+pub use images::{
+    BusyboxLayout, Format, push_busybox, push_busybox_at, push_busybox_with, push_golang,
+    push_golang_at, seed_app,
+};
 pub use podman::{
     container_tool, containers_dir, podman, podman_env, podman_run, podman_run_for,
     podman_run_for_with, podman_run_with, skopeo, skopeo_copy, skopeo_inspect,

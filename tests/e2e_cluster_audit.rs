@@ -1,0 +1,100 @@
+//! The operator's RBAC as the REAL API server judged it: every request the
+//! installed operator's ServiceAccount made during the cluster tests, read
+//! from kube-apiserver's audit log. None was refused, and every verb
+//! `slimforge::controller::rbac` grants was used, but for its explained
+//! exceptions.
+//!
+//! `scripts/test` runs this after every other test (the log must hold the
+//! whole run: builds, failures, a failover); alone it checks what the log
+//! holds so far.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use slimforge::controller::rbac;
+use support::cluster::Cluster;
+
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:slimforge-system:slimforge";
+
+#[test]
+fn the_operator_was_refused_nothing_and_used_every_verb_it_is_granted() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let log_path = cluster.kubeconfig.parent().unwrap().join("audit.log");
+    let log = std::fs::read_to_string(&log_path).expect("read the audit log");
+
+    let mut used = BTreeSet::new();
+    let mut refused = Vec::new();
+    for line in log.lines() {
+        let event: Value = serde_json::from_str(line).expect("an audit event");
+        if event["user"]["username"] != SERVICE_ACCOUNT || event["stage"] != "ResponseComplete" {
+            continue;
+        }
+        let object = &event["objectRef"];
+        if object.is_null() {
+            continue; // discovery and other non-resource requests
+        }
+        let mut resource = object["resource"].as_str().unwrap_or_default().to_string();
+        if let Some(sub) = object["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        let group = object["apiGroup"].as_str().unwrap_or_default().to_string();
+        let verb = event["verb"].as_str().unwrap_or_default().to_string();
+        let code = event["responseStatus"]["code"].as_i64().unwrap_or(0);
+        if code == 403 {
+            refused.push(format!(
+                "{verb} {} ({group}, {resource})",
+                event["requestURI"]
+            ));
+        }
+        used.insert((group, resource, verb));
+    }
+    assert!(
+        !used.is_empty(),
+        "no request by {SERVICE_ACCOUNT} in {}",
+        log_path.display()
+    );
+    assert!(refused.is_empty(), "refused:\n{}", refused.join("\n"));
+
+    let granted: BTreeSet<(String, String, String)> = rbac::BUILD_RULES
+        .iter()
+        .chain(rbac::LEADER_ELECTION_RULES)
+        .flat_map(|rule| {
+            rule.verbs.iter().map(|verb| {
+                (
+                    rule.api_group.to_string(),
+                    rule.resource.to_string(),
+                    verb.to_string(),
+                )
+            })
+        })
+        .collect();
+    let exceptions = BTreeSet::from([
+        // Never sent: the API server checks it on the owner when a pod or
+        // claim the operator creates has blockOwnerDeletion.
+        (
+            "slimforge.dev".to_string(),
+            "imagebuilds/finalizers".to_string(),
+            "update".to_string(),
+        ),
+        // kube's Recorder patches an event only when the same one repeats.
+        (
+            "events.k8s.io".to_string(),
+            "events".to_string(),
+            "patch".to_string(),
+        ),
+    ]);
+    let unused: BTreeSet<_> = granted.difference(&used).cloned().collect();
+    let unexplained: Vec<_> = unused.difference(&exceptions).collect();
+    assert!(
+        unexplained.is_empty(),
+        "granted but never used: {unexplained:?}\nused: {used:#?}"
+    );
+    let ungranted: Vec<_> = used.difference(&granted).collect();
+    assert!(
+        ungranted.is_empty(),
+        "used without a rule of ours: {ungranted:?}"
+    );
+}
