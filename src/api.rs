@@ -180,6 +180,10 @@ pub struct Workspace {
     pub storage_class_name: Option<String>,
     /// Default `[ReadWriteOnce]`: every pod then runs on the first pod's node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {
+        "type": "string",
+        "enum": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+    }))]
     pub access_modes: Vec<String>,
 }
 

@@ -145,6 +145,9 @@ enum Command {
 enum StageCommand {
     /// Copy this executable to DIR/slimforge, mode 0755.
     Install { dir: PathBuf },
+    /// Open the workspace DIR to the build's other users (1777) if its owner
+    /// may and they cannot write there yet.
+    Open { dir: PathBuf },
     /// Write this process's effective `uid:gid` to FILE.
     Whoami { file: PathBuf },
     /// In the final image's base: evaluate the final stage (destinations through
@@ -450,6 +453,7 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
             let installed = stage::install::install(&dir)?;
             tracing::info!(path = %installed.display(), "helper installed");
         }
+        StageCommand::Open { dir } => stage::run::open_workspace(&dir)?,
         StageCommand::Whoami { file } => {
             let (uid, gid) = stage::whoami::whoami(&file)?;
             tracing::info!(uid, gid, "user recorded");

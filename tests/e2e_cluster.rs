@@ -110,6 +110,10 @@ fn names(items: &[Value]) -> Vec<String> {
 #[test]
 fn the_crd_is_served_and_the_apiserver_refuses_invalid_imagebuilds() {
     let cluster = Cluster::get();
+    // Helm installs the CRD first (by server-side apply, as field manager
+    // `helm`); then the upgrade path the README gives: the generated CRD
+    // applied server-side over it.
+    cluster.operator();
     let crd = std::fs::read_to_string(
         support::cluster::repo_dir().join("crds/imagebuilds.slimforge.dev.yaml"),
     )

@@ -1,7 +1,8 @@
 //! Our pods against the Pod Security Standards, as `support::pss` reads
-//! them: the assemble and git context pods meet `restricted`; every pod that
-//! runs the stage images (chains, the runtime chain, extractions, the probe)
-//! meets `baseline`. First, the checker itself: each single change to a
+//! them: the assemble pod meets `restricted`, and so does the git context pod
+//! but for the init container that opens the workspace (uid 0, no
+//! capabilities); every pod that runs the stage images (chains, the runtime
+//! chain, extractions, the probe) meets `baseline`. First, the checker itself: each single change to a
 //! restricted pod is caught by the control and at the level it belongs to.
 
 mod support;
@@ -761,8 +762,10 @@ fn all_pods() -> Vec<(UnitKind, Value)> {
 fn required(kind: &UnitKind) -> (Level, &'static str) {
     match kind {
         // The operator's own image, as a fixed non-root user.
-        UnitKind::Context => (Level::Restricted, "context"),
         UnitKind::Assemble => (Level::Restricted, "assemble"),
+        // The same, after an init container that opens the workspace as its
+        // owner, root, with no capability (see the test below).
+        UnitKind::Context => (Level::Baseline, "context"),
         // These run the stage image (and the user's RUN commands) as the
         // image's user or as root: root-owned files, user switches and the
         // default capabilities are part of building an image, so
@@ -802,15 +805,41 @@ fn every_pod_meets_the_level_its_kind_requires() {
 }
 
 #[test]
-fn the_assemble_and_context_pods_meet_restricted() {
+fn the_assemble_and_context_pods_meet_restricted_but_for_the_workspace_opener() {
     let pods = all_pods();
-    let restricted: Vec<&Value> = pods
+    let mut restricted: Vec<Value> = pods
         .iter()
         .filter(|(k, _)| matches!(k, UnitKind::Assemble | UnitKind::Context))
-        .map(|(_, p)| p)
+        .map(|(_, p)| p.clone())
         .collect();
     // An assembly per build and the git build's context pod, each twice.
     assert_eq!(restricted.len(), 10);
+    for pod in &mut restricted {
+        let init = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
+        if init.is_empty() {
+            continue;
+        }
+        // The context pod: its one init container runs `stage open` as root
+        // with every capability dropped, and nothing else runs as root.
+        assert_eq!(init.len(), 1, "{pod}");
+        assert_eq!(init[0]["command"].as_array().unwrap()[1..3], [json!("stage"), json!("open")]);
+        let security = &init[0]["securityContext"];
+        assert_eq!(security["runAsUser"], 0);
+        assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert!(security["capabilities"]["add"].is_null());
+        assert!(
+            init[0]["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["name"] == "workspace")
+        );
+        pod["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("initContainers");
+    }
     let volume_types: BTreeSet<&str> = restricted
         .iter()
         .flat_map(|p| p["spec"]["volumes"].as_array().unwrap())
@@ -823,7 +852,7 @@ fn the_assemble_and_context_pods_meet_restricted() {
         BTreeSet::from(["configMap", "persistentVolumeClaim", "secret"]),
         "the fixtures reach every kind of volume these pods mount"
     );
-    for pod in restricted {
+    for pod in &restricted {
         assert_meets(Level::Restricted, pod, &pod["metadata"]["name"].to_string());
     }
 }

@@ -541,8 +541,11 @@ impl BuildObjects<'_> {
     }
 
     /// The context pod of a git build: the operator image clones the
-    /// repository into the workspace, as a restricted non-root pod; the only
-    /// pod that sees the git credentials.
+    /// repository into the workspace as a non-root container with no
+    /// capabilities; the only pod that sees the git credentials. Its init
+    /// container (uid 0, no capabilities either, so `baseline`) first opens
+    /// the workspace to that user when the volume's root is the owner's alone
+    /// (Kubernetes' host-path provisioner makes it 0750).
     fn context_pod(&self, unit: &Unit, attempt: u32, node: Option<&str>) -> Pod {
         let settings = self.settings;
         let name = pod_name(&self.name(), self.generation, unit.n, attempt);
@@ -618,6 +621,21 @@ impl BuildObjects<'_> {
                 "fsGroup": ASSEMBLE_UID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
+            "initContainers": [{
+                "name": "open-workspace",
+                "image": settings.helper_image,
+                "command": [settings.helper_path, "stage", "open", WORKSPACE_MOUNT],
+                "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_MOUNT}],
+                "securityContext": {
+                    "runAsNonRoot": false,
+                    "runAsUser": 0,
+                    "runAsGroup": 0,
+                    "readOnlyRootFilesystem": true,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }],
             "containers": [container],
             "volumes": volumes,
             "enableServiceLinks": false,

@@ -290,6 +290,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
 /// the filesystem lets this process, and left as it is otherwise.
 pub fn prepare_workspace(workspace: &Path) -> Result<(), StageError> {
     fs::create_dir_all(workspace).map_err(io_err(workspace))?;
+    open_workspace(workspace)?;
     for name in SHARED_DIRS {
         let dir = workspace.join(name);
         match fs::create_dir(&dir) {
@@ -305,6 +306,22 @@ pub fn prepare_workspace(workspace: &Path) -> Result<(), StageError> {
             }
             Err(e) => return Err(io_err(&dir)(e)),
         }
+    }
+    Ok(())
+}
+
+/// Opens the workspace itself to every user (1777) unless they can write
+/// there already: some provisioners (Kubernetes' own host-path one) make a
+/// volume 0750 and root-owned, where volumes without `fsGroup` support keep
+/// the restricted pods (uid 65532) out. Only the volume's owner can, and it
+/// needs no capability; anyone else, or a filesystem that refuses, leaves it
+/// as it is.
+pub fn open_workspace(workspace: &Path) -> Result<(), StageError> {
+    let mode = fs::metadata(workspace).map_err(io_err(workspace))?.mode() & 0o7777;
+    if mode & 0o003 != 0o003
+        && let Err(e) = fs::set_permissions(workspace, fs::Permissions::from_mode(0o1777))
+    {
+        tracing::debug!(dir = %workspace.display(), mode = format!("{mode:o}"), error = %e, "left as it is");
     }
     Ok(())
 }

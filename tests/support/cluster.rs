@@ -109,7 +109,7 @@ impl Cluster {
 
     /// A namespace of this test's own at Pod Security level `enforce`,
     /// deleted on drop.
-    pub fn namespace(&self, prefix: &str, enforce: &str) -> TestNamespace {
+    pub fn namespace(&'static self, prefix: &str, enforce: &str) -> TestNamespace {
         let name = format!("{prefix}-{:x}", rand_suffix());
         let manifest = serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace",

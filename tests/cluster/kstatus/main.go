@@ -4,12 +4,12 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -18,6 +18,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
+	// Kubernetes' own decoder: integers stay int64, as kstatus expects.
 	var object map[string]interface{}
 	if err := json.Unmarshal(data, &object); err != nil {
 		fail(fmt.Errorf("stdin is not a JSON object: %w", err))
