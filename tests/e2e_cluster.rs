@@ -140,8 +140,9 @@ fn the_crd_is_served_and_the_apiserver_refuses_invalid_imagebuilds() {
 
     let valid = json!({
         "context": {"inline": {"app.go": "package main"}},
-        "dockerfile": "FROM busybox\n",
-        "output": {"image": "registry.example.com/app:v1"},
+        // What the operator builds of the valid one stays on this cluster.
+        "dockerfile": format!("FROM {}\n", cluster.base_images().1),
+        "output": {"image": format!("{}/e2e/crd:v1", cluster.registry), "insecure": true},
     });
     let with = |edit: &dyn Fn(&mut Value)| {
         let mut spec = valid.clone();
@@ -552,6 +553,18 @@ fn configmap_and_git_contexts_build() {
             "data": {"main": APP},
         }),
     );
+    // Push credentials as users give them (the registry here asks for none).
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={}", cluster.registry),
+        "--docker-username=builder",
+        "--docker-password=not-printed-anywhere",
+    ]);
     apply(
         cluster,
         &ns,
@@ -561,6 +574,11 @@ fn configmap_and_git_contexts_build() {
             json!({
                 "context": {"configMap": {"name": "goapp-src", "items": [{"key": "main", "path": "app.go"}]}},
                 "dockerfile": dockerfile,
+                "output": {
+                    "image": format!("{}/e2e/from-configmap:v1", cluster.registry),
+                    "insecure": true,
+                    "pushSecret": "regcred",
+                },
             }),
         ),
     );
@@ -616,6 +634,18 @@ fn configmap_and_git_contexts_build() {
         let printed = podman_run_for(reference, 2.5);
         assert!(printed.contains("user: root id: 0"), "{name}: {printed}");
     }
+    // The credentials reached the assemble pod and no other.
+    let with_secret: Vec<String> = pods(cluster, &ns)
+        .into_iter()
+        .filter(|p| p.to_string().contains("regcred"))
+        .map(|p| {
+            p["metadata"]["labels"]["slimforge.dev/role"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(with_secret, ["assemble"]);
     let git_build = get_json(cluster, &ns, &["imagebuild", "from-git"]);
     let commit = git_build["status"]["source"]["commit"]
         .as_str()

@@ -815,14 +815,20 @@ fn the_assemble_and_context_pods_meet_restricted_but_for_the_workspace_opener() 
     // An assembly per build and the git build's context pod, each twice.
     assert_eq!(restricted.len(), 10);
     for pod in &mut restricted {
-        let init = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
+        let init = pod["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if init.is_empty() {
             continue;
         }
         // The context pod: its one init container runs `stage open` as root
         // with every capability dropped, and nothing else runs as root.
         assert_eq!(init.len(), 1, "{pod}");
-        assert_eq!(init[0]["command"].as_array().unwrap()[1..3], [json!("stage"), json!("open")]);
+        assert_eq!(
+            init[0]["command"].as_array().unwrap()[1..3],
+            [json!("stage"), json!("open")]
+        );
         let security = &init[0]["securityContext"];
         assert_eq!(security["runAsUser"], 0);
         assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));

@@ -34,7 +34,7 @@ impl Cluster {
     pub fn get() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
         CLUSTER.get_or_init(|| {
-            let out = run_any(&mut Command::new(repo_dir().join("scripts/cluster")).arg("env"));
+            let out = run_any(Command::new(repo_dir().join("scripts/cluster")).arg("env"));
             assert!(
                 out.status.success(),
                 "no cluster is up: these tests need `scripts/cluster up` (scripts/test runs it): {}",
