@@ -162,6 +162,7 @@ fn chart_with_default_values_renders_valid_objects() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "Lease",
             "Role",
             "RoleBinding",
             "Service",

@@ -168,6 +168,12 @@ impl Cluster {
         });
     }
 
+    /// After `helm uninstall`: the next [`Cluster::operator`] installs again.
+    pub fn forget_operator(&self) {
+        let state = self.kubeconfig.parent().expect("state dir");
+        let _ = std::fs::remove_file(state.join("operator.installed"));
+    }
+
     /// Polls `check` every half second until it returns `Some`, or panics
     /// after `timeout` saying what was awaited.
     pub fn wait<T>(

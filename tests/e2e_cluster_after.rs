@@ -100,3 +100,64 @@ fn the_operator_was_refused_nothing_and_used_every_verb_it_is_granted() {
         "used without a rule of ours: {ungranted:?}"
     );
 }
+
+#[test]
+fn helm_uninstall_leaves_nothing_of_ours_behind() {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let out = std::process::Command::new(cluster.bin.join("helm"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args([
+            "uninstall",
+            "slimforge",
+            "--namespace",
+            "slimforge-system",
+            "--wait",
+        ])
+        .output()
+        .expect("run helm");
+    cluster.forget_operator();
+    assert!(out.status.success(), "helm uninstall: {out:?}");
+
+    let left = |args: &[&str]| -> Vec<String> {
+        let list: Value = serde_json::from_str(&cluster.kubectl_ok(args)).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
+            .collect()
+    };
+    let namespaced = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,\
+                      leases,configmaps,secrets,events.events.k8s.io";
+    let ours = || -> Vec<String> {
+        left(&["-n", "slimforge-system", "get", namespaced, "-o", "json"])
+            .into_iter()
+            // What Kubernetes itself puts in every namespace.
+            .filter(|o| {
+                o != "\"ServiceAccount\" \"default\"" && o != "\"ConfigMap\" \"kube-root-ca.crt\""
+            })
+            // Events expire on their own (an hour), as everyone's do.
+            .filter(|o| !o.starts_with("\"Event\""))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ours().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let remaining = ours();
+    assert!(
+        remaining.is_empty(),
+        "left behind in slimforge-system: {remaining:?}"
+    );
+    let cluster_wide: Vec<String> =
+        left(&["get", "clusterroles,clusterrolebindings", "-o", "json"])
+            .into_iter()
+            .filter(|o| o.contains("slimforge"))
+            .collect();
+    assert!(cluster_wide.is_empty(), "left behind: {cluster_wide:?}");
+    // The CRD stays, as Helm does with every chart's crds/ (the README says
+    // how to remove it).
+    cluster.kubectl_ok(&["get", "crd", "imagebuilds.slimforge.dev"]);
+}
