@@ -880,6 +880,28 @@ fn normalize(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_owner_opens_a_closed_workspace_and_leaves_an_open_one_alone() {
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        let dir = tempfile::tempdir().unwrap();
+        // As Kubernetes' host-path provisioner makes a claim's directory.
+        let closed = dir.path().join("closed");
+        fs::create_dir(&closed).unwrap();
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o750)).unwrap();
+        open_workspace(&closed).unwrap();
+        assert_eq!(mode(&closed), 0o1777);
+        // As local-path provisioners make it: writable by all already.
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        open_workspace(&open).unwrap();
+        assert_eq!(mode(&open), 0o777);
+        // A missing workspace is an error naming it.
+        let missing = dir.path().join("missing");
+        let error = open_workspace(&missing).unwrap_err().to_string();
+        assert!(error.contains("missing"), "{error}");
+    }
+
     fn failure(tail: &str) -> RunResult {
         RunResult::Failed(Failure {
             stage: "builder".into(),
