@@ -30,6 +30,30 @@ fn seed_dockerfile(cluster: &Cluster) -> String {
     )
 }
 
+/// The operator installed (once per run) and a namespace of the test's own
+/// at Pod Security level `level`.
+fn operator_and_namespace(prefix: &str, level: &str) -> (&'static Cluster, TestNamespace) {
+    let cluster = Cluster::get();
+    cluster.operator();
+    let ns = cluster.namespace(prefix, level);
+    (cluster, ns)
+}
+
+/// Waits until `ns` holds neither pods nor claims, as `who` should leave it.
+fn wait_no_pods_nor_claims(cluster: &Cluster, ns: &TestNamespace, who: &str) {
+    cluster.wait(
+        &format!("{who} to remove every pod and claim"),
+        Duration::from_secs(120),
+        || {
+            (pods(cluster, ns).is_empty()
+                && get_json(cluster, ns, &["persistentvolumeclaims"])["items"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty))
+            .then_some(())
+        },
+    );
+}
+
 fn image_build(cluster: &Cluster, name: &str, spec: Value) -> Value {
     let mut spec = spec;
     let defaults = json!({
@@ -305,9 +329,7 @@ fn helm_installs_the_operator_with_two_replicas_and_one_leads() {
 
 #[test]
 fn the_seed_builds_runs_and_is_reported_then_rebuilds_on_edit_and_is_collected_on_delete() {
-    let cluster = Cluster::get();
-    cluster.operator();
-    let ns = cluster.namespace("seed", "baseline");
+    let (cluster, ns) = operator_and_namespace("seed", "baseline");
     let ib = image_build(
         cluster,
         "goapp",
@@ -416,24 +438,12 @@ fn the_seed_builds_runs_and_is_reported_then_rebuilds_on_edit_and_is_collected_o
         "goapp",
         "--wait=true",
     ]);
-    cluster.wait(
-        "pods and claims collected",
-        Duration::from_secs(120),
-        || {
-            (pods(cluster, &ns).is_empty()
-                && get_json(cluster, &ns, &["persistentvolumeclaims"])["items"]
-                    .as_array()
-                    .is_some_and(Vec::is_empty))
-            .then_some(())
-        },
-    );
+    wait_no_pods_nor_claims(cluster, &ns, "the garbage collector");
 }
 
 #[test]
 fn after_the_ttl_pods_and_claim_are_gone_and_the_status_stays() {
-    let cluster = Cluster::get();
-    cluster.operator();
-    let ns = cluster.namespace("ttl", "baseline");
+    let (cluster, ns) = operator_and_namespace("ttl", "baseline");
     let (_, busybox) = cluster.base_images();
     let ib = image_build(
         cluster,
@@ -447,13 +457,7 @@ fn after_the_ttl_pods_and_claim_are_gone_and_the_status_stays() {
     apply(cluster, &ns, &ib);
     let done = wait_finished(cluster, &ns, "ttl", 1);
     assert_eq!(done["status"]["phase"], "Succeeded", "{}", done["status"]);
-    cluster.wait("the TTL to clean up", Duration::from_secs(120), || {
-        (pods(cluster, &ns).is_empty()
-            && get_json(cluster, &ns, &["persistentvolumeclaims"])["items"]
-                .as_array()
-                .is_some_and(Vec::is_empty))
-        .then_some(())
-    });
+    wait_no_pods_nor_claims(cluster, &ns, "the TTL");
     // Still Succeeded, and not built again.
     std::thread::sleep(Duration::from_secs(5));
     let after = get_json(cluster, &ns, &["imagebuild", "ttl"]);
@@ -464,9 +468,7 @@ fn after_the_ttl_pods_and_claim_are_gone_and_the_status_stays() {
 
 #[test]
 fn a_failing_run_names_the_stage_line_exit_code_and_log_tail() {
-    let cluster = Cluster::get();
-    cluster.operator();
-    let ns = cluster.namespace("fail", "baseline");
+    let (cluster, ns) = operator_and_namespace("fail", "baseline");
     let (_, busybox) = cluster.base_images();
     let ib = image_build(
         cluster,
@@ -503,9 +505,7 @@ fn a_failing_run_names_the_stage_line_exit_code_and_log_tail() {
 
 #[test]
 fn a_base_image_that_does_not_exist_fails_naming_the_from_line() {
-    let cluster = Cluster::get();
-    cluster.operator();
-    let ns = cluster.namespace("pull", "baseline");
+    let (cluster, ns) = operator_and_namespace("pull", "baseline");
     let (_, busybox) = cluster.base_images();
     let missing = format!("{}/e2e/no-such-image:v0", cluster.registry);
     let ib = image_build(
@@ -539,9 +539,7 @@ fn a_base_image_that_does_not_exist_fails_naming_the_from_line() {
 
 #[test]
 fn configmap_and_git_contexts_build() {
-    let cluster = Cluster::get();
-    cluster.operator();
-    let ns = cluster.namespace("contexts", "baseline");
+    let (cluster, ns) = operator_and_namespace("contexts", "baseline");
     let dockerfile = seed_dockerfile(cluster);
 
     apply(
@@ -656,9 +654,7 @@ fn configmap_and_git_contexts_build() {
 
 #[test]
 fn a_restricted_namespace_refuses_the_chain_pod_and_the_status_says_so() {
-    let cluster = Cluster::get();
-    cluster.operator();
-    let ns = cluster.namespace("restricted", "restricted");
+    let (cluster, ns) = operator_and_namespace("restricted", "restricted");
     apply(
         cluster,
         &ns,
@@ -682,9 +678,7 @@ fn a_restricted_namespace_refuses_the_chain_pod_and_the_status_says_so() {
 
 #[test]
 fn the_standby_takes_over_a_running_build_without_duplicating_pods() {
-    let cluster = Cluster::get();
-    cluster.operator();
-    let ns = cluster.namespace("failover", "baseline");
+    let (cluster, ns) = operator_and_namespace("failover", "baseline");
     let (_, busybox) = cluster.base_images();
     apply(
         cluster,
