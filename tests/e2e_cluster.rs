@@ -739,3 +739,37 @@ fn the_standby_takes_over_a_running_build_without_duplicating_pods() {
     unique.dedup();
     assert_eq!(unique.len(), built.len());
 }
+
+#[test]
+fn a_missing_push_secret_is_ready_false_naming_the_field_and_creates_nothing() {
+    let (cluster, ns) = operator_and_namespace("secret", "baseline");
+    let (_, busybox) = cluster.base_images();
+    apply(
+        cluster,
+        &ns,
+        &image_build(
+            cluster,
+            "nosecret",
+            json!({
+                "context": {"inline": {"x": "x"}},
+                "dockerfile": format!("FROM {busybox}\nCOPY x /x\n"),
+                "output": {
+                    "image": format!("{}/e2e/nosecret:v1", cluster.registry),
+                    "insecure": true,
+                    "pushSecret": "no-such-secret",
+                },
+            }),
+        ),
+    );
+    let done = wait_finished(cluster, &ns, "nosecret", 1);
+    let ready = ready_condition(&done).expect("a Ready condition");
+    assert_eq!(ready["reason"], "SecretNotFound", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.output.pushSecret") && message.contains("no-such-secret"),
+        "{message}"
+    );
+    assert!(pods(cluster, &ns).is_empty());
+    let claims = get_json(cluster, &ns, &["persistentvolumeclaims"]);
+    assert_eq!(claims["items"], json!([]), "no claim either");
+}
