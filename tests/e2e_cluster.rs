@@ -761,7 +761,14 @@ fn a_missing_push_secret_is_ready_false_naming_the_field_and_creates_nothing() {
             }),
         ),
     );
-    let done = wait_finished(cluster, &ns, "nosecret", 1);
+    // Not Failed: the build waits for the Secret (Pending), Stalled, as kstatus
+    // wants a condition that needs a person.
+    let done = cluster.wait("Ready=False", Duration::from_secs(120), || {
+        let ib = get_json(cluster, &ns, &["imagebuild", "nosecret"]);
+        (ready_condition(&ib).is_some_and(|c| c["status"] == "False")).then_some(ib)
+    });
+    assert_eq!(done["status"]["phase"], "Pending", "{}", done["status"]);
+    assert_eq!(cluster.kstatus(&done).0, "Failed", "{}", done["status"]);
     let ready = ready_condition(&done).expect("a Ready condition");
     assert_eq!(ready["reason"], "SecretNotFound", "{ready}");
     let message = ready["message"].as_str().unwrap();

@@ -127,19 +127,29 @@ impl Cluster {
     }
 
     /// The Go builder and the busybox runtime base in the cluster's
-    /// registry: `(golang, busybox)` references, pushed once per process.
+    /// registry: `(golang, busybox)` references, pushed once per cluster
+    /// under a lock every test process shares (Distribution refuses the
+    /// manifest of an image whose blobs another client is uploading).
     pub fn base_images(&self) -> &'static (String, String) {
         static IMAGES: OnceLock<(String, String)> = OnceLock::new();
         IMAGES.get_or_init(|| {
-            (
-                push_golang_at(&self.registry, "e2e/golang"),
-                push_busybox_at(
+            let golang = format!("{}/e2e/golang:latest", self.registry);
+            let busybox = format!("{}/e2e/busybox:latest", self.registry);
+            let state = self.kubeconfig.parent().expect("state dir");
+            let _guard = lock_file(&state.join("bases.lock"));
+            let marker = state.join("bases.pushed");
+            if !marker.exists() {
+                assert_eq!(push_golang_at(&self.registry, "e2e/golang"), golang);
+                let pushed = push_busybox_at(
                     &self.registry,
                     "e2e/busybox",
                     Format::Oci,
                     BusyboxLayout::MergedUsr,
-                ),
-            )
+                );
+                assert_eq!(pushed, busybox);
+                std::fs::write(&marker, "").expect("write the bases marker");
+            }
+            (golang, busybox)
         })
     }
 
