@@ -82,6 +82,11 @@ fn apply(cluster: &Cluster, ns: &TestNamespace, object: &Value) {
     );
 }
 
+/// Applies ImageBuild `name` with `spec` (defaults filled in) in `ns`.
+fn apply_build(cluster: &Cluster, ns: &TestNamespace, name: &str, spec: Value) {
+    apply(cluster, ns, &image_build(cluster, name, spec));
+}
+
 fn get_json(cluster: &Cluster, ns: &TestNamespace, what: &[&str]) -> Value {
     let mut args = vec!["-n", ns.name.as_str(), "get"];
     args.extend_from_slice(what);
@@ -563,22 +568,19 @@ fn configmap_and_git_contexts_build() {
         "--docker-username=builder",
         "--docker-password=not-printed-anywhere",
     ]);
-    apply(
+    apply_build(
         cluster,
         &ns,
-        &image_build(
-            cluster,
-            "from-configmap",
-            json!({
-                "context": {"configMap": {"name": "goapp-src", "items": [{"key": "main", "path": "app.go"}]}},
-                "dockerfile": dockerfile,
-                "output": {
-                    "image": format!("{}/e2e/from-configmap:v1", cluster.registry),
-                    "insecure": true,
-                    "pushSecret": "regcred",
-                },
-            }),
-        ),
+        "from-configmap",
+        json!({
+            "context": {"configMap": {"name": "goapp-src", "items": [{"key": "main", "path": "app.go"}]}},
+            "dockerfile": dockerfile,
+            "output": {
+                "image": format!("{}/e2e/from-configmap:v1", cluster.registry),
+                "insecure": true,
+                "pushSecret": "regcred",
+            },
+        }),
     );
 
     // A git daemon on the cluster bridge, where pods reach it.
@@ -608,17 +610,14 @@ fn configmap_and_git_contexts_build() {
     );
     let host = cluster.registry.split(':').next().unwrap();
     let daemon = GitDaemon::start_on(repos.path(), host);
-    apply(
+    apply_build(
         cluster,
         &ns,
-        &image_build(
-            cluster,
-            "from-git",
-            json!({
-                "context": {"git": {"url": format!("git://{host}:{}/goapp.git", daemon.port), "revision": "main", "subPath": "app"}},
-                "dockerfilePath": "Dockerfile",
-            }),
-        ),
+        "from-git",
+        json!({
+            "context": {"git": {"url": format!("git://{host}:{}/goapp.git", daemon.port), "revision": "main", "subPath": "app"}},
+            "dockerfilePath": "Dockerfile",
+        }),
     );
 
     for name in ["from-configmap", "from-git"] {
@@ -655,14 +654,11 @@ fn configmap_and_git_contexts_build() {
 #[test]
 fn a_restricted_namespace_refuses_the_chain_pod_and_the_status_says_so() {
     let (cluster, ns) = operator_and_namespace("restricted", "restricted");
-    apply(
+    apply_build(
         cluster,
         &ns,
-        &image_build(
-            cluster,
-            "goapp",
-            json!({"context": {"inline": {"app.go": APP}}, "dockerfile": seed_dockerfile(cluster)}),
-        ),
+        "goapp",
+        json!({"context": {"inline": {"app.go": APP}}, "dockerfile": seed_dockerfile(cluster)}),
     );
     let done = wait_finished(cluster, &ns, "goapp", 1);
     let ready = ready_condition(&done).expect("a Ready condition");
@@ -680,17 +676,14 @@ fn a_restricted_namespace_refuses_the_chain_pod_and_the_status_says_so() {
 fn the_standby_takes_over_a_running_build_without_duplicating_pods() {
     let (cluster, ns) = operator_and_namespace("failover", "baseline");
     let (_, busybox) = cluster.base_images();
-    apply(
+    apply_build(
         cluster,
         &ns,
-        &image_build(
-            cluster,
-            "slow",
-            json!({
-                "context": {"inline": {"x": "x"}},
-                "dockerfile": format!("FROM {busybox} AS build\nRUN sleep 25 && echo done > /out\n\nFROM {busybox}\nCOPY --from=build /out /out\n"),
-            }),
-        ),
+        "slow",
+        json!({
+            "context": {"inline": {"x": "x"}},
+            "dockerfile": format!("FROM {busybox} AS build\nRUN sleep 25 && echo done > /out\n\nFROM {busybox}\nCOPY --from=build /out /out\n"),
+        }),
     );
     cluster.wait("the stage to run", Duration::from_secs(120), || {
         pods(cluster, &ns)
@@ -744,22 +737,19 @@ fn the_standby_takes_over_a_running_build_without_duplicating_pods() {
 fn a_missing_push_secret_is_ready_false_naming_the_field_and_creates_nothing() {
     let (cluster, ns) = operator_and_namespace("secret", "baseline");
     let (_, busybox) = cluster.base_images();
-    apply(
+    apply_build(
         cluster,
         &ns,
-        &image_build(
-            cluster,
-            "nosecret",
-            json!({
-                "context": {"inline": {"x": "x"}},
-                "dockerfile": format!("FROM {busybox}\nCOPY x /x\n"),
-                "output": {
-                    "image": format!("{}/e2e/nosecret:v1", cluster.registry),
-                    "insecure": true,
-                    "pushSecret": "no-such-secret",
-                },
-            }),
-        ),
+        "nosecret",
+        json!({
+            "context": {"inline": {"x": "x"}},
+            "dockerfile": format!("FROM {busybox}\nCOPY x /x\n"),
+            "output": {
+                "image": format!("{}/e2e/nosecret:v1", cluster.registry),
+                "insecure": true,
+                "pushSecret": "no-such-secret",
+            },
+        }),
     );
     // Not Failed: the build waits for the Secret (Pending), Stalled, as kstatus
     // wants a condition that needs a person.
