@@ -160,14 +160,8 @@ async fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String, Strin
 
 /// What the rules grant, verb by verb.
 fn granted() -> BTreeSet<Access> {
-    rbac::BUILD_RULES
-        .iter()
-        .chain(rbac::LEADER_ELECTION_RULES)
-        .flat_map(|rule| {
-            rule.verbs
-                .iter()
-                .map(|verb| Access::new(rule.api_group, rule.resource, verb))
-        })
+    rbac::granted()
+        .map(|(group, resource, verb)| Access::new(group, resource, verb))
         .collect()
 }
 

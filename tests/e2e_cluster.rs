@@ -143,10 +143,8 @@ fn the_crd_is_served_and_the_apiserver_refuses_invalid_imagebuilds() {
     // `helm`); then the upgrade path the README gives: the generated CRD
     // applied server-side over it.
     cluster.operator();
-    let crd = std::fs::read_to_string(
-        support::cluster::repo_dir().join("crds/imagebuilds.slimforge.dev.yaml"),
-    )
-    .expect("read the CRD");
+    let crd = std::fs::read_to_string(support::k8s::repo("crds/imagebuilds.slimforge.dev.yaml"))
+        .expect("read the CRD");
     let out = cluster.kubectl_stdin(
         &[
             "apply",

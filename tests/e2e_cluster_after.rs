@@ -21,7 +21,7 @@ const SERVICE_ACCOUNT: &str = "system:serviceaccount:slimforge-system:slimforge"
 fn the_operator_was_refused_nothing_and_used_every_verb_it_is_granted() {
     let cluster = Cluster::get();
     cluster.operator();
-    let log_path = cluster.kubeconfig.parent().unwrap().join("audit.log");
+    let log_path = cluster.state_dir().join("audit.log");
     let log = std::fs::read_to_string(&log_path).expect("read the audit log");
 
     let mut used = BTreeSet::new();
@@ -59,18 +59,8 @@ fn the_operator_was_refused_nothing_and_used_every_verb_it_is_granted() {
     );
     assert!(refused.is_empty(), "refused:\n{}", refused.join("\n"));
 
-    let granted: BTreeSet<(String, String, String)> = rbac::BUILD_RULES
-        .iter()
-        .chain(rbac::LEADER_ELECTION_RULES)
-        .flat_map(|rule| {
-            rule.verbs.iter().map(|verb| {
-                (
-                    rule.api_group.to_string(),
-                    rule.resource.to_string(),
-                    verb.to_string(),
-                )
-            })
-        })
+    let granted: BTreeSet<(String, String, String)> = rbac::granted()
+        .map(|(group, resource, verb)| (group.into(), resource.into(), verb.into()))
         .collect();
     let exceptions = BTreeSet::from([
         // Never sent: the API server checks it on the owner when a pod or

@@ -126,6 +126,18 @@ pub fn rules() -> Vec<PolicyRule> {
         .collect()
 }
 
+/// Every `(api_group, resource, verb)` some rule grants, one verb at a time.
+pub fn granted() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    BUILD_RULES
+        .iter()
+        .chain(LEADER_ELECTION_RULES)
+        .flat_map(|rule| {
+            rule.verbs
+                .iter()
+                .map(|verb| (rule.api_group, rule.resource, *verb))
+        })
+}
+
 /// Whether some rule grants `verb` on `resource` (`resource/subresource`) in `api_group`.
 pub fn grants(api_group: &str, resource: &str, verb: &str) -> bool {
     BUILD_RULES

@@ -5,15 +5,16 @@
 //! installed by the Helm chart, once per test run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-
 use super::images::{push_busybox_at, push_golang_at};
-use super::{BusyboxLayout, Format, describe, lock_file, run_any, run_ok, static_helper_stripped};
+use super::k8s::repo;
+use super::{
+    BusyboxLayout, Format, lock_file, run_any, run_ok, run_with_stdin, static_helper_stripped,
+    unique_name,
+};
 
 /// The running cluster, as `scripts/cluster env` describes it.
 pub struct Cluster {
@@ -25,16 +26,12 @@ pub struct Cluster {
     pub bin: PathBuf,
 }
 
-pub fn repo_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 impl Cluster {
     /// The cluster; panics, saying how to start one, when none is up.
     pub fn get() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
         CLUSTER.get_or_init(|| {
-            let out = run_any(Command::new(repo_dir().join("scripts/cluster")).arg("env"));
+            let out = run_any(Command::new(repo("scripts/cluster")).arg("env"));
             assert!(
                 out.status.success(),
                 "no cluster is up: these tests need `scripts/cluster up` (scripts/test runs it): {}",
@@ -57,15 +54,12 @@ impl Cluster {
         })
     }
 
-    /// A client for the cluster, as its administrator.
-    pub async fn client(&self) -> Client {
-        let config = kube::Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&self.kubeconfig).expect("read the kubeconfig"),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .expect("kubeconfig");
-        Client::try_from(config).expect("client")
+    /// The cluster's state directory (`scripts/cluster`'s), where the
+    /// kubeconfig, the audit log and the tests' markers live.
+    pub fn state_dir(&self) -> &Path {
+        self.kubeconfig
+            .parent()
+            .expect("the kubeconfig's directory")
     }
 
     /// `kubectl ARGS` (the cluster's own build, its version), whatever the
@@ -87,13 +81,13 @@ impl Cluster {
 
     /// `kubectl ARGS` with `stdin` as its standard input.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        pipe(&mut self.kubectl_command(args), stdin)
+        run_with_stdin(&mut self.kubectl_command(args), stdin)
     }
 
     /// What cli-utils' kstatus (as Flux and kpt run it) makes of one object
     /// given as JSON: `(status, message)`, e.g. `("Current", "…")`.
     pub fn kstatus(&self, object: &serde_json::Value) -> (String, String) {
-        let out = pipe(
+        let out = run_with_stdin(
             &mut Command::new(self.bin.join("kstatus")),
             &object.to_string(),
         );
@@ -110,7 +104,7 @@ impl Cluster {
     /// A namespace of this test's own at Pod Security level `enforce`,
     /// deleted on drop.
     pub fn namespace(&'static self, prefix: &str, enforce: &str) -> TestNamespace {
-        let name = format!("{prefix}-{:x}", rand_suffix());
+        let name = unique_name(prefix);
         let manifest = serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": name, "labels": {
@@ -135,7 +129,7 @@ impl Cluster {
         IMAGES.get_or_init(|| {
             let golang = format!("{}/e2e/golang:latest", self.registry);
             let busybox = format!("{}/e2e/busybox:latest", self.registry);
-            let state = self.kubeconfig.parent().expect("state dir");
+            let state = self.state_dir();
             let _guard = lock_file(&state.join("bases.lock"));
             let marker = state.join("bases.pushed");
             if !marker.exists() {
@@ -161,7 +155,7 @@ impl Cluster {
         static DONE: OnceLock<()> = OnceLock::new();
         DONE.get_or_init(|| {
             let binary = static_helper_stripped();
-            let state = self.kubeconfig.parent().expect("state dir");
+            let state = self.state_dir();
             let _guard = lock_file(&state.join("operator.lock"));
             let meta = std::fs::metadata(&binary).expect("the static build");
             let stamp = format!("{} {:?}", meta.len(), meta.modified().expect("mtime"));
@@ -170,7 +164,7 @@ impl Cluster {
                 return;
             }
             run_ok(
-                Command::new(repo_dir().join("scripts/cluster"))
+                Command::new(repo("scripts/cluster"))
                     .arg("install")
                     .env("SLIMFORGE_OPERATOR_BINARY", &binary),
             );
@@ -180,7 +174,7 @@ impl Cluster {
 
     /// After `helm uninstall`: the next [`Cluster::operator`] installs again.
     pub fn forget_operator(&self) {
-        let state = self.kubeconfig.parent().expect("state dir");
+        let state = self.state_dir();
         let _ = std::fs::remove_file(state.join("operator.installed"));
     }
 
@@ -215,29 +209,4 @@ impl Drop for TestNamespace {
             .cluster
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
-}
-
-fn pipe(cmd: &mut Command, stdin: &str) -> Output {
-    use std::io::Write as _;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", describe(cmd)));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait")
-}
-
-fn rand_suffix() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ std::process::id().rotate_left(16)
 }

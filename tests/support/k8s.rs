@@ -3,9 +3,8 @@
 //! tests/requirements.txt): Helm 4's engine, kubectl's kustomize and the
 //! Kubernetes OpenAPI schemas.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
@@ -25,22 +24,13 @@ pub fn k8s_tool(args: &[&str], stdin: Option<&Value>) -> Value {
         "{} is missing: run scripts/install-deps",
         python.display()
     );
-    let mut child = Command::new(&python)
-        .arg(repo("tests/support/k8s.py"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run k8s.py");
     let input = stdin.map(|v| v.to_string()).unwrap_or_default();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = super::run_with_stdin(
+        Command::new(&python)
+            .arg(repo("tests/support/k8s.py"))
+            .args(args),
+        &input,
+    );
     assert!(
         out.status.success(),
         "k8s.py {args:?}: {}",
