@@ -17,10 +17,18 @@ use support::cluster::Cluster;
 
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:slimforge-system:slimforge";
 
+/// One test, in this order: while `helm uninstall` runs, the operator's
+/// pods outlive their RoleBinding for a moment and are refused, so the
+/// audit log must be read before it.
 #[test]
-fn the_operator_was_refused_nothing_and_used_every_verb_it_is_granted() {
+fn after_every_build() {
     let cluster = Cluster::get();
     cluster.operator();
+    the_operator_was_refused_nothing_and_used_every_verb_it_is_granted(cluster);
+    helm_uninstall_leaves_nothing_of_ours_behind(cluster);
+}
+
+fn the_operator_was_refused_nothing_and_used_every_verb_it_is_granted(cluster: &Cluster) {
     let log_path = cluster.state_dir().join("audit.log");
     let log = std::fs::read_to_string(&log_path).expect("read the audit log");
 
@@ -97,10 +105,7 @@ fn the_operator_was_refused_nothing_and_used_every_verb_it_is_granted() {
     );
 }
 
-#[test]
-fn helm_uninstall_leaves_nothing_of_ours_behind() {
-    let cluster = Cluster::get();
-    cluster.operator();
+fn helm_uninstall_leaves_nothing_of_ours_behind(cluster: &Cluster) {
     let out = std::process::Command::new(cluster.bin.join("helm"))
         .arg("--kubeconfig")
         .arg(&cluster.kubeconfig)
