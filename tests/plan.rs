@@ -1128,3 +1128,121 @@ fn several_sources_onto_dot_are_copied_into_the_directory() {
         plan(&text);
     }
 }
+
+/// Hostile Dockerfiles end in an error naming the line, within bounds,
+/// in `slimforge plan` and in the controller's validation alike (a
+/// doubling `ENV A1=${A0}${A0}` … `A32` once took gigabytes and aborted).
+#[test]
+fn hostile_dockerfiles_are_refused_naming_the_line() {
+    let doubling = |keyword: &str, before_from: bool| {
+        let mut lines = vec![format!("{keyword} A0=xx")];
+        lines.extend((1..=32).map(|i| format!("{keyword} A{i}=${{A{}}}${{A{}}}", i - 1, i - 1)));
+        let body = lines.join("\n");
+        if before_from {
+            format!("{body}\nFROM busybox\nRUN true\n")
+        } else {
+            format!("FROM busybox\n{body}\nRUN true\n")
+        }
+    };
+    let big = "x".repeat(100_000);
+    let wide = format!(
+        "FROM busybox\nENV B={big}\n{}\nRUN true\n",
+        (0..400)
+            .map(|i| format!("ENV C{i}=${{B}}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Each stage copies its parent's variables: 120 stages of 2.4 MB.
+    let chained = format!(
+        "FROM busybox AS s0\nENV B0={}\n{}\n{}\nRUN true\n",
+        "y".repeat(60_000),
+        (1..40)
+            .map(|i| format!("ENV B{i}=${{B{}}}", i - 1))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        (1..120)
+            .map(|i| format!("FROM s{} AS s{i}", i - 1))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let stages = (0..200)
+        .map(|i| format!("FROM busybox AS s{i}\n"))
+        .collect::<String>();
+    let instructions = format!("FROM busybox\n{}", "RUN true\n".repeat(20_000));
+    let huge = format!("FROM busybox\n# {}\nRUN true\n", "z".repeat(2 << 20));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "ENV doubling",
+            doubling("ENV", false),
+            "error: line 19: ENV: ENV A17: the variables in `${A16}${A16}` expand to more than 131072 bytes",
+        ),
+        (
+            "ARG doubling",
+            doubling("ARG", false),
+            "error: line 19: ARG: ARG A17: the variables in `${A16}${A16}` expand to more than 131072 bytes",
+        ),
+        (
+            "global ARG doubling",
+            doubling("ARG", true),
+            "error: line 18: ARG: ARG A17: the variables in `${A16}${A16}` expand to more than 131072 bytes",
+        ),
+        ("wide", wide, "ENV: ENV C16"),
+        ("chained", chained, "FROM: "),
+        (
+            "stages",
+            stages,
+            "error: line 129: FROM: more than 128 stages in one Dockerfile",
+        ),
+        (
+            "instructions",
+            instructions,
+            "error: line 10001: RUN: more than 10000 instructions in one Dockerfile",
+        ),
+        (
+            "huge",
+            huge,
+            "error: the Dockerfile is 2097177 bytes; at most 1048576 (1 MiB) are accepted",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, text, want) in &cases {
+        let path = dir.path().join(what.replace(' ', "-"));
+        std::fs::write(&path, text).unwrap();
+        let out = slimforge(&["plan", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(want),
+            "{what}: want `{want}` in {stderr}"
+        );
+        if matches!(*what, "wide" | "chained") {
+            assert!(
+                stderr.contains("variables expand to more than 16777216 bytes in all"),
+                "{what}: {stderr}"
+            );
+        }
+
+        let ib: slimforge::api::ImageBuild = serde_yaml::from_value(serde_yaml::Value::Mapping(
+            serde_yaml::from_str(&format!(
+                "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: x, namespace: y}}\n\
+                 spec: {{context: {{inline: {{}}}}, output: {{image: 'r.example/x:1'}}}}\n"
+            ))
+            .unwrap(),
+        ))
+        .unwrap();
+        let mut ib = ib;
+        ib.spec.dockerfile = Some(text.clone());
+        let settings = slimforge::controller::Settings::default();
+        let invalid = match slimforge::controller::reconcile::validate(&ib, &settings, None) {
+            Ok(_) => panic!("{what}: the controller accepted it"),
+            Err(invalid) => invalid,
+        };
+        assert_eq!(invalid.reason, "InvalidDockerfile", "{what}");
+        let message = want.trim_start_matches("error: ");
+        assert!(
+            invalid.message.contains(message),
+            "{what}: want `{message}` in {}",
+            invalid.message
+        );
+    }
+}

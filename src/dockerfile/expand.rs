@@ -19,6 +19,26 @@ pub enum ExpandError {
     Required { name: String, message: String },
     #[error("substitutions nested more than {MAX_DEPTH} deep in `{word}`")]
     TooDeep { word: String },
+    #[error(
+        "the variables in `{word}` expand to more than {MAX_WORD_BYTES} bytes (128 KiB, the most one environment string can hold on Linux)"
+    )]
+    TooLong { word: String },
+    #[error("the Dockerfile's variables expand to more than {limit} bytes in all{note}")]
+    OverBudget { limit: usize, note: &'static str },
+}
+
+/// The longest value one word may expand to: Linux refuses a longer
+/// environment string or argument (MAX_ARG_STRLEN), so no build could use
+/// it, and doubling `ENV A1=${A0}${A0}` stops here, not at the heap's end.
+pub const MAX_WORD_BYTES: usize = 128 * 1024;
+
+/// A word as an error shows it: long ones are cut.
+fn shown(word: &str) -> String {
+    const SHOWN: usize = 80;
+    match word.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &word[..end]),
+        None => word.to_string(),
+    }
 }
 
 /// `${A:-${B:-…}}` nesting allowed; deeper input is refused, not recursed.
@@ -76,6 +96,8 @@ struct Lexer<'a> {
     literal_dollar: bool,
     word: &'a str,
     depth: usize,
+    /// Bytes added by substitutions so far.
+    expanded: usize,
 }
 
 impl<'a> Lexer<'a> {
@@ -94,6 +116,7 @@ impl<'a> Lexer<'a> {
             literal_dollar: false,
             word,
             depth: 0,
+            expanded: 0,
         }
     }
 
@@ -117,7 +140,7 @@ impl<'a> Lexer<'a> {
             let Some(c) = self.peek() else {
                 return match stop {
                     Some(_) => Err(ExpandError::MissingBrace {
-                        word: self.word.to_string(),
+                        word: shown(self.word),
                     }),
                     None => Ok(out),
                 };
@@ -160,7 +183,7 @@ impl<'a> Lexer<'a> {
                 }
                 '$' if !self.literal_dollar => {
                     let value = self.dollar()?;
-                    out.push_str(&value);
+                    self.append(&mut out, &value)?;
                 }
                 c => {
                     self.pos += 1;
@@ -168,6 +191,20 @@ impl<'a> Lexer<'a> {
                 }
             }
         }
+    }
+
+    /// Adds an expanded value: all those of one word or heredoc stay within
+    /// [`MAX_WORD_BYTES`] (its literal text is the Dockerfile's, already
+    /// bounded).
+    fn append(&mut self, out: &mut String, value: &str) -> Result<(), ExpandError> {
+        self.expanded += value.len();
+        if self.expanded > MAX_WORD_BYTES {
+            return Err(ExpandError::TooLong {
+                word: shown(self.word),
+            });
+        }
+        out.push_str(value);
+        Ok(())
     }
 
     fn single_quoted(&mut self, out: &mut String) -> Result<(), ExpandError> {
@@ -178,7 +215,7 @@ impl<'a> Lexer<'a> {
                 None => {
                     return Err(ExpandError::UnterminatedQuote {
                         quote: "single",
-                        word: self.word.to_string(),
+                        word: shown(self.word),
                     });
                 }
             }
@@ -191,7 +228,7 @@ impl<'a> Lexer<'a> {
                 None => {
                     return Err(ExpandError::UnterminatedQuote {
                         quote: "double",
-                        word: self.word.to_string(),
+                        word: shown(self.word),
                     });
                 }
                 Some('"') => {
@@ -200,7 +237,7 @@ impl<'a> Lexer<'a> {
                 }
                 Some('$') if !self.literal_dollar => {
                     let value = self.dollar()?;
-                    out.push_str(&value);
+                    self.append(out, &value)?;
                 }
                 Some(c) if c == self.escape => {
                     self.pos += 1;
@@ -250,7 +287,7 @@ impl<'a> Lexer<'a> {
     fn dollar(&mut self) -> Result<String, ExpandError> {
         if self.depth >= MAX_DEPTH {
             return Err(ExpandError::TooDeep {
-                word: self.word.to_string(),
+                word: shown(self.word),
             });
         }
         self.depth += 1;
@@ -272,12 +309,12 @@ impl<'a> Lexer<'a> {
         match self.peek() {
             None => {
                 return Err(ExpandError::MissingBrace {
-                    word: self.word.to_string(),
+                    word: shown(self.word),
                 });
             }
             Some('{' | '}' | ':') => {
                 return Err(ExpandError::BadSubstitution {
-                    word: self.word.to_string(),
+                    word: shown(self.word),
                 });
             }
             _ => {}
@@ -285,12 +322,12 @@ impl<'a> Lexer<'a> {
         let name = self.name();
         if name.is_empty() {
             return Err(ExpandError::BadSubstitution {
-                word: self.word.to_string(),
+                word: shown(self.word),
             });
         }
         let Some(c) = self.next() else {
             return Err(ExpandError::MissingBrace {
-                word: self.word.to_string(),
+                word: shown(self.word),
             });
         };
         match c {
@@ -298,13 +335,13 @@ impl<'a> Lexer<'a> {
             ':' => {
                 let Some(modifier) = self.next() else {
                     return Err(ExpandError::MissingBrace {
-                        word: self.word.to_string(),
+                        word: shown(self.word),
                     });
                 };
                 if !matches!(modifier, '-' | '+' | '?') {
                     return Err(ExpandError::UnsupportedModifier {
                         modifier,
-                        word: self.word.to_string(),
+                        word: shown(self.word),
                     });
                 }
                 let alternative = self.until(Some('}'))?;
@@ -336,7 +373,7 @@ impl<'a> Lexer<'a> {
             }
             modifier => Err(ExpandError::UnsupportedModifier {
                 modifier,
-                word: self.word.to_string(),
+                word: shown(self.word),
             }),
         }
     }

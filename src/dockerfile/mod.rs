@@ -20,6 +20,16 @@ pub use instruction::{
 };
 pub use lexer::Heredoc;
 
+/// The largest Dockerfile accepted, in bytes. An ImageBuild (the whole
+/// object) holds at most about 1.5 MiB in etcd; a file from a context is
+/// held to the same measure.
+pub const MAX_DOCKERFILE_BYTES: usize = 1024 * 1024;
+/// The most stages a Dockerfile may have: every needed one may become a
+/// pod.
+pub const MAX_STAGES: usize = 128;
+/// The most instructions a Dockerfile may have, all stages together.
+pub const MAX_INSTRUCTIONS: usize = 10_000;
+
 /// What is wrong with a Dockerfile; every variant about an instruction
 /// names its line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +38,8 @@ pub enum DockerfileError {
     Empty,
     #[error("the Dockerfile has no FROM instruction")]
     NoFrom,
+    #[error("the Dockerfile is {bytes} bytes; at most {MAX_DOCKERFILE_BYTES} (1 MiB) are accepted")]
+    TooLarge { bytes: usize },
     #[error("line {line}: the Dockerfile is not valid UTF-8")]
     NotUtf8 { line: usize },
     #[error("line {line}: # {name}= directive: {message}")]
@@ -49,7 +61,7 @@ impl DockerfileError {
     /// The line the error is about, if it is about one.
     pub fn line(&self) -> Option<usize> {
         match self {
-            Self::Empty | Self::NoFrom => None,
+            Self::Empty | Self::NoFrom | Self::TooLarge { .. } => None,
             Self::NotUtf8 { line }
             | Self::Directive { line, .. }
             | Self::Instruction { line, .. } => Some(*line),
@@ -112,6 +124,8 @@ pub enum InstructionError {
     Reference { reference: String, reason: String },
     #[error("--from={name}: {reason}")]
     CopyFrom { name: String, reason: String },
+    #[error("more than {limit} {what} in one Dockerfile")]
+    TooMany { what: &'static str, limit: usize },
 }
 
 /// One instruction as it appears in the Dockerfile.
@@ -172,6 +186,9 @@ impl Dockerfile {
 
 /// Parses a Dockerfile from bytes (a UTF-8 byte-order mark is skipped).
 pub fn parse_bytes(bytes: &[u8]) -> Result<Dockerfile, DockerfileError> {
+    if bytes.len() > MAX_DOCKERFILE_BYTES {
+        return Err(DockerfileError::TooLarge { bytes: bytes.len() });
+    }
     match std::str::from_utf8(bytes) {
         Ok(text) => parse(text),
         Err(e) => {
@@ -186,13 +203,16 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dockerfile, DockerfileError> {
 
 /// Parses a Dockerfile. The first error, by line, is returned.
 pub fn parse(text: &str) -> Result<Dockerfile, DockerfileError> {
+    if text.len() > MAX_DOCKERFILE_BYTES {
+        return Err(DockerfileError::TooLarge { bytes: text.len() });
+    }
     let (directives, lines) = lexer::lex(text)?;
     let escape = directives.escape;
     let mut global_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let any_instruction = !lines.is_empty();
-    for line in lines {
+    for (count, line) in lines.into_iter().enumerate() {
         let (word, rest) = match line.content.split_once(char::is_whitespace) {
             Some((word, rest)) => (word, rest),
             None => (line.content.as_str(), ""),
@@ -203,6 +223,12 @@ pub fn parse(text: &str) -> Result<Dockerfile, DockerfileError> {
             instruction: keyword.clone(),
             error: Box::new(error),
         };
+        if count == MAX_INSTRUCTIONS {
+            return Err(fail(InstructionError::TooMany {
+                what: "instructions",
+                limit: MAX_INSTRUCTIONS,
+            }));
+        }
         let instruction =
             instruction::parse_instruction(&keyword, rest, &line.heredocs, escape).map_err(fail)?;
         let statement = Statement {
@@ -220,6 +246,12 @@ pub fn parse(text: &str) -> Result<Dockerfile, DockerfileError> {
                     }));
                 }
                 names.insert(name.clone(), statement.line);
+            }
+            if stages.len() == MAX_STAGES {
+                return Err(fail(InstructionError::TooMany {
+                    what: "stages",
+                    limit: MAX_STAGES,
+                }));
             }
             stages.push(Stage {
                 index: stages.len(),

@@ -3,6 +3,7 @@
 //! need an extraction step, and whether the final image can be assembled
 //! or needs a runtime pod.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::expand::{ExpandError, expand_word};
@@ -18,6 +19,47 @@ use crate::plan::{
 };
 
 /// Docker's PATH for an image without one (scratch).
+/// What planning one Dockerfile may spend on variables, in bytes: every
+/// expanded value, and every stage's copy of its parent's variables.
+/// Real Dockerfiles use kilobytes; this bounds what a hostile one can make
+/// the controller hold.
+pub const MAX_EXPANSION_BYTES: usize = 16 * 1024 * 1024;
+
+/// What one variable costs beyond its bytes when a stage copies a scope.
+const ENTRY_BYTES: usize = 64;
+
+/// The bytes spent so far against [`MAX_EXPANSION_BYTES`].
+#[derive(Default)]
+struct Budget {
+    spent: Cell<usize>,
+}
+
+impl Budget {
+    fn charge(&self, bytes: usize, note: &'static str) -> Result<(), ExpandError> {
+        let spent = self.spent.get().saturating_add(bytes);
+        self.spent.set(spent);
+        if spent > MAX_EXPANSION_BYTES {
+            return Err(ExpandError::OverBudget {
+                limit: MAX_EXPANSION_BYTES,
+                note,
+            });
+        }
+        Ok(())
+    }
+
+    /// Expands with `lookup`, charging the result.
+    fn expand(
+        &self,
+        word: &str,
+        escape: char,
+        lookup: &mut dyn FnMut(&str) -> Option<String>,
+    ) -> Result<String, ExpandError> {
+        let value = expand_word(word, escape, lookup)?;
+        self.charge(value.len(), "")?;
+        Ok(value)
+    }
+}
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Build args Docker passes to RUN without an ARG.
 const PROXY_ARGS: &[&str] = &[
@@ -100,9 +142,14 @@ impl Scope {
     }
 
     /// Expands a word; `Err(names)` when it needs names only known at run time.
-    fn expand(&self, word: &str, escape: char) -> Result<Result<String, Vec<String>>, ExpandError> {
+    fn expand(
+        &self,
+        word: &str,
+        escape: char,
+        budget: &Budget,
+    ) -> Result<Result<String, Vec<String>>, ExpandError> {
         let mut unknown = Vec::new();
-        let value = expand_word(word, escape, &mut |name| match self.get(name) {
+        let value = budget.expand(word, escape, &mut |name| match self.get(name) {
             Binding::Set(v) => Some(v),
             Binding::Unset => None,
             Binding::Unknown => {
@@ -119,11 +166,17 @@ impl Scope {
         })
     }
 
-    fn binding(&self, word: &str, escape: char) -> Binding {
-        match self.expand(word, escape) {
-            Ok(Ok(value)) => Binding::Set(value),
-            _ => Binding::Unknown,
-        }
+    /// What copying this scope costs against the budget.
+    fn weight(&self) -> usize {
+        let entry = |(name, binding): (&String, &Binding)| {
+            ENTRY_BYTES
+                + name.len()
+                + match binding {
+                    Binding::Set(value) => value.len(),
+                    _ => 0,
+                }
+        };
+        self.env.iter().chain(&self.args).map(entry).sum()
     }
 }
 
@@ -178,6 +231,7 @@ struct Planner<'a> {
     /// With the stage they are about: only the needed stages' are kept.
     warnings: Vec<(Option<usize>, Warning)>,
     current_stage: Option<usize>,
+    budget: Budget,
 }
 
 fn instruction_error(statement: &Statement, error: InstructionError) -> DockerfileError {
@@ -219,6 +273,7 @@ impl<'a> Planner<'a> {
             declared_globals: BTreeSet::new(),
             warnings: Vec::new(),
             current_stage: None,
+            budget: Budget::default(),
         }
     }
 
@@ -263,18 +318,20 @@ impl<'a> Planner<'a> {
                     Some(value.clone())
                 } else if let Some(default) = &declaration.default {
                     let globals = &self.globals;
-                    let value = expand_word(default, self.escape, &mut |name| {
-                        globals.get(name).cloned().flatten()
-                    })
-                    .map_err(|error| {
-                        instruction_error(
-                            statement,
-                            InstructionError::Expand {
-                                what: format!("ARG {}", declaration.name),
-                                error,
-                            },
-                        )
-                    })?;
+                    let value = self
+                        .budget
+                        .expand(default, self.escape, &mut |name| {
+                            globals.get(name).cloned().flatten()
+                        })
+                        .map_err(|error| {
+                            instruction_error(
+                                statement,
+                                InstructionError::Expand {
+                                    what: format!("ARG {}", declaration.name),
+                                    error,
+                                },
+                            )
+                        })?;
                     Some(value)
                 } else {
                     // A bare `ARG TARGETARCH` keeps the automatic value.
@@ -292,11 +349,33 @@ impl<'a> Planner<'a> {
         for stage in &file.stages {
             self.current_stage = Some(stage.index);
             let base = self.resolve_base(stage);
+            let mut start_error = None;
             let start = match &base {
                 Ok(Base::Stage(parent)) => {
-                    let mut scope = facts[*parent].end.clone();
-                    scope.args.clear();
-                    scope
+                    let parent = &facts[*parent].end;
+                    let weight = parent.weight();
+                    match self
+                        .budget
+                        .charge(weight, " (each stage copies its parent's)")
+                    {
+                        Ok(()) => Scope {
+                            args: BTreeMap::new(),
+                            ..parent.clone()
+                        },
+                        Err(error) => {
+                            start_error = Some(from_error(
+                                stage,
+                                InstructionError::Expand {
+                                    what: "the parent stage's variables".into(),
+                                    error,
+                                },
+                            ));
+                            Scope {
+                                poisoned: true,
+                                ..Scope::default()
+                            }
+                        }
+                    }
                 }
                 Ok(Base::Image { reference, .. }) if reference == "scratch" => Scope {
                     env: BTreeMap::from([("PATH".into(), Binding::Set(DEFAULT_PATH.into()))]),
@@ -307,7 +386,8 @@ impl<'a> Planner<'a> {
                     ..Scope::default()
                 },
             };
-            let stage_facts = self.walk(stage, base, start);
+            let mut stage_facts = self.walk(stage, base, start);
+            stage_facts.errors.splice(0..0, start_error);
             facts.push(stage_facts);
         }
         self.current_stage = None;
@@ -326,18 +406,21 @@ impl<'a> Planner<'a> {
                 None
             }
         };
-        let image = expand_word(&stage.from.image, self.escape, &mut lookup).map_err(|error| {
-            from_error(
-                stage,
-                InstructionError::Expand {
-                    what: "image".into(),
-                    error,
-                },
-            )
-        })?;
+        let image = self
+            .budget
+            .expand(&stage.from.image, self.escape, &mut lookup)
+            .map_err(|error| {
+                from_error(
+                    stage,
+                    InstructionError::Expand {
+                        what: "image".into(),
+                        error,
+                    },
+                )
+            })?;
         let platform = match &stage.from.platform {
-            Some(word) => Some(
-                expand_word(word, self.escape, &mut lookup).map_err(|error| {
+            Some(word) => Some(self.budget.expand(word, self.escape, &mut lookup).map_err(
+                |error| {
                     from_error(
                         stage,
                         InstructionError::Expand {
@@ -345,8 +428,8 @@ impl<'a> Planner<'a> {
                             error,
                         },
                     )
-                })?,
-            ),
+                },
+            )?),
             None => None,
         };
         for name in undefined {
@@ -477,22 +560,38 @@ impl<'a> Planner<'a> {
                 Instruction::Arg(declarations) => {
                     for declaration in declarations {
                         declared_args.insert(declaration.name.clone());
-                        let (binding, arg) = self.stage_arg(
+                        match self.stage_arg(
                             &scope,
                             &declaration.name,
                             declaration.default.as_deref(),
-                        );
-                        scope.args.insert(declaration.name.clone(), binding);
-                        step.args.push(arg);
+                        ) {
+                            Ok((binding, arg)) => {
+                                scope.args.insert(declaration.name.clone(), binding);
+                                step.args.push(arg);
+                            }
+                            Err(error) => errors.push(instruction_error(
+                                statement,
+                                InstructionError::Expand {
+                                    what: format!("ARG {}", declaration.name),
+                                    error,
+                                },
+                            )),
+                        }
                     }
                 }
                 Instruction::Env(pairs) => {
-                    let before = scope.clone();
-                    for pair in pairs {
-                        match (
-                            before.expand(&pair.key, self.escape),
-                            before.expand(&pair.value, self.escape),
-                        ) {
+                    // Every pair sees the scope before the instruction.
+                    let expanded: Vec<_> = pairs
+                        .iter()
+                        .map(|pair| {
+                            (
+                                scope.expand(&pair.key, self.escape, &self.budget),
+                                scope.expand(&pair.value, self.escape, &self.budget),
+                            )
+                        })
+                        .collect();
+                    for (pair, expanded) in pairs.iter().zip(expanded) {
+                        match expanded {
                             (Ok(Ok(key)), Ok(value)) => {
                                 let binding = match value {
                                     Ok(value) => Binding::Set(value),
@@ -538,32 +637,41 @@ impl<'a> Planner<'a> {
 
     /// A stage's ARG: a build arg wins, then the default, then the global
     /// value of the same name (a bare redeclaration), else unset.
-    fn stage_arg(&self, scope: &Scope, name: &str, default: Option<&str>) -> (Binding, ArgBinding) {
+    fn stage_arg(
+        &self,
+        scope: &Scope,
+        name: &str,
+        default: Option<&str>,
+    ) -> Result<(Binding, ArgBinding), ExpandError> {
         let binding = |from, value: Option<String>| ArgBinding {
             name: name.to_string(),
             from,
             value,
         };
         if let Some(value) = self.request.build_args.get(name) {
-            return (
+            return Ok((
                 Binding::Set(value.clone()),
                 binding(ArgOrigin::BuildArg, Some(value.clone())),
-            );
+            ));
         }
         if let Some(default) = default {
-            return (
-                scope.binding(default, self.escape),
+            let known = match scope.expand(default, self.escape, &self.budget)? {
+                Ok(value) => Binding::Set(value),
+                Err(_) => Binding::Unknown,
+            };
+            return Ok((
+                known,
                 binding(ArgOrigin::Default, Some(default.to_string())),
-            );
+            ));
         }
         if let Some(value) = self.globals.get(name) {
             let known = match value {
                 Some(v) => Binding::Set(v.clone()),
                 None => Binding::Unset,
             };
-            return (known, binding(ArgOrigin::Global, value.clone()));
+            return Ok((known, binding(ArgOrigin::Global, value.clone())));
         }
-        (Binding::Unset, binding(ArgOrigin::Unset, None))
+        Ok((Binding::Unset, binding(ArgOrigin::Unset, None)))
     }
 
     fn expand_needed(
@@ -573,7 +681,7 @@ impl<'a> Planner<'a> {
         what: &str,
         word: &str,
     ) -> Result<String, DockerfileError> {
-        match scope.expand(word, self.escape) {
+        match scope.expand(word, self.escape, &self.budget) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(names)) => {
                 let globals: Vec<&String> = names
@@ -621,7 +729,7 @@ impl<'a> Planner<'a> {
         let count = copy.sources.len() + copy.heredocs.len();
         if count > 1
             && copy.destination.contains('$')
-            && let Ok(Ok(destination)) = scope.expand(&copy.destination, self.escape)
+            && let Ok(Ok(destination)) = scope.expand(&copy.destination, self.escape, &self.budget)
             && !written_as_directory(&destination)
         {
             return Err(instruction_error(
@@ -631,7 +739,7 @@ impl<'a> Planner<'a> {
         }
         if is_add {
             for source in copy.sources.iter().filter(|s| s.contains('$')) {
-                if let Ok(Ok(value)) = scope.expand(source, self.escape)
+                if let Ok(Ok(value)) = scope.expand(source, self.escape, &self.budget)
                     && is_remote(&value)
                 {
                     return Err(instruction_error(
