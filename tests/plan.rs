@@ -1222,15 +1222,11 @@ fn hostile_dockerfiles_are_refused_naming_the_line() {
             );
         }
 
-        let ib: slimforge::api::ImageBuild = serde_yaml::from_value(serde_yaml::Value::Mapping(
-            serde_yaml::from_str(&format!(
-                "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: x, namespace: y}}\n\
-                 spec: {{context: {{inline: {{}}}}, output: {{image: 'r.example/x:1'}}}}\n"
-            ))
-            .unwrap(),
-        ))
+        let mut ib: slimforge::api::ImageBuild = serde_yaml::from_str(
+            "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {name: x, namespace: y}\n\
+             spec: {context: {inline: {}}, output: {image: 'r.example/x:1'}}\n",
+        )
         .unwrap();
-        let mut ib = ib;
         ib.spec.dockerfile = Some(text.clone());
         let settings = slimforge::controller::Settings::default();
         let invalid = match slimforge::controller::reconcile::validate(&ib, &settings, None) {
