@@ -9,6 +9,7 @@ pub mod local;
 pub mod oci;
 pub mod plan;
 pub mod recipe;
+pub mod schema;
 pub mod stage;
 
 /// Resolves on SIGTERM (a kubelet or CI stopping us) or Ctrl-C.

@@ -69,8 +69,19 @@ impl PlanRequest {
     /// (`kind: ImageBuild` with an inline `spec.dockerfile`), or else a
     /// Dockerfile.
     pub fn from_text(text: &str) -> Result<Self, PlanError> {
-        match image_build_spec(text) {
-            Some(spec) => Self::from_image_build_spec(&spec),
+        match image_build(text) {
+            Some(object) => {
+                let json = serde_json::to_value(&object)
+                    .map_err(|e| PlanError::Manifest(format!("ImageBuild: {e}")))?;
+                let errors = crate::schema::image_build_errors(&json);
+                if !errors.is_empty() {
+                    return Err(PlanError::Manifest(format!(
+                        "ImageBuild is invalid: {}",
+                        errors.join("; ")
+                    )));
+                }
+                Self::from_image_build_spec(&object.get("spec").cloned().unwrap_or_default())
+            }
             None => Ok(Self {
                 dockerfile: text.to_string(),
                 ..Self::default()
@@ -152,8 +163,8 @@ impl PlanRequest {
     }
 }
 
-/// The `spec` of the first YAML document that is an ImageBuild.
-fn image_build_spec(text: &str) -> Option<serde_yaml::Value> {
+/// The first YAML document that is an ImageBuild.
+fn image_build(text: &str) -> Option<serde_yaml::Value> {
     for document in serde_yaml::Deserializer::from_str(text) {
         let Ok(value) = serde_yaml::Value::deserialize(document) else {
             return None;
@@ -164,7 +175,7 @@ fn image_build_spec(text: &str) -> Option<serde_yaml::Value> {
                 .and_then(|v| v.as_str())
                 .is_some_and(|v| v.starts_with("slimforge.dev/"));
         if is_image_build {
-            return Some(value.get("spec").cloned().unwrap_or_default());
+            return Some(value);
         }
     }
     None

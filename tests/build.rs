@@ -280,6 +280,74 @@ fn a_dockerfile_that_does_not_parse_creates_no_pod() {
     assert_nothing_left(&name);
 }
 
+/// As `kubectl apply` does by default: an unknown field, an unserved
+/// apiVersion or a value of the wrong type is refused naming the field and
+/// the file, before anything runs; `slimforge plan` reads manifests alike.
+#[test]
+fn a_manifest_with_an_unknown_field_or_version_is_refused_naming_it() {
+    // Refused before anything is pulled or pushed: no registry needed.
+    let name = unique_name("strict");
+    let good = serde_yaml::to_string(&serde_json::json!({
+        "apiVersion": "slimforge.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": name},
+        "spec": {
+            "context": {"inline": {"a": "x"}},
+            "dockerfile": "FROM busybox\nCOPY a /a\n",
+            "output": {"image": "127.0.0.1:9/strict:v1", "insecure": true},
+            "timeout": "10m",
+        },
+    }))
+    .unwrap();
+    let cases = [
+        (
+            "  timeout: 10m\n",
+            "  timout: 10m\n",
+            "spec.timout: unknown field",
+        ),
+        (
+            "apiVersion: slimforge.dev/v1alpha1",
+            "apiVersion: slimforge.dev/v9",
+            "apiVersion: `slimforge.dev/v9` is not served: this slimforge serves slimforge.dev/v1alpha1",
+        ),
+        (
+            "    insecure: true\n",
+            "    insecure: 'yes'\n",
+            "spec.output.insecure: must be of type boolean, not string",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to, want) in cases {
+        assert!(good.contains(from), "{from} in {good}");
+        let bad = good.replacen(from, to, 1);
+        let file = dir.path().join("build.yaml");
+        std::fs::write(&file, &bad).unwrap();
+        let out = slimforge_build(&bad);
+        let line = error_line(&out);
+        assert!(
+            line.starts_with("error: ")
+                && line.contains("build.yaml: ImageBuild is invalid: ")
+                && line.contains(want),
+            "{to}: {line}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("publishing the helper"),
+            "{to}: something ran:\n{stderr}"
+        );
+
+        let plan = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+            .arg("plan")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!plan.status.success(), "plan accepted {to}");
+        let stderr = String::from_utf8_lossy(&plan.stderr);
+        assert!(stderr.contains(want), "plan, {to}: {stderr}");
+    }
+    assert_nothing_left(&name);
+}
+
 #[test]
 fn a_git_context_is_cloned_on_its_branch_and_built_from_its_subpath() {
     let reg = Registry::start();

@@ -142,6 +142,15 @@ impl Manifest {
             let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
             match kind {
                 "ImageBuild" if image_build.is_none() => {
+                    let object = serde_json::to_value(&value)
+                        .map_err(|e| error(format!("ImageBuild: {e}")))?;
+                    let errors = crate::schema::image_build_errors(&object);
+                    if !errors.is_empty() {
+                        return Err(error(format!(
+                            "ImageBuild is invalid: {}",
+                            errors.join("; ")
+                        )));
+                    }
                     let ib: ImageBuild = serde_yaml::from_value(value)
                         .map_err(|e| error(format!("ImageBuild: {e}")))?;
                     image_build = Some(ib);
@@ -218,8 +227,9 @@ impl Runner {
         let dockerfile_from_context = self.dockerfile_from_config_map();
         // Bad input ends here, before anything is published or started (a
         // git context's Dockerfile is checked once it is cloned).
+        let path = self.manifest.path.display().to_string();
         let refused = |invalid: Invalid| {
-            LocalError::Invalid(format!("{}: {}", invalid.reason, invalid.message))
+            LocalError::Invalid(format!("{path}: {}: {}", invalid.reason, invalid.message))
         };
         let git = self.ib.spec.context.git.clone();
         let validated = match &git {
