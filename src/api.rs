@@ -256,8 +256,13 @@ pub struct ImageStatus {
     pub size_bytes: i64,
     /// The same in a person's units (`2.3 MB`), for `kubectl get`.
     pub size: String,
-    /// The compressed size of the image the builder stage ran in: the
-    /// reduction is this against `sizeBytes`.
+    /// The largest image a builder stage ran in (a final stage that runs
+    /// commands is not a builder): what the image would weigh built in one
+    /// stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder_image: Option<String>,
+    /// That image's compressed size: the reduction is this against
+    /// `sizeBytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder_size_bytes: Option<i64>,
     /// The layers this build added, by digest.

@@ -167,8 +167,11 @@ pub struct AssembleResult {
     /// The base as pinned for the whole assembly (`…@sha256:…`), absent for scratch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
-    /// The compressed size of the image the builder stage ran in, when asked
-    /// for (`--builder-image`): the size reduction is measured against it.
+    /// The largest of the builder stages' images, when asked for
+    /// (`--builder-image`): the size reduction is measured against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder_image: Option<String>,
+    /// That image's compressed size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder_size_bytes: Option<u64>,
 }
@@ -803,6 +806,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         size_bytes,
         layers: written.into_iter().map(|(_, d, _)| d).collect(),
         base: base_pinned,
+        builder_image: None,
         builder_size_bytes: None,
     })
 }

@@ -17,8 +17,9 @@ use slimforge::stage;
     about = "Slim container images from multi-stage builds, without a Docker daemon"
 )]
 struct Cli {
-    /// How logs (on stderr) are written; the level is in SLIMFORGE_LOG.
-    #[arg(long, global = true, env = "SLIMFORGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// How logs (on stderr) are written: text or json; the level is in
+    /// SLIMFORGE_LOG (e.g. `debug`, `slimforge=trace`).
+    #[arg(long, global = true, env = "SLIMFORGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, hide_possible_values = true)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -67,17 +68,25 @@ enum Command {
         /// Also write the result as JSON here (e.g. the termination-message path).
         #[arg(long)]
         result: Option<PathBuf>,
-        /// Report this image's compressed size too (`builderSizeBytes`).
-        #[arg(long)]
-        builder_image: Option<String>,
+        /// A builder stage's image, repeatable: the largest one's compressed
+        /// size is reported too (`builderImage`, `builderSizeBytes`).
+        #[arg(long = "builder-image", value_name = "IMAGE")]
+        builder_images: Vec<String>,
         /// dockerconfigjson to read the builder image with (repeatable; tried
         /// in order, then --auth).
         #[arg(long = "builder-auth", value_name = "FILE")]
         builder_auth: Vec<PathBuf>,
     },
     /// Plan a build: a Dockerfile or an ImageBuild manifest → chains, exports, final image.
+    ///
+    /// Nothing runs and nothing is pulled. The text lists the chains (one pod
+    /// each), the waves of pods that run in parallel, and how the final image
+    /// is assembled; `-o json` prints the BuildPlan the pods are handed,
+    /// whose `waves` list only the chains (the probe pod and the assembly are
+    /// added by the controller).
     Plan {
-        /// A Dockerfile, or an ImageBuild manifest with an inline spec.dockerfile.
+        /// A Dockerfile, or an ImageBuild manifest with an inline spec.dockerfile;
+        /// `-` reads standard input.
         file: PathBuf,
         /// NAME=value, repeatable; wins over the manifest's spec.buildArgs.
         #[arg(long = "build-arg", value_name = "NAME=VALUE")]
@@ -121,6 +130,13 @@ enum Command {
         lease_namespace: String,
     },
     /// Build an ImageBuild locally: the same pods as in a cluster, run by podman.
+    ///
+    /// Needs podman (`podman kube play`) and a registry to push to. Progress
+    /// and the sizes go to stderr; on success the last line on stdout is
+    /// the pushed image's reference (`registry/name@sha256:…`), so
+    /// `ref=$(slimforge build app.yaml)` works. The exit code is non-zero on
+    /// any failure, and the build's pods and volumes are removed however it
+    /// ends.
     Build {
         /// The ImageBuild manifest (ConfigMaps it names may be in the same file).
         file: PathBuf,
@@ -277,6 +293,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to standard output; a reader that went away (`slimforge plan |
+/// head`) ends the output quietly, as it does for other Unix tools.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("writing to standard output: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Assemble {
@@ -290,7 +322,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ca_bundle,
             context,
             result,
-            builder_image,
+            builder_images,
             builder_auth,
         } => {
             // A context materialised here lives until the assembly is done.
@@ -326,13 +358,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             };
             let mut outcome = assemble(&spec).await?;
-            if let Some(builder) = builder_image {
-                let platform = spec
-                    .platform
-                    .clone()
-                    .unwrap_or_else(|| "linux/amd64".into());
+            let platform = spec
+                .platform
+                .clone()
+                .unwrap_or_else(|| "linux/amd64".into());
+            for builder in builder_images {
                 let auths = builder_auth
-                    .into_iter()
+                    .iter()
+                    .cloned()
                     .map(Some)
                     .chain([spec.auth.clone()]);
                 for auth_file in auths {
@@ -344,7 +377,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     match slimforge::assemble::compressed_size(&builder, &platform, &options).await
                     {
                         Ok(size) => {
-                            outcome.builder_size_bytes = Some(size);
+                            if outcome
+                                .builder_size_bytes
+                                .is_none_or(|largest| size > largest)
+                            {
+                                outcome.builder_size_bytes = Some(size);
+                                outcome.builder_image = Some(builder.clone());
+                            }
                             break;
                         }
                         Err(e) => {
@@ -359,8 +398,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 std::fs::write(&path, json)
                     .map_err(|e| anyhow::anyhow!("writing result {}: {e}", path.display()))?;
             }
-            println!("{}", outcome.reference);
-            Ok(())
+            out(&format!("{}\n", outcome.reference))
         }
         Command::Plan {
             file,
@@ -369,8 +407,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             platform,
             output,
         } => {
-            let bytes = std::fs::read(&file)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let bytes = if file.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                    .map_err(|e| anyhow::anyhow!("reading standard input: {e}"))?;
+                bytes
+            } else {
+                std::fs::read(&file)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
+            };
             let Ok(text) = std::str::from_utf8(&bytes) else {
                 // Not text: the Dockerfile parser names the line.
                 slimforge::dockerfile::parse_bytes(&bytes)?;
@@ -386,10 +431,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let plan = request.plan()?;
             match output {
-                PlanOutput::Text => print!("{}", plan.to_text()),
-                PlanOutput::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                PlanOutput::Text => out(&plan.to_text()),
+                PlanOutput::Json => out(&format!("{}\n", serde_json::to_string_pretty(&plan)?)),
             }
-            Ok(())
         }
         Command::Stage(command) => run_stage(command),
         Command::Build {
@@ -414,8 +458,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .status
                 .image
                 .ok_or_else(|| anyhow::anyhow!("the build succeeded without an image"))?;
-            println!("{}", image.reference);
-            Ok(())
+            out(&format!("{}\n", image.reference))
         }
         Command::Controller {
             helper_image,
@@ -440,10 +483,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             slimforge::controller::run::run(options).await
         }
-        Command::Crd => {
-            print!("{}", slimforge::api::crd_yaml());
-            Ok(())
-        }
+        Command::Crd => out(&slimforge::api::crd_yaml()),
     }
 }
 

@@ -466,6 +466,14 @@ pub enum PlanLoadError {
 }
 
 impl BuildPlan {
+    /// The final image's base and the line of its FROM.
+    pub fn final_base(&self) -> (&str, usize) {
+        match &self.final_image {
+            FinalImage::Assemble(a) => (&a.base, a.stage.line),
+            FinalImage::Runtime(r) => (&r.base, r.stage.line),
+        }
+    }
+
     /// The plan from `path`, or else (no path) from the `SLIMFORGE_PLAN`
     /// environment variable.
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, PlanLoadError> {
@@ -559,6 +567,13 @@ impl BuildPlan {
         for (i, wave) in self.waves.iter().enumerate() {
             let note = if wave.len() > 1 { "   (parallel)" } else { "" };
             writeln!(out, "  {}. {}{note}", i + 1, wave.join(", "))?;
+        }
+        let (base, _) = self.final_base();
+        if base != "scratch" {
+            writeln!(
+                out,
+                "  (the probe pod runs in wave 1 too: it reads the users and environment of the final base {base})"
+            )?;
         }
         match &self.final_image {
             FinalImage::Assemble(_) => writeln!(out, "  {}. assemble", self.waves.len() + 1)?,
@@ -685,7 +700,7 @@ mod tests {
 
     #[test]
     fn a_manifest_is_read_for_its_dockerfile_and_parameters() {
-        let manifest = "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {name: x}\nspec:\n  dockerfile: |\n    FROM alpine\n  buildArgs: {GO_VERSION: 1.22, DEBUG: true}\n  target: ''\n  platform: linux/arm64\n";
+        let manifest = "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {name: x}\nspec:\n  context: {inline: {}}\n  output: {image: r.example/x:1}\n  dockerfile: |\n    FROM alpine\n  buildArgs: {GO_VERSION: '1.22', DEBUG: 'true'}\n  target: ''\n  platform: linux/arm64\n";
         let request = PlanRequest::from_text(manifest).unwrap();
         assert_eq!(request.dockerfile, "FROM alpine\n");
         assert_eq!(request.build_args["GO_VERSION"], "1.22");
@@ -696,9 +711,21 @@ mod tests {
 
     #[test]
     fn a_dockerfile_path_needs_the_context() {
-        let manifest = "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nspec:\n  dockerfilePath: build/Dockerfile\n";
+        let manifest = "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nspec:\n  context: {git: {url: 'https://git.example/x'}}\n  output: {image: r.example/x:1}\n  dockerfilePath: build/Dockerfile\n";
         let err = PlanRequest::from_text(manifest).unwrap_err();
         assert!(err.to_string().contains("needs the build context"), "{err}");
+    }
+
+    /// As the API server reads them: `GO_VERSION: 1.22` is a number, which
+    /// spec.buildArgs does not take.
+    #[test]
+    fn a_manifest_is_read_strictly() {
+        let manifest = "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nspec:\n  context: {inline: {}}\n  output: {image: r.example/x:1}\n  dockerfile: FROM alpine\n  buildArgs: {GO_VERSION: 1.22}\n  taget: x\n";
+        let err = PlanRequest::from_text(manifest).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "ImageBuild is invalid: spec.buildArgs.GO_VERSION: must be of type string, not number; spec.taget: unknown field"
+        );
     }
 
     #[test]

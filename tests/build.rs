@@ -218,7 +218,11 @@ CMD ["cat", "/srv/one.txt", "/srv/two.txt"]
 fn a_final_stage_with_run_becomes_a_runtime_pod() {
     let reg = Registry::start();
     // Debian's busybox-static has no adduser: what `adduser -D -u 10001 app` does.
-    let dockerfile = r#"FROM {busybox}
+    let dockerfile = r#"FROM {golang} AS builder
+RUN echo built > /built
+
+FROM {busybox}
+COPY --from=builder /built /built
 RUN echo app:x:10001:10001::/home/app:/bin/sh >> /etc/passwd \
  && echo app:x:10001: >> /etc/group \
  && mkdir -p /home/app && chown 10001:10001 /home/app
@@ -233,6 +237,20 @@ CMD ["id"]
     assert!(
         stderr.contains("runtime") || stderr.contains("(0)"),
         "{stderr}"
+    );
+    // The reduction is measured against the Go builder, not the busybox
+    // the final stage runs on.
+    let golang = push_golang(&reg, "golang");
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("largest builder image"))
+        .unwrap_or_else(|| panic!("no size summary in:\n{stderr}"));
+    assert!(
+        summary.starts_with(&format!(
+            "largest builder image {golang}: {} compressed → final image ",
+            slimforge::api::human_size(compressed_size(&golang))
+        )) && summary.ends_with("× smaller)"),
+        "{summary}"
     );
     let printed = podman_run_for(&last_line(&out), 1.0);
     assert!(printed.contains("uid=10001(app)"), "{printed}");

@@ -815,7 +815,7 @@ fn assemble_steps_keep_dockerfile_order() {
 #[test]
 fn a_manifest_plans_like_its_dockerfile() {
     let manifest = format!(
-        "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: goapp\nspec:\n  buildArgs:\n    GO_VERSION: \"1.21\"\n  target: build\n  dockerfile: |\n{}",
+        "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: goapp\nspec:\n  context: {{inline: {{}}}}\n  output: {{image: r.example/goapp:1}}\n  buildArgs:\n    GO_VERSION: \"1.21\"\n  target: build\n  dockerfile: |\n{}",
         fixture("arg-before-from.Dockerfile")
             .lines()
             .map(|l| format!("    {l}\n"))
@@ -1035,7 +1035,7 @@ fn plan_command_reads_an_image_build_manifest() {
     let manifest = dir.path().join("goapp.yaml");
     std::fs::write(
         &manifest,
-        "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {name: goapp}\nspec:\n  context:\n    inline: {app.go: \"package main\"}\n  dockerfile: |\n    FROM ubuntu AS builder\n    COPY app.go .\n    RUN go build app.go\n    FROM alpine\n    COPY --from=builder /app .\n  buildArgs: {UNUSED: 1}\n",
+        "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {name: goapp}\nspec:\n  context:\n    inline: {app.go: \"package main\"}\n  output: {image: r.example/goapp:1}\n  dockerfile: |\n    FROM ubuntu AS builder\n    COPY app.go .\n    RUN go build app.go\n    FROM alpine\n    COPY --from=builder /app .\n  buildArgs: {UNUSED: '1'}\n",
     )
     .unwrap();
     let out = slimforge(&["plan", manifest.to_str().unwrap()]);
@@ -1051,7 +1051,7 @@ fn plan_command_reads_an_image_build_manifest() {
     let by_path = dir.path().join("bypath.yaml");
     std::fs::write(
         &by_path,
-        "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nspec:\n  dockerfilePath: Dockerfile\n",
+        "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nspec:\n  context: {git: {url: 'https://git.example/x'}}\n  output: {image: r.example/goapp:1}\n  dockerfilePath: Dockerfile\n",
     )
     .unwrap();
     let out = slimforge(&["plan", by_path.to_str().unwrap()]);

@@ -128,7 +128,8 @@ pub fn units(plan: &BuildPlan) -> Vec<Unit> {
         index_of.insert(id.clone(), n);
         units.push(unit);
     }
-    let (base, line) = final_base(plan);
+    let (base, line) = plan.final_base();
+    let base = base.to_string();
     if base != "scratch" {
         units.push(Unit {
             n: units.len() + 1,
@@ -174,14 +175,6 @@ pub fn build_units(ib: &ImageBuild, plan: &BuildPlan) -> Vec<Unit> {
         units.insert(0, context_unit());
     }
     units
-}
-
-/// The final image's base and the line of its FROM.
-pub fn final_base(plan: &BuildPlan) -> (String, usize) {
-    match &plan.final_image {
-        FinalImage::Assemble(a) => (a.base.clone(), a.stage.line),
-        FinalImage::Runtime(r) => (r.base.clone(), r.stage.line),
-    }
 }
 
 /// `<ib>-g<generation>-<n>`, and `-r<attempt>` for a retried pod.
@@ -424,10 +417,13 @@ impl BuildObjects<'_> {
                 if output.insecure {
                     command.push(json!("--insecure"));
                 }
-                if let Some(builder) = builder_image(plan) {
+                let builders = builder_images(plan);
+                for builder in &builders {
                     command.push(json!("--builder-image"));
                     command.push(json!(builder));
-                    // Its size is read with the pull secrets, as the kubelet pulled it.
+                }
+                if !builders.is_empty() {
+                    // Their sizes are read with the pull secrets, as the kubelet pulled them.
                     for (i, pull) in template.image_pull_secrets.iter().enumerate() {
                         let name = format!("pull-secret-{i}");
                         let dir = format!("{PULL_AUTH_MOUNT}/{i}");
@@ -701,26 +697,25 @@ fn final_copies_context(plan: &BuildPlan) -> bool {
     }
 }
 
-/// The image the biggest builder chain ran in: the first builder chain the
-/// final image copies from (the seed's `builder`), else the first builder.
-pub fn builder_image(plan: &BuildPlan) -> Option<String> {
-    let copied_from: Vec<&str> = match &plan.final_image {
-        FinalImage::Assemble(a) => a
-            .steps
-            .iter()
-            .filter_map(|s| match &s.source {
-                Some(CopySource::Stage { chain, .. }) => Some(chain.as_str()),
-                _ => None,
-            })
-            .collect(),
-        FinalImage::Runtime(r) => vec![r.chain.as_str()],
+/// The images the builder chains run in, each once: the assembly measures
+/// them and reports the largest as what the build would weigh without
+/// slimforge. A final stage that runs commands is not a builder, nor is an
+/// image only copied from.
+pub fn builder_images(plan: &BuildPlan) -> Vec<String> {
+    let runtime = match &plan.final_image {
+        FinalImage::Runtime(r) => Some(r.chain.as_str()),
+        FinalImage::Assemble(_) => None,
     };
-    copied_from
-        .iter()
-        .filter_map(|id| plan.chain(id))
-        .chain(plan.chains.iter())
-        .map(|c| c.image.clone())
-        .find(|image| image != "scratch")
+    let mut images: Vec<String> = Vec::new();
+    for chain in &plan.chains {
+        if Some(chain.id.as_str()) != runtime
+            && chain.image != "scratch"
+            && !images.contains(&chain.image)
+        {
+            images.push(chain.image.clone());
+        }
+    }
+    images
 }
 
 /// `linux/arm64/v8` → (`linux`, `arm64`).

@@ -675,6 +675,7 @@ pub fn reconcile(
                     short_digest: short,
                     size_bytes: outcome.size_bytes as i64,
                     size: human_size(outcome.size_bytes),
+                    builder_image: outcome.builder_image,
                     builder_size_bytes: outcome.builder_size_bytes.map(|b| b as i64),
                     layers: outcome.layers.into_iter().map(|l| l.digest).collect(),
                 });
@@ -994,6 +995,8 @@ struct AssembleOutcome {
     reference: String,
     digest: String,
     size_bytes: u64,
+    #[serde(default)]
+    builder_image: Option<String>,
     #[serde(default)]
     builder_size_bytes: Option<u64>,
     #[serde(default)]

@@ -909,12 +909,24 @@ pub fn size_summary(status: &ImageBuildStatus) -> Option<String> {
     let image = status.image.as_ref()?;
     let final_size = image.size_bytes.max(0) as u64;
     Some(match image.builder_size_bytes {
-        Some(builder) if final_size > 0 => format!(
-            "builder image {} compressed → final image {} compressed ({:.1}× smaller)",
-            human_size(builder.max(0) as u64),
-            human_size(final_size),
-            builder as f64 / final_size as f64
-        ),
+        Some(builder) if final_size > 0 => {
+            let ratio = builder as f64 / final_size as f64;
+            format!(
+                "largest builder image {}{} compressed → final image {} compressed ({})",
+                image
+                    .builder_image
+                    .as_deref()
+                    .map(|i| format!("{i}: "))
+                    .unwrap_or_default(),
+                human_size(builder.max(0) as u64),
+                human_size(final_size),
+                if ratio >= 1.0 {
+                    format!("{ratio:.1}× smaller")
+                } else {
+                    format!("{:.1}× larger", 1.0 / ratio)
+                }
+            )
+        }
         _ => format!("final image {} compressed", human_size(final_size)),
     })
 }
