@@ -1242,3 +1242,46 @@ fn hostile_dockerfiles_are_refused_naming_the_line() {
         );
     }
 }
+
+/// `slimforge plan … | head` and `slimforge plan - < Dockerfile`, as
+/// other Unix tools behave: a reader that goes away ends the output
+/// quietly (it once panicked, exit 101), and `-` is standard input.
+#[test]
+fn plan_reads_stdin_and_stops_quietly_when_the_reader_goes() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let path = fixture_path("three-builders.Dockerfile");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .args(["plan", "-o", "json"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .args(["plan", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(fixture("three-builders.Dockerfile").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("chain bundle [builder] on alpine:3.19"),
+        "{text}"
+    );
+    assert!(text.contains("the probe pod runs in wave 1 too"), "{text}");
+}
