@@ -31,11 +31,12 @@ fn manifest(
     image: &str,
     reg: &Registry,
 ) -> String {
-    let golang = push_golang(reg, "golang");
+    let mut dockerfile = dockerfile.to_string();
+    if dockerfile.contains("{golang}") {
+        dockerfile = dockerfile.replace("{golang}", &push_golang(reg, "golang"));
+    }
     let busybox = push_busybox(reg, "busybox", Format::Docker);
-    let dockerfile = dockerfile
-        .replace("{golang}", &golang)
-        .replace("{busybox}", &busybox);
+    let dockerfile = dockerfile.replace("{busybox}", &busybox);
     let inline: serde_json::Map<String, Value> = files
         .iter()
         .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
@@ -508,5 +509,173 @@ fn a_final_stage_naming_an_unknown_user_fails_naming_line_and_user() {
     let error = error_line(&out);
     assert!(error.contains("nosuchuser"), "{error}");
     assert!(error.contains("line 5"), "{error}");
+    assert_nothing_left(&name);
+}
+
+/// busybox with its config's WorkingDir set to `workdir`, which its
+/// filesystem lacks (as `buildah config` or crane make them), pushed as
+/// `repo`.
+fn push_busybox_working_in(reg: &Registry, repo: &str, workdir: &str) -> String {
+    let busybox = push_busybox(reg, "busybox", Format::Docker);
+    let buildah = |args: &[&str]| {
+        let out = Command::new("buildah")
+            .envs(podman_env())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "buildah {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let container = buildah(&["from", "--tls-verify=false", &format!("docker://{busybox}")]);
+    buildah(&["config", "--workingdir", workdir, &container]);
+    let image = reg.image(repo, "v1");
+    buildah(&[
+        "commit",
+        "--tls-verify=false",
+        &container,
+        &format!("docker://{image}"),
+    ]);
+    buildah(&["rm", &container]);
+    image
+}
+
+/// Docker and the kubelet create an image's missing WorkingDir; podman's
+/// kube play refuses to start such a container (`workdir "/src" does not
+/// exist`), which once left `slimforge build` pending until its timeout.
+/// It builds as in a cluster; a kube play failure that cannot be helped
+/// (a WorkingDir that is a file) ends the build at once with podman's words.
+#[test]
+fn an_image_whose_working_dir_is_missing_builds_and_a_play_failure_ends_the_build() {
+    let reg = Registry::start();
+    let missing = push_busybox_working_in(&reg, "nowd", "/src");
+    let name = unique_name("workdir");
+    let dockerfile = format!(
+        "FROM {missing} AS build\nCOPY a .\nRUN pwd > /built && cat a >> /built\n\nFROM {{busybox}}\nCOPY --from=build /built /built\nCMD [\"cat\", \"/built\"]\n"
+    );
+    let out = slimforge_build(&manifest(
+        &name,
+        &dockerfile,
+        &[("a", "from a\n")],
+        &reg.image("workdir", "v1"),
+        &reg,
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = podman_run_for(&last_line(&out), 1.0);
+    assert_eq!(printed.trim(), "/src\nfrom a", "{printed}");
+    assert_nothing_left(&name);
+
+    let file = push_busybox_working_in(&reg, "filewd", "/bin/busybox");
+    let name = unique_name("workdir-file");
+    let dockerfile = format!(
+        "FROM {file} AS build\nRUN true\n\nFROM {{busybox}}\nCOPY --from=build /bin/busybox /x\n"
+    );
+    let started = std::time::Instant::now();
+    let out = slimforge_build(&manifest(
+        &name,
+        &dockerfile,
+        &[],
+        &reg.image("workdir-file", "v1"),
+        &reg,
+    ));
+    let line = error_line(&out);
+    assert!(
+        line.contains("StageFailed")
+            && line.contains("workdir \"/bin/busybox\" exists on container")
+            && line.contains("is not a directory"),
+        "{line}"
+    );
+    // Not the build's 10-minute timeout.
+    assert!(
+        !line.contains("timed out") && started.elapsed().as_secs() < 300,
+        "{line}"
+    );
+    assert_nothing_left(&name);
+}
+
+/// A build killed with SIGKILL cleans nothing; the next run of the same
+/// file removes what it left and builds. Two runs of one file started
+/// together: one builds, the other is refused naming the running process.
+#[test]
+fn a_killed_build_is_cleaned_by_the_next_run_and_a_second_run_is_refused() {
+    let reg = Registry::start();
+    let name = unique_name("killed");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("build.yaml");
+    let slow = manifest(
+        &name,
+        "FROM {busybox}\nRUN sleep 120\n",
+        &[],
+        &reg.image("killed", "v1"),
+        &reg,
+    );
+    std::fs::write(&file, &slow).unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_slimforge"))
+            .envs(podman_env())
+            .arg("build")
+            .arg(&file)
+            .arg("--helper-binary")
+            .arg(static_helper_stripped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run slimforge build")
+    };
+    let mut first = start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let out = podman(&["ps", "--format", "{{.Names}}"]);
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if listed
+            .lines()
+            .any(|l| l.starts_with(&name) && l.ends_with("-stage"))
+        {
+            break;
+        }
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the build ended before its RUN"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN never started: {listed}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // While it runs, a second run of the same file is refused.
+    let second = start().wait_with_output().unwrap();
+    let refused = error_line(&second);
+    assert!(
+        refused.contains(&format!(
+            "a local build named {name} is running already (process {})",
+            first.id()
+        )),
+        "{refused}"
+    );
+    first.kill().unwrap(); // SIGKILL: nothing is cleaned
+    first.wait().unwrap();
+
+    let quick = slow.replace("RUN sleep 120", "RUN true");
+    std::fs::write(&file, &quick).unwrap();
+    let (a, b) = (start(), start());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (built, refused) = if a.status.success() { (a, b) } else { (b, a) };
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert!(built.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "removing what an earlier build of {name} left (its process is gone): pods {name}-g1-"
+        )),
+        "{stderr}"
+    );
+    let line = error_line(&refused);
+    assert!(
+        line.contains(&format!("a local build named {name} is running already")),
+        "{line}"
+    );
     assert_nothing_left(&name);
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod};
 use kube::Resource;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use self::podman::{Podman, PodmanError};
 use self::pods::{LocalPodInputs, local_config_map, local_pod, uses_host_network};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, human_size};
-use crate::controller::pods::{ASSEMBLE_RESULT, CONTEXT_RESULT, CONTEXT_UNIT, PROBE_RESULT};
+use crate::controller::BUILD_LABEL;
+use crate::controller::pods::{ASSEMBLE_RESULT, CONTEXT_RESULT, PROBE_RESULT};
 use crate::controller::reconcile::{
     Invalid, Observed, PodPhase, PodState, Waiting, validate, validate_spec,
 };
@@ -100,6 +101,7 @@ pub async fn build(options: &BuildOptions) -> Result<BuildReport, LocalError> {
         .map_err(|e| LocalError::Io(format!("creating a work directory: {e}")))?;
     let mut runner = Runner {
         podman,
+        lock: None,
         ib,
         manifest,
         workdir: workdir.path().to_path_buf(),
@@ -200,6 +202,8 @@ struct LocalPod {
     helper_volume: String,
     play: Option<JoinHandle<Result<String, PodmanError>>>,
     play_error: Option<String>,
+    /// Played again from `/` for a WorkingDir podman would not create.
+    from_root: bool,
     created: f64,
     started: Option<Timestamp>,
     finished: Option<Timestamp>,
@@ -208,6 +212,8 @@ struct LocalPod {
 
 struct Runner {
     podman: Podman,
+    /// Held while the build runs: one build of a name at a time.
+    lock: Option<std::fs::File>,
     ib: ImageBuild,
     manifest: Manifest,
     workdir: PathBuf,
@@ -280,18 +286,7 @@ impl Runner {
         if !missing.is_empty() {
             return Err(LocalError::Invalid(missing.join("; ")));
         }
-        let first_unit = if git.is_some() { CONTEXT_UNIT } else { 1 };
-        let first_pod = crate::controller::pods::pod_name(&name, 1, first_unit, 0);
-        if self
-            .podman
-            .run(&["pod", "exists", &first_pod])
-            .await
-            .is_ok()
-        {
-            return Err(LocalError::Invalid(format!(
-                "a local build named {name} is running already (pod {first_pod} exists)"
-            )));
-        }
+        self.lock = Some(self.lock_build(&name).await?);
 
         let auth = self.auth_file(options)?;
         let auth_dir = match &auth {
@@ -542,6 +537,7 @@ impl Runner {
             helper_volume: format!("{name}-helper"),
             play: None,
             play_error: None,
+            from_root: false,
             created: self.started.elapsed().as_secs_f64(),
             started: None,
             finished: None,
@@ -583,6 +579,124 @@ impl Runner {
         Ok(())
     }
 
+    /// Takes the build's lock in podman's run root, so that a second build
+    /// of the same name is refused, however close behind. Without an owner
+    /// (its process was killed), what an earlier build left is removed.
+    async fn lock_build(&mut self, name: &str) -> Result<std::fs::File, LocalError> {
+        let run_root = self
+            .podman
+            .run(&["info", "--format", "{{.Store.RunRoot}}"])
+            .await?;
+        let dir = Path::new(run_root.trim()).join("slimforge-builds");
+        let path = dir.join(format!("{name}.lock"));
+        let io = |e: std::io::Error| LocalError::Io(format!("{}: {e}", path.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        if let Err(e) = file.try_lock() {
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => LocalError::Invalid(format!(
+                    "a local build named {name} is running already (process {}); wait for it, or stop it with Ctrl-C or `kill {}`",
+                    owner.trim(),
+                    owner.trim()
+                )),
+                std::fs::TryLockError::Error(e) => io(e),
+            });
+        }
+        let (pods, volumes) = self.left_behind(name).await?;
+        if !pods.is_empty() || !volumes.is_empty() {
+            self.progress(&format!(
+                "removing what an earlier build of {name} left (its process is gone): pods {}; volumes {}",
+                pods.join(", "),
+                volumes.join(", ")
+            ));
+            for pod in &pods {
+                self.podman.remove_pod(pod).await;
+            }
+            for volume in &volumes {
+                self.podman.remove_volume(volume).await;
+            }
+        }
+        file.set_len(0).map_err(io)?;
+        file.write_all(std::process::id().to_string().as_bytes())
+            .map_err(io)?;
+        Ok(file)
+    }
+
+    /// The pods and volumes of build `name` that exist now.
+    async fn left_behind(&self, name: &str) -> Result<(Vec<String>, Vec<String>), LocalError> {
+        let label = format!("label={BUILD_LABEL}={name}");
+        let pods = self
+            .podman
+            .run(&["pod", "ps", "--filter", &label, "--format", "{{.Name}}"])
+            .await?;
+        let volumes = self
+            .podman
+            .run(&["volume", "ls", "--format", "{{.Name}}"])
+            .await?;
+        Ok((
+            pods.lines().map(str::to_string).collect(),
+            volumes
+                .lines()
+                .filter(|v| is_build_volume(name, v))
+                .map(str::to_string)
+                .collect(),
+        ))
+    }
+
+    /// Plays pod `name` again with every container started in `/` and
+    /// `$SLIMFORGE_WORKDIR` naming the image's WorkingDir.
+    fn replay_from_root(
+        &self,
+        name: &str,
+        dir: &str,
+    ) -> Result<JoinHandle<Result<String, PodmanError>>, LocalError> {
+        let file = self.workdir.join(format!("{name}.yaml"));
+        let io = |e: String| LocalError::Io(format!("{}: {e}", file.display()));
+        let text = std::fs::read_to_string(&file).map_err(|e| io(e.to_string()))?;
+        let mut yaml = String::new();
+        let mut host = false;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let mut value =
+                serde_yaml::Value::deserialize(document).map_err(|e| io(e.to_string()))?;
+            if value.get("kind").and_then(|k| k.as_str()) == Some("Pod") {
+                let mut pod: Pod = serde_yaml::from_value(value).map_err(|e| io(e.to_string()))?;
+                host = uses_host_network(&pod);
+                if let Some(spec) = pod.spec.as_mut() {
+                    let containers = spec
+                        .init_containers
+                        .iter_mut()
+                        .flatten()
+                        .chain(spec.containers.iter_mut());
+                    for container in containers {
+                        container.working_dir = Some("/".into());
+                        container.env.get_or_insert_default().push(EnvVar {
+                            name: crate::stage::run::WORKDIR_ENV.into(),
+                            value: Some(dir.into()),
+                            ..EnvVar::default()
+                        });
+                    }
+                }
+                value = serde_yaml::to_value(&pod).map_err(|e| io(e.to_string()))?;
+            }
+            if !yaml.is_empty() {
+                yaml.push_str("---\n");
+            }
+            yaml.push_str(&serde_yaml::to_string(&value).map_err(|e| io(e.to_string()))?);
+        }
+        std::fs::write(&file, yaml).map_err(|e| io(e.to_string()))?;
+        tracing::debug!(pod = %name, workdir = %dir, "kube play again from /");
+        let podman = self.podman.clone();
+        let path = file.display().to_string();
+        Ok(tokio::spawn(async move { podman.play(&path, host).await }))
+    }
+
     async fn delete_pod(&mut self, name: &str) {
         if let Some(pod) = self.pods.get_mut(name) {
             if let Some(play) = pod.play.take() {
@@ -613,12 +727,39 @@ impl Runner {
             if pod.play.as_ref().is_some_and(|p| p.is_finished())
                 && let Some(play) = pod.play.take()
             {
-                match play.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => pod.play_error = Some(e.to_string()),
-                    Err(e) => pod.play_error = Some(e.to_string()),
+                let error = match play.await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(dir) = error.as_deref().and_then(missing_workdir)
+                    && !pod.from_root
+                {
+                    // podman 4.3's kube play will not create an image's
+                    // missing WorkingDir, which the kubelet does: play the
+                    // pod again from `/`, the helper told to create it.
+                    pod.from_root = true;
+                    let dir = dir.to_string();
+                    self.podman.remove_pod(&name).await;
+                    match self.replay_from_root(&name, &dir) {
+                        Ok(play) => {
+                            if let Some(pod) = self.pods.get_mut(&name) {
+                                pod.play = Some(play);
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(pod) = self.pods.get_mut(&name) {
+                                pod.play_error = Some(e.to_string());
+                            }
+                        }
+                    }
+                } else {
+                    pod.play_error = error;
                 }
             }
+            let Some(pod) = self.pods.get_mut(&name) else {
+                continue;
+            };
             let mut state = PodState::new(name.clone(), pod.generation, pod.unit, pod.attempt);
             state.node = Some("localhost".into());
             let playing = pod.play.is_some();
@@ -630,6 +771,12 @@ impl Runner {
             } else {
                 self.podman.container_state(&main).await.ok().flatten()
             };
+            // A failed play ends the pod at once, whatever its containers
+            // (podman leaves them `created`) say.
+            let container = container.filter(|c| {
+                play_error.is_none()
+                    || matches!(c.status.as_str(), "running" | "exited" | "stopped")
+            });
             match (&container, &play_error) {
                 (_, _) if playing => {}
                 (Some(c), _) if c.status == "running" => {
@@ -714,6 +861,42 @@ impl Runner {
             self.podman.remove_volume(&volume).await;
         }
     }
+}
+
+/// Whether volume `volume` is one a build of `build` makes:
+/// `<build>-g<N>-workspace`, `<build>-g<N>-context` or
+/// `<build>-g<N>-<unit>[-r<attempt>]-helper`.
+fn is_build_volume(build: &str, volume: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = volume
+        .strip_prefix(build)
+        .and_then(|r| r.strip_prefix("-g"))
+    else {
+        return false;
+    };
+    let Some((generation, rest)) = rest.split_once('-') else {
+        return false;
+    };
+    if !digits(generation) {
+        return false;
+    }
+    if rest == "workspace" || rest == "context" {
+        return true;
+    }
+    let Some(pod) = rest.strip_suffix("-helper") else {
+        return false;
+    };
+    match pod.split_once("-r") {
+        Some((unit, attempt)) => digits(unit) && digits(attempt),
+        None => digits(pod),
+    }
+}
+
+/// The directory of podman's `workdir "/src" does not exist on container …`.
+fn missing_workdir(error: &str) -> Option<&str> {
+    let (_, rest) = error.split_once("workdir \"")?;
+    let (dir, rest) = rest.split_once('"')?;
+    rest.starts_with(" does not exist").then_some(dir)
 }
 
 /// A kube play failure that is a pull failure, as the kubelet would report it.

@@ -378,6 +378,10 @@ struct Runner<'a> {
 
 type StepResult<T> = Result<T, Box<Failure>>;
 
+/// The image's WorkingDir, for a stage started elsewhere because its
+/// runtime would not create a missing one.
+pub const WORKDIR_ENV: &str = "SLIMFORGE_WORKDIR";
+
 impl<'a> Runner<'a> {
     fn new(
         plan: &'a BuildPlan,
@@ -399,9 +403,20 @@ impl<'a> Runner<'a> {
             .split_once(':')
             .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
             .unwrap_or((0, 0));
-        let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        // The image's WorkingDir, where the runtime started us; `slimforge
+        // build` names it instead when podman refused to create it (as the
+        // kubelet does).
+        let workdir = match std::env::var_os(WORKDIR_ENV) {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                dir
+            }
+            None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        };
         let users = Users::load(Path::new("/"));
         let env: BTreeMap<String, String> = std::env::vars_os()
+            .filter(|(k, _)| k != WORKDIR_ENV)
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
         // The runtime sets HOME for this process (uid 0) only when the
