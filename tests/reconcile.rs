@@ -434,6 +434,43 @@ fn an_evicted_pod_is_retried_a_bounded_number_of_times() {
 }
 
 #[test]
+fn a_stage_pod_deleted_by_someone_else_is_retried_not_failed() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    // `kubectl delete pod` mid-RUN: the kubelet kills it, 143 (SIGTERM) or
+    // 137 (SIGKILL after the grace period), and marks it Failed before the
+    // object goes.
+    let pod = world.pod_mut(1);
+    pod.phase = PodPhase::Failed;
+    pod.exit_code = Some(137);
+    pod.deleting = true;
+    let decision = world.step();
+    assert_eq!(
+        decision.create_pods[0].meta().name.as_deref(),
+        Some("goapp-g1-1-r1")
+    );
+    assert_eq!(world.phase(), Phase::Running);
+    let retried = decision
+        .events
+        .iter()
+        .find(|e| e.reason == "PodRetried")
+        .expect("a PodRetried event");
+    assert!(
+        retried.note.contains("goapp-g1-1 was deleted"),
+        "{}",
+        retried.note
+    );
+    // A failed pod nobody deleted still fails the build.
+    let pod = world.pod_mut(1);
+    pod.phase = PodPhase::Failed;
+    pod.exit_code = Some(1);
+    world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    assert_eq!(world.ready().1, "StageFailed");
+}
+
+#[test]
 fn pod_security_rejection_is_reported() {
     let mut world = World::new(image_build(SEED));
     let observed = Observed {
