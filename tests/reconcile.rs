@@ -260,6 +260,38 @@ fn an_unpullable_base_fails_naming_the_from_line() {
 }
 
 #[test]
+fn the_kubelets_pull_rate_limit_is_waited_out_not_a_failure() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    // Many pods at once on one node: the kubelet refuses pulls past its QPS,
+    // then backs off and pulls again by itself.
+    for (reason, message) in [
+        ("ErrImagePull", "pull QPS exceeded"),
+        (
+            "ImagePullBackOff",
+            "Back-off pulling image \"golang:1.22\": ErrImagePull: pull QPS exceeded",
+        ),
+    ] {
+        world.pod_mut(1).waiting = Some(Waiting {
+            container: "whoami".into(),
+            reason: reason.into(),
+            message: message.into(),
+        });
+        world.step();
+        assert_eq!(world.phase(), Phase::Running, "{reason}: {message}");
+    }
+    // A pull that fails for a reason of the image's still fails the build.
+    world.pod_mut(1).waiting = Some(Waiting {
+        container: "whoami".into(),
+        reason: "ErrImagePull".into(),
+        message: "failed to pull and unpack image \"golang:1.22\": not found".into(),
+    });
+    world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    assert_eq!(world.ready().1, "ImagePullFailed");
+}
+
+#[test]
 fn timeout_fails_the_build_and_stops_its_pods() {
     let mut world = World::new(image_build(SEED));
     world.step();

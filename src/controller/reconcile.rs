@@ -862,10 +862,18 @@ const PULL_FAILURES: [&str; 4] = [
     "ErrImageNeverPull",
 ];
 
+/// The kubelet's own pull rate limit (`registryPullQPS`, 5 a second by
+/// default): what it says when many pods pull at once, as ErrImagePull and
+/// then inside ImagePullBackOff's message. It retries by itself; the image
+/// may well exist.
+const KUBELET_PULL_THROTTLED: &str = "pull QPS exceeded";
+
 /// Why this pod fails the build, if it does.
 fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'static str, String)> {
     if let Some(waiting) = &pod.waiting {
-        if PULL_FAILURES.contains(&waiting.reason.as_str()) {
+        if PULL_FAILURES.contains(&waiting.reason.as_str())
+            && !waiting.message.contains(KUBELET_PULL_THROTTLED)
+        {
             let helper = waiting.container == "install"
                 || matches!(unit.kind, UnitKind::Assemble | UnitKind::Context);
             let what = if helper {
