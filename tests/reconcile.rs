@@ -260,6 +260,38 @@ fn an_unpullable_base_fails_naming_the_from_line() {
 }
 
 #[test]
+fn the_kubelets_pull_rate_limit_is_waited_out_not_a_failure() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    // Many pods at once on one node: the kubelet refuses pulls past its QPS,
+    // then backs off and pulls again by itself.
+    for (reason, message) in [
+        ("ErrImagePull", "pull QPS exceeded"),
+        (
+            "ImagePullBackOff",
+            "Back-off pulling image \"golang:1.22\": ErrImagePull: pull QPS exceeded",
+        ),
+    ] {
+        world.pod_mut(1).waiting = Some(Waiting {
+            container: "whoami".into(),
+            reason: reason.into(),
+            message: message.into(),
+        });
+        world.step();
+        assert_eq!(world.phase(), Phase::Running, "{reason}: {message}");
+    }
+    // A pull that fails for a reason of the image's still fails the build.
+    world.pod_mut(1).waiting = Some(Waiting {
+        container: "whoami".into(),
+        reason: "ErrImagePull".into(),
+        message: "failed to pull and unpack image \"golang:1.22\": not found".into(),
+    });
+    world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    assert_eq!(world.ready().1, "ImagePullFailed");
+}
+
+#[test]
 fn timeout_fails_the_build_and_stops_its_pods() {
     let mut world = World::new(image_build(SEED));
     world.step();
@@ -431,6 +463,43 @@ fn an_evicted_pod_is_retried_a_bounded_number_of_times() {
     world.step();
     assert_eq!(world.phase(), Phase::Failed);
     assert_eq!(world.ready().1, "PodDisrupted");
+}
+
+#[test]
+fn a_stage_pod_deleted_by_someone_else_is_retried_not_failed() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    // `kubectl delete pod` mid-RUN: the kubelet kills it, 143 (SIGTERM) or
+    // 137 (SIGKILL after the grace period), and marks it Failed before the
+    // object goes.
+    let pod = world.pod_mut(1);
+    pod.phase = PodPhase::Failed;
+    pod.exit_code = Some(137);
+    pod.deleting = true;
+    let decision = world.step();
+    assert_eq!(
+        decision.create_pods[0].meta().name.as_deref(),
+        Some("goapp-g1-1-r1")
+    );
+    assert_eq!(world.phase(), Phase::Running);
+    let retried = decision
+        .events
+        .iter()
+        .find(|e| e.reason == "PodRetried")
+        .expect("a PodRetried event");
+    assert!(
+        retried.note.contains("goapp-g1-1 was deleted"),
+        "{}",
+        retried.note
+    );
+    // A failed pod nobody deleted still fails the build.
+    let pod = world.pod_mut(1);
+    pod.phase = PodPhase::Failed;
+    pod.exit_code = Some(1);
+    world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    assert_eq!(world.ready().1, "StageFailed");
 }
 
 #[test]

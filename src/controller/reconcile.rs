@@ -601,7 +601,7 @@ pub fn reconcile(
                     &format!(
                         "pod {} was {}; retrying as attempt {}",
                         pod.name,
-                        pod.reason.as_deref().unwrap_or("disrupted"),
+                        disruption(pod).unwrap_or("disrupted"),
                         pod.attempt + 1
                     ),
                 ));
@@ -625,7 +625,7 @@ pub fn reconcile(
                         "{}: pod {} was {} {} times",
                         u.name,
                         p.name,
-                        p.reason.as_deref().unwrap_or("disrupted"),
+                        disruption(p).unwrap_or("disrupted"),
                         p.attempt + 1
                     ),
                 )
@@ -835,12 +835,25 @@ fn spec_timeout_text(ib: &ImageBuild, timeout: Duration) -> String {
         .unwrap_or_else(|| format!("{}s", timeout.as_secs()))
 }
 
-/// Node pressure, preemption and the like: not the build's fault.
+/// Node pressure, preemption, a deletion and the like: not the build's
+/// fault. The controller deletes a running pod of its build only when the
+/// build ends, so a pod that failed while being deleted was deleted by
+/// someone else (by hand, a drain): the kubelet killed it, and without this
+/// its exit code 137 or 143 would fail the build as if its `RUN` had.
 fn is_disruption(pod: &PodState) -> bool {
-    matches!(
-        pod.reason.as_deref(),
-        Some("Evicted" | "Preempting" | "Shutdown" | "NodeLost" | "Terminated" | "NodeShutdown")
-    )
+    disruption(pod).is_some()
+}
+
+/// What disrupted the pod, as the PodRetried and PodDisrupted messages say it.
+fn disruption(pod: &PodState) -> Option<&str> {
+    match pod.reason.as_deref() {
+        Some(
+            reason @ ("Evicted" | "Preempting" | "Shutdown" | "NodeLost" | "Terminated"
+            | "NodeShutdown"),
+        ) => Some(reason),
+        _ if pod.deleting && pod.phase == PodPhase::Failed => Some("deleted"),
+        _ => None,
+    }
 }
 
 const PULL_FAILURES: [&str; 4] = [
@@ -850,10 +863,18 @@ const PULL_FAILURES: [&str; 4] = [
     "ErrImageNeverPull",
 ];
 
+/// The kubelet's own pull rate limit (`registryPullQPS`, 5 a second by
+/// default): what it says when many pods pull at once, as ErrImagePull and
+/// then inside ImagePullBackOff's message. It retries by itself; the image
+/// may well exist.
+const KUBELET_PULL_THROTTLED: &str = "pull QPS exceeded";
+
 /// Why this pod fails the build, if it does.
 fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'static str, String)> {
     if let Some(waiting) = &pod.waiting {
-        if PULL_FAILURES.contains(&waiting.reason.as_str()) {
+        if PULL_FAILURES.contains(&waiting.reason.as_str())
+            && !waiting.message.contains(KUBELET_PULL_THROTTLED)
+        {
             let helper = waiting.container == "install"
                 || matches!(unit.kind, UnitKind::Assemble | UnitKind::Context);
             let what = if helper {
