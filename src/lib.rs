@@ -12,8 +12,9 @@ pub mod recipe;
 pub mod schema;
 pub mod stage;
 
-/// Resolves on SIGTERM (a kubelet or CI stopping us) or Ctrl-C.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM (a kubelet or CI stopping us) or Ctrl-C, with the
+/// signal's number.
+pub async fn shutdown_signal() -> i32 {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -23,7 +24,11 @@ pub async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        () = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => SIGTERM,
+        _ = tokio::signal::ctrl_c() => SIGINT,
     }
 }
+
+/// The signals [`shutdown_signal`] answers, by number.
+pub const SIGINT: i32 = 2;
+pub const SIGTERM: i32 = 15;

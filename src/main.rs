@@ -288,7 +288,13 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(" ");
             eprintln!("error: {message}");
-            ExitCode::FAILURE
+            // Killed by a signal, as a shell reports it (128 + the signal).
+            match e.downcast_ref::<slimforge::local::LocalError>() {
+                Some(slimforge::local::LocalError::Interrupted { signal }) => {
+                    ExitCode::from(128 + *signal as u8)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -458,6 +458,19 @@ fn htpasswd_registry_takes_the_right_password_and_names_a_wrong_one() {
     }
 }
 
+/// The base on one registry (anonymous), the image pushed to another
+/// that wants a password.
+#[test]
+fn the_base_from_an_open_registry_the_push_to_a_private_one() {
+    let open = Registry::start();
+    let base = push_busybox(&open, "busybox", Format::Docker);
+    let registry = Registry::start_htpasswd("builder", "correct-horse");
+    let mut spec = seed_spec(&base, &registry.image("private", "v1"));
+    spec["auth"] = json!(registry.auth_file().unwrap());
+    spec["insecure"] = json!(true);
+    assemble(&spec).ok();
+}
+
 #[test]
 fn entries_with_only_username_and_password_are_read() {
     let registry = Registry::start_htpasswd("builder", "correct-horse");

@@ -83,7 +83,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
                 }
                 anyhow::Ok(())
             } => waited?,
-            () = crate::shutdown_signal() => {
+            _ = crate::shutdown_signal() => {
                 tracing::info!("stopped before leading");
                 return Ok(());
             }

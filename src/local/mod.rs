@@ -50,8 +50,8 @@ pub enum LocalError {
     Podman(#[from] PodmanError),
     #[error("{0}")]
     Io(String),
-    #[error("interrupted; the build's pods and volumes were removed")]
-    Interrupted,
+    #[error("interrupted by {}; the build's pods and volumes were removed", if *signal == crate::SIGTERM { "SIGTERM" } else { "SIGINT" })]
+    Interrupted { signal: i32 },
     /// The build ran and failed: the Ready condition's reason and message.
     #[error("build failed ({reason}): {message}")]
     Failed { reason: String, message: String },
@@ -115,7 +115,7 @@ pub async fn build(options: &BuildOptions) -> Result<BuildReport, LocalError> {
     // Interrupted (Ctrl-C or SIGTERM) or not, what was started is removed.
     let outcome = tokio::select! {
         outcome = runner.run(options) => outcome,
-        () = crate::shutdown_signal() => Err(LocalError::Interrupted),
+        signal = crate::shutdown_signal() => Err(LocalError::Interrupted { signal }),
     };
     runner.clean_up().await;
     outcome
@@ -293,6 +293,11 @@ impl Runner {
             Some(file) => Some(self.private_auth_dir(file)?),
             None => None,
         };
+        // The push credentials found here go to the assemble pod, as a
+        // spec.output.pushSecret would in a cluster, named or not.
+        if auth.is_some() && self.ib.spec.output.push_secret.is_none() {
+            self.ib.spec.output.push_secret = Some("local-push-credentials".into());
+        }
         let helper_image = match &options.helper_image {
             Some(image) => image.clone(),
             None => {
