@@ -282,12 +282,27 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, whatever the causes carry (registry bodies can hold newlines).
-            let message = format!("{e:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            eprintln!("error: {message}");
+            match e.downcast_ref::<slimforge::local::LocalError>() {
+                // A failed build: its reason on the error line, then the
+                // log tail it carries, line by line.
+                Some(slimforge::local::LocalError::Failed { reason, message }) => {
+                    let mut lines = message.lines();
+                    let first = lines.next().unwrap_or_default();
+                    eprintln!("error: build failed ({reason}): {first}");
+                    for line in lines {
+                        eprintln!("  | {line}");
+                    }
+                }
+                _ => {
+                    // One line, whatever the causes carry (registry bodies
+                    // can hold newlines).
+                    let message = format!("{e:#}")
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    eprintln!("error: {message}");
+                }
+            }
             // Killed by a signal, as a shell reports it (128 + the signal).
             match e.downcast_ref::<slimforge::local::LocalError>() {
                 Some(slimforge::local::LocalError::Interrupted { signal }) => {

@@ -274,7 +274,18 @@ fn a_failing_run_names_stage_line_and_code_and_leaves_nothing() {
     assert!(error.contains("stage builder"), "{error}");
     assert!(error.contains("line 3"), "{error}");
     assert!(error.contains("exit code 3"), "{error}");
-    assert!(error.contains("broken"), "the log tail: {error}");
+    // The log tail follows, a line each (it once ran into the error line).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("error:"))
+        .skip(1)
+        .collect();
+    assert!(
+        tail.iter()
+            .any(|l| l.starts_with("  | ") && l.ends_with("broken")),
+        "the log tail: {stderr}"
+    );
     assert_nothing_left(&name);
 }
 

@@ -439,6 +439,28 @@ fn an_invalid_field_is_named() {
     let (_, reason, message) = world.ready();
     assert_eq!(reason, "InvalidSpec");
     assert!(message.starts_with("spec.timeout `soon`"), "{message}");
+
+    // Each wrong duration says what is wrong with it.
+    for (timeout, why) in [
+        ("soon", "expected a duration such as 30m, 1h30m or 90s"),
+        ("0s", "must be longer than zero"),
+        ("-5m", "must be longer than zero"),
+        (
+            "200h",
+            "longer than the most a build may take (168h, a week)",
+        ),
+        (
+            "99999999999999999999h",
+            "longer than the most a build may take (168h, a week)",
+        ),
+    ] {
+        let yaml = SEED.replace("timeout: 10m", &format!("timeout: '{timeout}'"));
+        let mut world = World::new(image_build(&yaml));
+        world.step();
+        let (_, reason, message) = world.ready();
+        assert_eq!(reason, "InvalidSpec");
+        assert_eq!(message, format!("spec.timeout `{timeout}`: {why}"));
+    }
 }
 
 #[test]

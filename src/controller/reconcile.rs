@@ -254,11 +254,9 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
     }
     let timeout = match &spec.timeout {
         None => settings.default_timeout,
-        Some(text) => parse_duration(text).ok_or_else(|| {
-            invalid(format!(
-                "spec.timeout `{text}`: expected a duration such as 30m, 1h30m or 90s"
-            ))
-        })?,
+        Some(text) => {
+            parse_duration(text).map_err(|why| invalid(format!("spec.timeout `{text}`: {why}")))?
+        }
     };
     if spec.ttl_seconds_after_finished.is_some_and(|t| t < 0) {
         return Err(invalid(
@@ -355,13 +353,32 @@ fn is_relative_path(path: &str) -> bool {
 }
 
 /// `30m`, `1h30m`, `90s`, `2h` (and ISO 8601 `PT30M`).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let duration: SignedDuration = text.trim().parse().ok()?;
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration: SignedDuration = text.trim().parse().map_err(|e: jiff::Error| {
+        if e.to_string().contains("overflow") || e.to_string().contains("too big") {
+            format!("longer than the most a build may take ({MAX_TIMEOUT_TEXT})")
+        } else {
+            "expected a duration such as 30m, 1h30m or 90s".to_string()
+        }
+    })?;
     if duration.is_negative() || duration.is_zero() {
-        return None;
+        return Err("must be longer than zero".into());
     }
-    duration.try_into().ok()
+    let duration: Duration = duration
+        .try_into()
+        .map_err(|_| "expected a duration such as 30m, 1h30m or 90s".to_string())?;
+    if duration > MAX_TIMEOUT {
+        return Err(format!(
+            "longer than the most a build may take ({MAX_TIMEOUT_TEXT})"
+        ));
+    }
+    Ok(duration)
 }
+
+/// The longest `spec.timeout`: a build running a week is stuck, and the
+/// deadline must stay far from the clock's limits.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_TIMEOUT_TEXT: &str = "168h, a week";
 
 /// The core: what to do for `ib` given what exists, at `now`.
 pub fn reconcile(
