@@ -18,7 +18,8 @@ use slimforge::stage;
 )]
 struct Cli {
     /// How logs (on stderr) are written: text or json; the level is in
-    /// SLIMFORGE_LOG (e.g. `debug`, `slimforge=trace`).
+    /// SLIMFORGE_LOG (e.g. `debug`, `slimforge=trace`; default `warn` for
+    /// `build`, `info` for the rest).
     #[arg(long, global = true, env = "SLIMFORGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, hide_possible_values = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -256,8 +257,14 @@ enum PlanOutput {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `build` talks to a person through its progress lines, so its logs stay
+    // quiet by default; the rest run in pods whose logs operators read.
+    let default_level = match cli.command {
+        Command::Build { .. } => "warn",
+        _ => "info",
+    };
     let filter =
-        EnvFilter::try_from_env("SLIMFORGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("SLIMFORGE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
