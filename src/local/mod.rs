@@ -178,7 +178,7 @@ impl Manifest {
         if let Some(template) = ib.spec.pod_template.as_mut()
             && !template.image_pull_secrets.is_empty()
         {
-            tracing::info!(
+            tracing::warn!(
                 "podTemplate.imagePullSecrets: not used locally (podman's own credentials pull the images)"
             );
             template.image_pull_secrets.clear();
@@ -1108,7 +1108,9 @@ pub fn size_summary(status: &ImageBuildStatus) -> Option<String> {
                     .unwrap_or_default(),
                 human_size(builder.max(0) as u64),
                 human_size(final_size),
-                if ratio >= 1.0 {
+                if (0.95..1.05).contains(&ratio) {
+                    "about the same size".to_string()
+                } else if ratio >= 1.0 {
                     format!("{ratio:.1}× smaller")
                 } else {
                     format!("{:.1}× larger", 1.0 / ratio)
