@@ -593,7 +593,14 @@ fn an_image_whose_working_dir_is_missing_builds_and_a_play_failure_ends_the_buil
         &reg.image("workdir-file", "v1"),
         &reg,
     ));
-    let line = error_line(&out);
+    error_line(&out);
+    // The error line and the podman message under it.
+    let line = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .skip_while(|l| !l.starts_with("error:"))
+        .take_while(|l| l.starts_with("error:") || l.starts_with("  | "))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(
         line.contains("StageFailed")
             && line.contains("workdir \"/bin/busybox\" exists on container")
