@@ -136,6 +136,12 @@ fn the_seed_builds_end_to_end_runs_and_is_reproducible() {
         stderr.contains("smaller"),
         "the size reduction is shown:\n{stderr}"
     );
+    // What a person reads: progress, sizes, errors; no log lines unless
+    // SLIMFORGE_LOG asks for them.
+    assert!(
+        !stderr.contains(" INFO ") && !stderr.contains(" DEBUG "),
+        "log lines at the default level:\n{stderr}"
+    );
 
     // Third parties accept it and it runs.
     skopeo_inspect(&reference);
@@ -375,6 +381,14 @@ fn a_manifest_with_an_unknown_field_or_version_is_refused_naming_it() {
         let stderr = String::from_utf8_lossy(&plan.stderr);
         assert!(stderr.contains(want), "plan, {to}: {stderr}");
     }
+
+    // Well-formed but wrong: the controller's own check, naming the file.
+    let bad = good.replacen("  timeout: 10m\n", "  timeout: soon\n", 1);
+    let line = error_line(&slimforge_build(&bad));
+    assert!(
+        line.contains("build.yaml: InvalidSpec: spec.timeout `soon`: expected a duration"),
+        "{line}"
+    );
     assert_nothing_left(&name);
 }
 
