@@ -18,7 +18,6 @@ use crate::plan::{
     Step, Warning,
 };
 
-/// Docker's PATH for an image without one (scratch).
 /// What planning one Dockerfile may spend on variables, in bytes: every
 /// expanded value, and every stage's copy of its parent's variables.
 /// Real Dockerfiles use kilobytes; this bounds what a hostile one can make
@@ -60,6 +59,7 @@ impl Budget {
     }
 }
 
+/// Docker's PATH for an image without one (scratch).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Build args Docker passes to RUN without an ARG.
 const PROXY_ARGS: &[&str] = &[
