@@ -16,7 +16,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::cluster::{Cluster, TestNamespace};
+use support::cluster::{Cluster, TestNamespace, apply, get_json, ready_condition};
 use support::{GitDaemon, git, podman_run_for};
 
 const APP: &str = include_str!("fixtures/seed/app.go");
@@ -73,32 +73,9 @@ fn image_build(cluster: &Cluster, name: &str, spec: Value) -> Value {
     })
 }
 
-fn apply(cluster: &Cluster, ns: &TestNamespace, object: &Value) {
-    let out = cluster.kubectl_stdin(&["-n", &ns.name, "apply", "-f", "-"], &object.to_string());
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Applies ImageBuild `name` with `spec` (defaults filled in) in `ns`.
 fn apply_build(cluster: &Cluster, ns: &TestNamespace, name: &str, spec: Value) {
     apply(cluster, ns, &image_build(cluster, name, spec));
-}
-
-fn get_json(cluster: &Cluster, ns: &TestNamespace, what: &[&str]) -> Value {
-    let mut args = vec!["-n", ns.name.as_str(), "get"];
-    args.extend_from_slice(what);
-    args.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&cluster.kubectl_ok(&args)).expect("kubectl printed JSON")
-}
-
-fn ready_condition(ib: &Value) -> Option<&Value> {
-    ib["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")
 }
 
 /// Waits until generation `generation` of the ImageBuild is Succeeded or

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use support::cluster::{Cluster, TestNamespace};
+use support::cluster::{Cluster, TestNamespace, apply, get_json, ready_condition};
 use support::k8s::repo;
 use support::{http_request, run_any, run_ok};
 
@@ -58,22 +58,6 @@ fn slow_build(cluster: &Cluster, name: &str) -> Value {
     )
 }
 
-fn apply(cluster: &Cluster, ns: &TestNamespace, object: &Value) {
-    let out = cluster.kubectl_stdin(&["-n", &ns.name, "apply", "-f", "-"], &object.to_string());
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn get_json(cluster: &Cluster, ns: &TestNamespace, what: &[&str]) -> Value {
-    let mut args = vec!["-n", ns.name.as_str(), "get"];
-    args.extend_from_slice(what);
-    args.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&cluster.kubectl_ok(&args)).expect("kubectl printed JSON")
-}
-
 /// `get_json`, or `None` while kube-apiserver does not answer.
 fn try_get_json(cluster: &Cluster, ns: &TestNamespace, what: &[&str]) -> Option<Value> {
     let mut args = vec!["-n", ns.name.as_str(), "get"];
@@ -88,13 +72,6 @@ fn try_get_json(cluster: &Cluster, ns: &TestNamespace, what: &[&str]) -> Option<
 
 fn items(list: Option<Value>) -> Option<Vec<Value>> {
     list?["items"].as_array().cloned()
-}
-
-fn ready_condition(ib: &Value) -> Option<&Value> {
-    ib["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")
 }
 
 /// Waits until the ImageBuild is Succeeded or Failed; returns it.

@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use super::images::{push_busybox_at, push_golang_at};
 use super::k8s::repo;
 use super::{
@@ -209,4 +211,30 @@ impl Drop for TestNamespace {
             .cluster
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
+}
+
+/// `kubectl apply` of one object in `ns`; it must succeed.
+pub fn apply(cluster: &Cluster, ns: &TestNamespace, object: &Value) {
+    let out = cluster.kubectl_stdin(&["-n", &ns.name, "apply", "-f", "-"], &object.to_string());
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kubectl get WHAT -o json` in `ns`.
+pub fn get_json(cluster: &Cluster, ns: &TestNamespace, what: &[&str]) -> Value {
+    let mut args = vec!["-n", ns.name.as_str(), "get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&cluster.kubectl_ok(&args)).expect("kubectl printed JSON")
+}
+
+/// An ImageBuild's `Ready` condition.
+pub fn ready_condition(ib: &Value) -> Option<&Value> {
+    ib["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
 }
