@@ -106,6 +106,32 @@ fn error_line(output: &Output) -> String {
         .to_string()
 }
 
+/// The `error:` line and the `  | ` lines under it (a failed pod's log
+/// tail), of a build that must have failed.
+fn error_block(output: &Output) -> Vec<String> {
+    error_line(output);
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .skip_while(|l| !l.starts_with("error:"))
+        .take_while(|l| l.starts_with("error:") || l.starts_with("  | "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `slimforge build FILE` started in the background, its output piped.
+fn spawn_build(file: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .envs(podman_env())
+        .arg("build")
+        .arg(file)
+        .arg("--helper-binary")
+        .arg(static_helper_stripped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run slimforge build")
+}
+
 fn compressed_size(reference: &str) -> u64 {
     let manifest = skopeo_inspect_raw(reference);
     let layers: u64 = manifest["layers"]
@@ -281,16 +307,12 @@ fn a_failing_run_names_stage_line_and_code_and_leaves_nothing() {
     assert!(error.contains("line 3"), "{error}");
     assert!(error.contains("exit code 3"), "{error}");
     // The log tail follows, a line each (it once ran into the error line).
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = stderr
-        .lines()
-        .skip_while(|l| !l.starts_with("error:"))
-        .skip(1)
-        .collect();
+    let block = error_block(&out);
     assert!(
-        tail.iter()
+        block[1..]
+            .iter()
             .any(|l| l.starts_with("  | ") && l.ends_with("broken")),
-        "the log tail: {stderr}"
+        "the log tail: {block:?}"
     );
     assert_nothing_left(&name);
 }
@@ -464,16 +486,7 @@ fn sigterm_in_the_middle_of_a_stage_removes_everything() {
         manifest(&name, dockerfile, &[], &reg.image("sigterm", "v1"), &reg),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_slimforge"))
-        .envs(podman_env())
-        .arg("build")
-        .arg(&file)
-        .arg("--helper-binary")
-        .arg(static_helper_stripped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run slimforge build");
+    let mut child = spawn_build(&file);
     // Until the builder pod's main container (`<pod>-stage`) runs its
     // `sleep` (bounded; the build is killed if it never gets there).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -607,14 +620,8 @@ fn an_image_whose_working_dir_is_missing_builds_and_a_play_failure_ends_the_buil
         &reg.image("workdir-file", "v1"),
         &reg,
     ));
-    error_line(&out);
     // The error line and the podman message under it.
-    let line = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .skip_while(|l| !l.starts_with("error:"))
-        .take_while(|l| l.starts_with("error:") || l.starts_with("  | "))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let line = error_block(&out).join("\n");
     assert!(
         line.contains("StageFailed")
             && line.contains("workdir \"/bin/busybox\" exists on container")
@@ -646,18 +653,7 @@ fn a_killed_build_is_cleaned_by_the_next_run_and_a_second_run_is_refused() {
         &reg,
     );
     std::fs::write(&file, &slow).unwrap();
-    let start = || {
-        Command::new(env!("CARGO_BIN_EXE_slimforge"))
-            .envs(podman_env())
-            .arg("build")
-            .arg(&file)
-            .arg("--helper-binary")
-            .arg(static_helper_stripped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run slimforge build")
-    };
+    let start = || spawn_build(&file);
     let mut first = start();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
