@@ -21,7 +21,7 @@ use crate::oci::layer::{
 use crate::oci::registry::{
     self, DOCKER_MANIFEST, OCI_MANIFEST, Registry, RegistryError, RegistryOptions,
 };
-use crate::stage::copy::{CopyRequest, SourceRoot, copy as copy_files, is_archive, match_source};
+use crate::rootfs::copy::{CopyRequest, SourceRoot, copy as copy_files, is_archive, match_source};
 
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -338,7 +338,7 @@ fn write_copy_layer(
     options: LayerOptions,
 ) -> Result<LayerDigests, String> {
     let spec = &copy.spec;
-    let me = crate::stage::whoami::current_ids().map_err(|e| e.to_string())?;
+    let me = crate::rootfs::users::current_ids().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
     let staging = tempfile::Builder::new()
         .prefix("copy-")

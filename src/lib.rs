@@ -9,6 +9,7 @@ pub mod local;
 pub mod oci;
 pub mod plan;
 pub mod recipe;
+pub mod rootfs;
 pub mod schema;
 pub mod stage;
 

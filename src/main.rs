@@ -588,11 +588,11 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
             tracing::info!(%commit, dest = %options.dest.display(), "context cloned");
         }
         StageCommand::Snapshot(SnapshotCommand::Record { state }) => {
-            let paths = stage::snapshot::record(&state)?;
+            let paths = slimforge::rootfs::snapshot::record(&state)?;
             tracing::info!(paths, "filesystem recorded");
         }
         StageCommand::Snapshot(SnapshotCommand::Diff { state, out }) => {
-            let layer = stage::snapshot::diff(&state, &out)?;
+            let layer = slimforge::rootfs::snapshot::diff(&state, &out)?;
             tracing::info!(digest = %layer.digest, size = layer.size, "snapshot layer written");
         }
     }

@@ -34,12 +34,12 @@ use crate::dockerfile::{
 use crate::dockerfile::{expand_heredoc, expand_word};
 use crate::oci::config::{ConfigChanges, Healthcheck};
 use crate::plan::{BuildPlan, CopySource, FinalImage, PlanLoadError, Step};
-use crate::stage::StageError;
-use crate::stage::probe::{
-    BaseDirectoryEntry, add_directories, is_dir, read_table, resolve, resolve_destination,
+use crate::rootfs::FsError;
+use crate::rootfs::resolve::{
+    BaseDirectoryEntry, add_directories, is_dir, resolve, resolve_destination,
 };
+use crate::rootfs::users::Users;
 use crate::stage::run::DEFAULT_PATH;
-use crate::stage::users::Users;
 
 /// The probe's result, relative to the workspace.
 pub const PROBE_RESULT: &str = "results/probe.json";
@@ -71,7 +71,7 @@ pub enum RecipeError {
     #[error("plan: {0}")]
     InvalidPlan(String),
     #[error(transparent)]
-    Stage(#[from] StageError),
+    Fs(#[from] FsError),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
 }
@@ -210,19 +210,12 @@ pub fn image_environment(
             !INJECTED_VARIABLES.contains(&k.as_str()) && !k.starts_with("KUBERNETES_PORT_")
         })
         .collect();
-    let uid = crate::stage::whoami::current_ids().map_or(0, |(uid, _)| uid);
-    let users = users_of(root).unwrap_or_default();
+    let uid = crate::rootfs::users::current_ids().map_or(0, |(uid, _)| uid);
+    let users = Users::read(root).unwrap_or_default();
     if env.get("HOME").is_some_and(|home| *home == users.home(uid)) {
         env.remove("HOME");
     }
     env
-}
-
-fn users_of(root: &Path) -> Result<Users, StageError> {
-    Ok(Users::parse(
-        &read_table(root, "etc/passwd")?,
-        &read_table(root, "etc/group")?,
-    ))
 }
 
 /// Evaluates the plan's final image against `base`.
@@ -339,7 +332,7 @@ impl<'a> Evaluation<'a> {
 
     fn users(&mut self) -> Result<&Users, String> {
         if self.users.is_none() {
-            self.users = Some(users_of(self.root).map_err(|e| e.to_string())?);
+            self.users = Some(Users::read(self.root).map_err(|e| e.to_string())?);
         }
         Ok(self.users.get_or_insert_with(Users::default))
     }

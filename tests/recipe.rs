@@ -397,7 +397,7 @@ impl Workspace {
             std::fs::write(&disk, content).unwrap();
             std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(*mode)).unwrap();
         }
-        slimforge::stage::copy::write_export(
+        slimforge::rootfs::copy::write_export(
             root.path(),
             pattern,
             &self.path(&format!("exports/{id}.tar")),

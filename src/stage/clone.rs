@@ -13,7 +13,9 @@ use std::sync::atomic::AtomicBool;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::{MAX_RESULT_BYTES, StageError, io_err, keep_first_bytes, remove_tree};
+use super::{MAX_RESULT_BYTES, io_err, keep_first_bytes};
+use crate::rootfs::FsError;
+use crate::rootfs::remove_tree;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {
@@ -26,7 +28,7 @@ pub enum CloneError {
         detail: String,
     },
     #[error(transparent)]
-    Stage(#[from] StageError),
+    Fs(#[from] FsError),
 }
 
 /// What `stage clone` is asked to do.
@@ -312,9 +314,9 @@ fn read_credentials(dir: &Path) -> Result<gix::sec::identity::Account, CloneErro
 }
 
 /// Read (and search) permission for everyone on the whole checkout.
-fn open_to_everyone(root: &Path) -> Result<(), StageError> {
+fn open_to_everyone(root: &Path) -> Result<(), FsError> {
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
-        let entry = entry.map_err(|e| StageError::Invalid {
+        let entry = entry.map_err(|e| FsError::Invalid {
             path: root.to_path_buf(),
             what: e.to_string(),
         })?;
@@ -322,7 +324,7 @@ fn open_to_everyone(root: &Path) -> Result<(), StageError> {
         if file_type.is_symlink() {
             continue;
         }
-        let meta = entry.metadata().map_err(|e| StageError::Invalid {
+        let meta = entry.metadata().map_err(|e| FsError::Invalid {
             path: entry.path().to_path_buf(),
             what: e.to_string(),
         })?;

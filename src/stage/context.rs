@@ -116,7 +116,7 @@ impl Materialised {
 impl Drop for Materialised {
     fn drop(&mut self) {
         if self.owned
-            && let Err(e) = super::remove_tree(&self.dir)
+            && let Err(e) = crate::rootfs::remove_tree(&self.dir)
         {
             tracing::warn!(dir = %self.dir.display(), error = %e, "context not removed");
         }
@@ -141,7 +141,7 @@ impl BuildContext {
         let dir = scratch.join(scratch_name(chain));
         // A pod that ran before (a retry) may have left one behind.
         if fs::symlink_metadata(&dir).is_ok() {
-            super::remove_tree(&dir).map_err(io_err(&dir))?;
+            crate::rootfs::remove_tree(&dir).map_err(io_err(&dir))?;
         }
         create_dir(&dir)?;
         // From here on the directory goes away whatever happens.

@@ -99,16 +99,17 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::context::{BuildContext, Materialised};
-use super::copy::{
-    CopyRequest, HardLinks, Match, SourceRoot, Unpack, copy_matches, extract_archive,
-    match_sources, write_export,
-};
-use super::users::Users;
-use super::{ScratchDir, StageError, io_err, keep_first_bytes};
+use super::{StageError, io_err, keep_first_bytes};
 use crate::dockerfile::{
     CommandForm, CopyArgs, DockerIgnore, Heredoc, Instruction, RunArgs, expand_heredoc, expand_word,
 };
 use crate::plan::{BuildPlan, Chain, ChainStage, CopySource, Step};
+use crate::rootfs::ScratchDir;
+use crate::rootfs::copy::{
+    CopyRequest, HardLinks, Match, SourceRoot, Unpack, copy_matches, extract_archive,
+    match_sources, write_export,
+};
+use crate::rootfs::users::Users;
 
 /// The workspace inside every pod.
 pub const DEFAULT_WORKSPACE: &str = "/.slimforge";
@@ -234,7 +235,7 @@ pub struct RunOptions {
     /// `None`: `<workspace>/context`.
     pub context: Option<String>,
     /// A runtime chain: record the filesystem first and, on success, write
-    /// what the chain changed as one layer here (see `stage::snapshot`).
+    /// what the chain changed as one layer here (see `rootfs::snapshot`).
     pub snapshot: Option<PathBuf>,
 }
 
@@ -255,15 +256,17 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
         .join("tmp")
         .join(super::scratch_name("snapshot", &options.chain));
     let recorded = match &options.snapshot {
-        Some(_) => super::snapshot::record(&state).map(|_| ()),
+        Some(_) => crate::rootfs::snapshot::record(&state).map(|_| ()),
         None => Ok(()),
     };
-    let result = recorded.and_then(|()| run_chain(options));
+    let result = recorded
+        .map_err(StageError::from)
+        .and_then(|()| run_chain(options));
     let layer = match (&options.snapshot, &result) {
         (Some(layer), Ok(RunResult::Succeeded { .. })) => Some(layer),
         _ => None,
     };
-    let diffed = layer.map(|layer| super::snapshot::diff(&state, layer));
+    let diffed = layer.map(|layer| crate::rootfs::snapshot::diff(&state, layer));
     if options.snapshot.is_some() {
         let _ = fs::remove_file(&state);
     }
@@ -304,7 +307,7 @@ pub fn prepare_workspace(workspace: &Path) -> Result<(), StageError> {
                     tracing::debug!(dir = %dir.display(), mode = format!("{mode:o}"), error = %e, "left as it is");
                 }
             }
-            Err(e) => return Err(io_err(&dir)(e)),
+            Err(e) => return Err(io_err(&dir)(e).into()),
         }
     }
     Ok(())
@@ -330,7 +333,7 @@ fn run_chain(options: &RunOptions) -> Result<RunResult, StageError> {
     let plan = BuildPlan::load(options.plan.as_deref())?;
     let chain = plan
         .chain(&options.chain)
-        .ok_or_else(|| StageError::Invalid {
+        .ok_or_else(|| crate::rootfs::FsError::Invalid {
             path: options
                 .plan
                 .clone()
@@ -390,13 +393,16 @@ impl<'a> Runner<'a> {
         whoami: &Path,
     ) -> Result<Self, StageError> {
         let ignore_path = context.join(".dockerignore");
-        let ignore = match fs::read_to_string(&ignore_path) {
-            Ok(text) => Some(DockerIgnore::parse(&text).map_err(|e| StageError::Invalid {
-                path: ignore_path.clone(),
-                what: e.to_string(),
-            })?),
-            Err(_) => None,
-        };
+        let ignore =
+            match fs::read_to_string(&ignore_path) {
+                Ok(text) => Some(DockerIgnore::parse(&text).map_err(|e| {
+                    crate::rootfs::FsError::Invalid {
+                        path: ignore_path.clone(),
+                        what: e.to_string(),
+                    }
+                })?),
+                Err(_) => None,
+            };
         let whoami = fs::read_to_string(whoami).unwrap_or_default();
         let user = whoami
             .trim()

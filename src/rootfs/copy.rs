@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::{Component, Path, PathBuf};
 
-use super::{StageError, io_err};
+use super::{FsError, io_err};
 use crate::dockerfile::DockerIgnore;
 use crate::oci::layer::{LayerOptions, LayerWriter};
 
@@ -41,7 +41,7 @@ impl CopyRequest {
     /// Docker's rule for `sources` things to copy (matches of every source,
     /// heredocs included): more than one needs a destination written as a
     /// directory, even one that exists.
-    pub fn check_source_count(&self, sources: &[&str]) -> Result<(), StageError> {
+    pub fn check_source_count(&self, sources: &[&str]) -> Result<(), FsError> {
         if sources.len() <= 1 || self.destination_is_dir {
             return Ok(());
         }
@@ -50,7 +50,7 @@ impl CopyRequest {
         if sources.len() > SHOWN {
             names.push_str(", …");
         }
-        Err(StageError::Invalid {
+        Err(FsError::Invalid {
             path: self.destination.clone(),
             what: format!(
                 "When using {} with more than one source file, the destination must be a directory and end with a / ({} sources: {names})",
@@ -82,12 +82,12 @@ pub struct Match {
 }
 
 /// Every match of every source under `root`; a source without any is an error.
-pub fn match_sources(root: &SourceRoot, sources: &[String]) -> Result<Vec<Match>, StageError> {
+pub fn match_sources(root: &SourceRoot, sources: &[String]) -> Result<Vec<Match>, FsError> {
     let mut matches = Vec::new();
     for source in sources {
         let found = match_source(root.dir, source, root.ignore)?;
         if found.is_empty() {
-            return Err(StageError::Invalid {
+            return Err(FsError::Invalid {
                 path: PathBuf::from(source),
                 what: "no such file or directory in the source (or excluded by .dockerignore)"
                     .into(),
@@ -106,7 +106,7 @@ pub fn copy_matches(
     matches: &[Match],
     request: &CopyRequest,
     links: &mut HardLinks,
-) -> Result<usize, StageError> {
+) -> Result<usize, FsError> {
     let dest_is_dir =
         request.destination_is_dir || fs::metadata(&request.destination).is_ok_and(|m| m.is_dir());
     let mut written = 0;
@@ -145,7 +145,7 @@ pub fn copy(
     root: &SourceRoot,
     sources: &[String],
     request: &CopyRequest,
-) -> Result<usize, StageError> {
+) -> Result<usize, FsError> {
     let matches = match_sources(root, sources)?;
     let names: Vec<&str> = matches.iter().map(|m| m.rel.as_str()).collect();
     request.check_source_count(&names)?;
@@ -158,7 +158,7 @@ pub fn match_source(
     root: &Path,
     source: &str,
     ignore: Option<&DockerIgnore>,
-) -> Result<Vec<Match>, StageError> {
+) -> Result<Vec<Match>, FsError> {
     let parts: Vec<String> = Path::new(source)
         .components()
         .filter_map(|c| match c {
@@ -219,8 +219,8 @@ pub fn match_source(
 }
 
 /// Where `rel` is on disk under `root`, its symlinks resolved inside `root`.
-fn scoped(root: &Path, rel: &str) -> Result<PathBuf, StageError> {
-    let inside = super::probe::resolve(root, &Path::new("/").join(rel), true)?;
+fn scoped(root: &Path, rel: &str) -> Result<PathBuf, FsError> {
+    let inside = super::resolve::resolve(root, &Path::new("/").join(rel), true)?;
     Ok(root.join(inside.strip_prefix("/").unwrap_or(&inside)))
 }
 
@@ -309,7 +309,7 @@ fn glob_at(p: &[char], n: &[char]) -> bool {
 
 /// Creates `dir` and missing parents; the ones it creates get `owner`
 /// (0755, or `chmod`); existing ones are left alone.
-fn ensure_dir(dir: &Path, owner: (u32, u32), chmod: Option<u32>) -> Result<(), StageError> {
+fn ensure_dir(dir: &Path, owner: (u32, u32), chmod: Option<u32>) -> Result<(), FsError> {
     if fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
@@ -333,7 +333,7 @@ fn copy_tree(
     dest: &Path,
     request: &CopyRequest,
     links: &mut HardLinks,
-) -> Result<usize, StageError> {
+) -> Result<usize, FsError> {
     let mut written = 0;
     let walk = walkdir::WalkDir::new(&found.disk)
         .min_depth(1)
@@ -342,7 +342,7 @@ fn copy_tree(
     let mut skipped: Vec<PathBuf> = Vec::new();
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     for entry in walk {
-        let entry = entry.map_err(|e| StageError::Io {
+        let entry = entry.map_err(|e| FsError::Io {
             path: found.disk.clone(),
             source: e.into(),
         })?;
@@ -394,7 +394,7 @@ fn copy_entry(
     target: &Path,
     request: &CopyRequest,
     links: &mut HardLinks,
-) -> Result<Option<u32>, StageError> {
+) -> Result<Option<u32>, FsError> {
     if let Some(parent) = target.parent() {
         ensure_dir(parent, (0, 0), None)?;
     }
@@ -410,7 +410,7 @@ fn copy_entry(
     } else {
         if let Some(existing) = &existing {
             if existing.is_dir() {
-                return Err(StageError::Invalid {
+                return Err(FsError::Invalid {
                     path: target.to_path_buf(),
                     what: "cannot replace a directory with a file".into(),
                 });
@@ -470,7 +470,7 @@ impl Compression {
 }
 
 /// The bytes of `path`, decompressed as its first bytes say.
-fn decompressed(path: &Path) -> Result<Box<dyn Read>, StageError> {
+fn decompressed(path: &Path) -> Result<Box<dyn Read>, FsError> {
     let mut file = fs::File::open(path).map_err(io_err(path))?;
     let mut head = [0u8; 6];
     let n = read_up_to(&mut file, &mut head).map_err(io_err(path))?;
@@ -501,7 +501,7 @@ fn read_up_to(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 /// A tar archive, plain or compressed with gzip, bzip2 or xz: Docker's
 /// test is that its (decompressed) start reads as a tar header. Anything
 /// else, a compressed file that is not a tar included, is copied as it is.
-pub fn is_archive(path: &Path) -> Result<bool, StageError> {
+pub fn is_archive(path: &Path) -> Result<bool, FsError> {
     let mut reader = decompressed(path)?;
     let mut block = [0u8; 512];
     // A stream that does not decompress is not an archive.
@@ -549,14 +549,14 @@ pub enum Unpack {
 }
 
 /// Unpacks a tar, plain or compressed with gzip, bzip2 or xz, into `dest`.
-pub fn extract_archive(path: &Path, dest: &Path, unpack: Unpack) -> Result<(), StageError> {
+pub fn extract_archive(path: &Path, dest: &Path, unpack: Unpack) -> Result<(), FsError> {
     let mut archive = tar::Archive::new(decompressed(path)?);
     let as_archived = unpack == Unpack::AsArchived;
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(as_archived);
     archive.set_unpack_xattrs(as_archived);
     archive.set_overwrite(true);
-    archive.unpack(dest).map_err(|e| StageError::Invalid {
+    archive.unpack(dest).map_err(|e| FsError::Invalid {
         path: path.to_path_buf(),
         what: error_chain(&e),
     })
@@ -578,10 +578,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// `/`; may be a glob) read under `root`: every match and everything below
 /// it, named by its matched path without the leading `/` (`go/app`), with
 /// owners, modes, xattrs, symlinks and hard links; gzip-compressed; mode 0644.
-pub fn write_export(root: &Path, pattern: &str, out: &Path) -> Result<usize, StageError> {
+pub fn write_export(root: &Path, pattern: &str, out: &Path) -> Result<usize, FsError> {
     let matches = match_source(root, pattern, None)?;
     if matches.is_empty() {
-        return Err(StageError::Invalid {
+        return Err(FsError::Invalid {
             path: PathBuf::from(pattern),
             what: "nothing to export: no such file or directory".into(),
         });
@@ -603,7 +603,7 @@ pub fn write_export(root: &Path, pattern: &str, out: &Path) -> Result<usize, Sta
                 .follow_links(false)
                 .sort_by_file_name()
             {
-                let entry = entry.map_err(|e| StageError::Io {
+                let entry = entry.map_err(|e| FsError::Io {
                     path: disk.clone(),
                     source: e.into(),
                 })?;
@@ -670,8 +670,8 @@ mod tests {
         dir: bool,
         chmod: Option<u32>,
         add: bool,
-    ) -> Result<usize, StageError> {
-        let owner = crate::stage::whoami::current_ids().unwrap();
+    ) -> Result<usize, FsError> {
+        let owner = crate::rootfs::users::current_ids().unwrap();
         let root = SourceRoot {
             dir: context,
             ignore,
@@ -786,7 +786,7 @@ mod tests {
         let mut header = tar::Header::new_gnu();
         header.set_size(2);
         header.set_mode(0o600);
-        let (uid, gid) = crate::stage::whoami::current_ids().unwrap();
+        let (uid, gid) = crate::rootfs::users::current_ids().unwrap();
         header.set_uid(uid.into());
         header.set_gid(gid.into());
         header.set_cksum();

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{StageError, io_err, write_atomically};
+use super::{FsError, io_err, write_atomically};
 use crate::oci::layer::{LayerDigests, LayerOptions, LayerWriter};
 
 /// First line of a state file; bumped when the format changes.
@@ -39,7 +39,7 @@ pub struct EntryState {
 }
 
 impl EntryState {
-    fn of(path: &Path, meta: &fs::Metadata) -> Result<Self, StageError> {
+    fn of(path: &Path, meta: &fs::Metadata) -> Result<Self, FsError> {
         Ok(Self {
             mode: meta.mode(),
             uid: meta.uid(),
@@ -75,7 +75,7 @@ pub struct SnapshotScope {
 impl SnapshotScope {
     /// The whole filesystem of this container but its mount points (but `/`)
     /// and the state file.
-    pub fn this_container(state: &Path) -> Result<Self, StageError> {
+    pub fn this_container(state: &Path) -> Result<Self, FsError> {
         let mountinfo = Path::new("/proc/self/mountinfo");
         let text = fs::read(mountinfo).map_err(io_err(mountinfo))?;
         let mut excluded: BTreeSet<PathBuf> = mount_points(&text)
@@ -90,7 +90,7 @@ impl SnapshotScope {
     }
 
     /// Walks the scope without following symlinks.
-    pub fn record(&self) -> Result<Snapshot, StageError> {
+    pub fn record(&self) -> Result<Snapshot, FsError> {
         let mut snapshot = Snapshot::new();
         let walk = walkdir::WalkDir::new(&self.root)
             .min_depth(1)
@@ -110,7 +110,7 @@ impl SnapshotScope {
                 }
                 Err(e) => {
                     let path = e.path().unwrap_or(&self.root).to_path_buf();
-                    return Err(StageError::Io {
+                    return Err(FsError::Io {
                         path,
                         source: e.into(),
                     });
@@ -132,7 +132,7 @@ impl SnapshotScope {
     }
 }
 
-fn absolute(path: &Path) -> Result<PathBuf, StageError> {
+fn absolute(path: &Path) -> Result<PathBuf, FsError> {
     std::path::absolute(path).map_err(io_err(path))
 }
 
@@ -171,7 +171,7 @@ fn unescape_octal(field: &[u8]) -> Vec<u8> {
 
 /// Hash of the sorted xattrs (names and values), not following symlinks.
 /// SELinux labels belong to the host, as in the layer writer.
-fn xattr_hash(path: &Path) -> Result<u128, StageError> {
+fn xattr_hash(path: &Path) -> Result<u128, FsError> {
     let names = match xattr::list(path) {
         Ok(names) => names,
         Err(e)
@@ -208,7 +208,7 @@ fn xattr_hash(path: &Path) -> Result<u128, StageError> {
 }
 
 /// `stage snapshot record STATE`.
-pub fn record(state: &Path) -> Result<usize, StageError> {
+pub fn record(state: &Path) -> Result<usize, FsError> {
     let scope = SnapshotScope::this_container(state)?;
     let snapshot = scope.record()?;
     write_atomically(state, &encode(&snapshot))?;
@@ -224,9 +224,9 @@ pub fn settle() {
 }
 
 /// `stage snapshot diff STATE --out LAYER`.
-pub fn diff(state: &Path, out: &Path) -> Result<LayerDigests, StageError> {
+pub fn diff(state: &Path, out: &Path) -> Result<LayerDigests, FsError> {
     let before =
-        decode(&fs::read(state).map_err(io_err(state))?).map_err(|what| StageError::Invalid {
+        decode(&fs::read(state).map_err(io_err(state))?).map_err(|what| FsError::Invalid {
             path: state.to_path_buf(),
             what,
         })?;
@@ -316,7 +316,7 @@ pub fn write_diff(
     before: &Snapshot,
     out: &Path,
     options: LayerOptions,
-) -> Result<LayerDigests, StageError> {
+) -> Result<LayerDigests, FsError> {
     let after = scope.record()?;
     let mut writer = LayerWriter::create(out, options)?;
     for (path, change) in changes(before, &after) {

@@ -1,10 +1,11 @@
-//! Users and groups of the image the helper runs in, from its own
-//! /etc/passwd and /etc/group (a missing file is an empty table): what
-//! `USER` and `--chown` mean, and the HOME a RUN gets.
+//! Users and groups of an image, from its /etc/passwd and /etc/group (a
+//! missing file is an empty table): what `USER` and `--chown` mean, and the
+//! HOME a RUN gets; and who this process is.
 
-use std::fs;
-use std::io;
 use std::path::Path;
+
+use super::resolve::read_table;
+use super::{FsError, io_err};
 
 /// One `/etc/passwd` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +25,21 @@ pub struct Users {
 }
 
 impl Users {
-    /// Reads `root/etc/passwd` and `root/etc/group`.
+    /// The tables of the image whose `/` is `root`, found through its links.
+    pub fn read(root: &Path) -> Result<Self, FsError> {
+        Ok(Self::parse(
+            &read_table(root, "etc/passwd")?,
+            &read_table(root, "etc/group")?,
+        ))
+    }
+
+    /// As [`Users::read`], an unreadable table being an empty one (the
+    /// helper in a build pod: root reads what is there).
     pub fn load(root: &Path) -> Self {
-        Self::parse(
-            &read(&root.join("etc/passwd")),
-            &read(&root.join("etc/group")),
-        )
+        Self::read(root).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "no users read");
+            Self::default()
+        })
     }
 
     pub fn parse(passwd: &str, group: &str) -> Self {
@@ -124,12 +134,28 @@ impl Users {
     }
 }
 
-fn read(path: &Path) -> String {
-    match fs::read(path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(_) => String::new(),
-    }
+/// The effective uid and gid of this process, from `/proc/self/status`.
+pub fn current_ids() -> Result<(u32, u32), FsError> {
+    let path = Path::new("/proc/self/status");
+    let status = std::fs::read_to_string(path).map_err(io_err(path))?;
+    parse_status(&status).ok_or_else(|| FsError::Invalid {
+        path: path.to_path_buf(),
+        what: "no Uid:/Gid: lines".into(),
+    })
+}
+
+/// `Uid:\treal\teffective\tsaved\tfs` → the effective one; same for Gid.
+fn parse_status(status: &str) -> Option<(u32, u32)> {
+    let effective = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((effective("Uid:")?, effective("Gid:")?))
 }
 
 #[cfg(test)]
@@ -165,5 +191,49 @@ mod tests {
         assert_eq!(u.home(1000), "/home/app");
         assert_eq!(u.home(1002), "/");
         assert_eq!(u.home(4242), "/");
+    }
+
+    #[test]
+    fn users_follow_dockers_chown_rules_in_a_base() {
+        let base = crate::rootfs::resolve::tests::base();
+        let users = Users::read(base.path()).unwrap();
+        let owner = |u: &str| {
+            let (uid, gid) = users.resolve_chown(u).unwrap();
+            format!("{uid}:{gid}")
+        };
+        assert_eq!(owner("nobody"), "65534:65534");
+        assert_eq!(owner("app"), "1000:1001");
+        assert_eq!(owner("app:staff"), "1000:50");
+        assert_eq!(owner("app:0"), "1000:0");
+        assert_eq!(owner("1000"), "1000:1000");
+        assert_eq!(owner("1000:50"), "1000:50");
+        assert_eq!(owner("0:staff"), "0:50");
+        assert_eq!(
+            users.resolve_chown("ghost"),
+            Err("unknown user `ghost`: not in the image's /etc/passwd".into())
+        );
+        assert!(matches!(users.resolve_chown("app:ghosts"), Err(e) if e.contains("`ghosts`")));
+    }
+
+    #[test]
+    fn names_in_a_base_without_etc_passwd_are_errors_and_numbers_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = Users::read(dir.path()).unwrap();
+        assert!(users.resolve_chown("root").is_err());
+        assert_eq!(users.resolve_chown("10:20"), Ok((10, 20)));
+    }
+
+    #[test]
+    fn status_gives_the_effective_ids() {
+        let status = "Name:\tx\nUmask:\t0022\nUid:\t1000\t65534\t1000\t65534\nGid:\t100\t65533\t100\t65533\n";
+        assert_eq!(parse_status(status), Some((65534, 65533)));
+        assert_eq!(parse_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn current_ids_match_the_owner_of_proc_self() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata("/proc/self").unwrap();
+        assert_eq!(current_ids().unwrap(), (meta.uid(), meta.gid()));
     }
 }
