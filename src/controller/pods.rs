@@ -935,3 +935,199 @@ fn os_arch(platform: &str) -> (String, String) {
     let arch = parts.next().filter(|s| !s.is_empty()).unwrap_or("amd64");
     (os.to_string(), arch.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIT_BUILD: &str = r#"
+apiVersion: slimforge.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: app, namespace: demo, uid: u-1, generation: 2}
+spec:
+  context:
+    git: {url: "https://git.example/app.git", subPath: /app/, credentialsSecret: git-creds}
+  dockerfilePath: Dockerfile
+  platform: linux/arm64/v8
+  output: {image: "registry.example/app:v1"}
+"#;
+
+    fn git_build() -> ImageBuild {
+        serde_yaml::from_str(GIT_BUILD).expect("the fixture parses")
+    }
+
+    /// The context pod while the repository is cloned: no plan yet.
+    fn context_pod(ib: &ImageBuild, settings: &Settings) -> Pod {
+        let objects = BuildObjects {
+            ib,
+            plan: None,
+            settings,
+            generation: 2,
+            deadline_seconds: 600,
+        };
+        objects.pod(&context_unit(), 1, Some("node-a"))
+    }
+
+    #[test]
+    fn the_restricted_container_context_is_non_root_read_only_and_without_capabilities() {
+        let value = serde_json::to_value(restricted_container_security()).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "runAsNonRoot": true,
+                "runAsUser": ASSEMBLE_UID,
+                "runAsGroup": ASSEMBLE_UID,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            })
+        );
+    }
+
+    #[test]
+    fn the_restricted_pod_context_is_non_root_with_runtime_default_seccomp() {
+        let value = serde_json::to_value(restricted_pod_security()).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "runAsNonRoot": true,
+                "runAsUser": ASSEMBLE_UID,
+                "fsGroup": ASSEMBLE_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            })
+        );
+        let stage = serde_json::to_value(runtime_default_pod_security()).unwrap();
+        assert_eq!(stage, json!({"seccompProfile": {"type": "RuntimeDefault"}}));
+    }
+
+    #[test]
+    fn the_context_pod_is_restricted_but_for_the_workspace_opener() {
+        let settings = Settings::default();
+        let pod = context_pod(&git_build(), &settings);
+        let spec = pod.spec.expect("a pod spec");
+        assert_eq!(spec.security_context, Some(restricted_pod_security()));
+        assert_eq!(spec.containers.len(), 1);
+        let clone = &spec.containers[0];
+        assert_eq!(clone.name, "clone");
+        assert_eq!(
+            clone.security_context,
+            Some(restricted_container_security())
+        );
+        let init = spec.init_containers.expect("the workspace opener");
+        let opener = serde_json::to_value(&init[0].security_context).unwrap();
+        assert_eq!(
+            opener,
+            json!({
+                "runAsNonRoot": false,
+                "runAsUser": 0,
+                "runAsGroup": 0,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+            })
+        );
+    }
+
+    #[test]
+    fn the_context_pod_mounts_the_credentials_and_names_the_sub_path() {
+        let settings = Settings::default();
+        let pod = context_pod(&git_build(), &settings);
+        assert_eq!(pod.metadata.name.as_deref(), Some("app-g2-0-r1"));
+        let spec = pod.spec.expect("a pod spec");
+        let command = spec.containers[0].command.clone().unwrap_or_default();
+        assert!(command.windows(2).any(|w| w == ["--sub-path", "app"]));
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w == ["--dockerfile", "Dockerfile"])
+        );
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w == ["--credentials", GIT_CREDENTIALS_MOUNT])
+        );
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["workspace", "git-credentials"]);
+        let mounts = spec.containers[0].volume_mounts.clone().unwrap_or_default();
+        assert_eq!(
+            mounts[1],
+            read_only_mount("git-credentials", GIT_CREDENTIALS_MOUNT)
+        );
+        let selector = spec.node_selector.unwrap_or_default();
+        assert_eq!(selector["kubernetes.io/arch"], "arm64");
+        assert_eq!(spec.affinity, Some(node_affinity("node-a")));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn the_claim_defaults_to_one_node_and_the_default_size() {
+        let ib = git_build();
+        let settings = Settings::default();
+        let objects = BuildObjects {
+            ib: &ib,
+            plan: None,
+            settings: &settings,
+            generation: 2,
+            deadline_seconds: 600,
+        };
+        assert!(objects.pinned());
+        let claim = serde_json::to_value(objects.claim()).unwrap();
+        assert_eq!(claim["metadata"]["name"], "app-g2-workspace");
+        assert_eq!(
+            claim["metadata"]["labels"]["slimforge.dev/role"],
+            "workspace"
+        );
+        assert_eq!(
+            claim["metadata"]["ownerReferences"][0],
+            json!({
+                "apiVersion": "slimforge.dev/v1alpha1",
+                "kind": "ImageBuild",
+                "name": "app",
+                "uid": "u-1",
+                "controller": true,
+                "blockOwnerDeletion": true,
+            })
+        );
+        assert_eq!(
+            claim["spec"],
+            json!({
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": DEFAULT_WORKSPACE_SIZE}},
+            })
+        );
+    }
+
+    #[test]
+    fn the_install_container_copies_the_helper_as_root_without_capabilities() {
+        let settings = Settings::default();
+        let install = install_container(&settings);
+        assert_eq!(
+            install.command,
+            Some(strings([
+                &settings.helper_path,
+                "stage",
+                "install",
+                HELPER_MOUNT
+            ]))
+        );
+        assert_eq!(install.volume_mounts, Some(vec![helper_mount()]));
+        assert_eq!(install.security_context, Some(root_without_capabilities()));
+        assert_eq!(
+            install.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+    }
+
+    #[test]
+    fn os_arch_reads_the_platform_with_linux_amd64_defaults() {
+        assert_eq!(os_arch("linux/arm64/v8"), ("linux".into(), "arm64".into()));
+        assert_eq!(os_arch(""), ("linux".into(), "amd64".into()));
+        assert_eq!(os_arch("windows"), ("windows".into(), "amd64".into()));
+    }
+}
