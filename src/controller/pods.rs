@@ -261,6 +261,8 @@ impl BuildObjects<'_> {
         self.metadata(name, labels, annotations)
     }
 
+    /// The generation's workspace claim: the spec's size, class and access
+    /// modes, `ReadWriteOnce` and [`DEFAULT_WORKSPACE_SIZE`] when unset.
     pub fn claim(&self) -> PersistentVolumeClaim {
         let workspace = self.ib.spec.workspace.clone().unwrap_or_default();
         let access_modes = if workspace.access_modes.is_empty() {
