@@ -6,7 +6,9 @@
 use serde_json::Value;
 use slimforge::api::ImageBuild;
 use slimforge::controller::Settings;
-use slimforge::controller::pods::{BuildObjects, UnitKind, units};
+use slimforge::controller::pods::{
+    BuildObjects, UnitKind, restricted_container_security, restricted_pod_security, units,
+};
 use slimforge::controller::reconcile::validate;
 
 const BUILD: &str = r#"
@@ -141,6 +143,20 @@ fn the_assemble_pod_is_restricted() {
         command
             .windows(2)
             .any(|w| w == ["--builder-image", "golang"])
+    );
+}
+
+#[test]
+fn the_assemble_pod_has_the_shared_restricted_security_contexts() {
+    let pods = pods();
+    let (_, pod) = pods.iter().find(|(k, _)| *k == UnitKind::Assemble).unwrap();
+    assert_eq!(
+        pod["spec"]["securityContext"],
+        serde_json::to_value(restricted_pod_security()).unwrap()
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"],
+        serde_json::to_value(restricted_container_security()).unwrap()
     );
 }
 

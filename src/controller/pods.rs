@@ -4,7 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
+    KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use serde_json::{Value, json};
 
@@ -207,33 +215,54 @@ impl BuildObjects<'_> {
         self.ib.meta().name.clone().unwrap_or_default()
     }
 
-    fn metadata(&self, name: &str, labels: Value, annotations: Value) -> Value {
+    /// Name, namespace, labels, annotations and the controller reference
+    /// to the ImageBuild (which deletes the object with the build).
+    fn metadata(
+        &self,
+        name: String,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+    ) -> ObjectMeta {
         let ib = self.ib.meta();
-        json!({
-            "name": name,
-            "namespace": ib.namespace,
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [{
-                "apiVersion": "slimforge.dev/v1alpha1",
-                "kind": "ImageBuild",
-                "name": ib.name,
-                "uid": ib.uid,
-                "controller": true,
-                "blockOwnerDeletion": true,
-            }],
-        })
+        ObjectMeta {
+            name: Some(name),
+            namespace: ib.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: ImageBuild::api_version(&()).into_owned(),
+                kind: ImageBuild::kind(&()).into_owned(),
+                name: ib.name.clone().unwrap_or_default(),
+                uid: ib.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        }
     }
 
-    fn labels(&self, role: &str) -> Value {
-        json!({
-            MANAGED_BY_LABEL: MANAGED_BY,
-            BUILD_LABEL: self.name(),
-            GENERATION_LABEL: self.generation.to_string(),
-            ROLE_LABEL: role,
-        })
+    fn labels(&self, role: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+            (BUILD_LABEL.to_string(), self.name()),
+            (GENERATION_LABEL.to_string(), self.generation.to_string()),
+            (ROLE_LABEL.to_string(), role.to_string()),
+        ])
     }
 
+    /// The metadata of `unit`'s pod: its role, unit and attempt labels and
+    /// its stage name.
+    fn pod_metadata(&self, unit: &Unit, attempt: u32) -> ObjectMeta {
+        let mut labels = self.labels(unit.kind.role());
+        labels.insert(UNIT_LABEL.to_string(), unit.n.to_string());
+        labels.insert(ATTEMPT_LABEL.to_string(), attempt.to_string());
+        let annotations = BTreeMap::from([(STAGE_ANNOTATION.to_string(), unit.name.clone())]);
+        let name = pod_name(&self.name(), self.generation, unit.n, attempt);
+        self.metadata(name, labels, annotations)
+    }
+
+    /// The generation's workspace claim: the spec's size, class and access
+    /// modes, `ReadWriteOnce` and [`DEFAULT_WORKSPACE_SIZE`] when unset.
     pub fn claim(&self) -> PersistentVolumeClaim {
         let workspace = self.ib.spec.workspace.clone().unwrap_or_default();
         let access_modes = if workspace.access_modes.is_empty() {
@@ -241,20 +270,23 @@ impl BuildObjects<'_> {
         } else {
             workspace.access_modes
         };
-        let mut spec = json!({
-            "accessModes": access_modes,
-            "resources": {"requests": {"storage": workspace.size.as_deref().unwrap_or(DEFAULT_WORKSPACE_SIZE)}},
-        });
-        if let Some(class) = workspace.storage_class_name {
-            spec["storageClassName"] = json!(class);
+        let size = workspace
+            .size
+            .unwrap_or_else(|| DEFAULT_WORKSPACE_SIZE.to_string());
+        let name = claim_name(&self.name(), self.generation);
+        PersistentVolumeClaim {
+            metadata: self.metadata(name, self.labels("workspace"), BTreeMap::new()),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(access_modes),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
+                    ..Default::default()
+                }),
+                storage_class_name: workspace.storage_class_name,
+                ..Default::default()
+            }),
+            ..Default::default()
         }
-        let claim = json!({
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": self.metadata(&claim_name(&self.name(), self.generation), self.labels("workspace"), json!({})),
-            "spec": spec,
-        });
-        serde_json::from_value(claim).expect("a claim built from typed values")
     }
 
     /// Whether every pod must run on one node (the workspace is ReadWriteOnce).
@@ -276,263 +308,238 @@ impl BuildObjects<'_> {
             (_, UnitKind::Context) | (None, _) => return self.context_pod(unit, attempt, node),
             (Some(plan), _) => plan,
         };
-        let settings = self.settings;
-        let name = pod_name(&self.name(), self.generation, unit.n, attempt);
-        let mut labels = self.labels(unit.kind.role());
-        labels[UNIT_LABEL] = json!(unit.n.to_string());
-        labels[ATTEMPT_LABEL] = json!(attempt.to_string());
-        let annotations = json!({STAGE_ANNOTATION: unit.name});
-        let helper = format!("{HELPER_MOUNT}/slimforge");
         let plan_json = serde_json::to_string(plan).unwrap_or_default();
-        let template = self.ib.spec.pod_template.clone().unwrap_or_default();
-
-        let mut volumes = vec![json!({
-            "name": "workspace",
-            "persistentVolumeClaim": {"claimName": claim_name(&self.name(), self.generation)},
-        })];
-        let workspace_mount = json!({"name": "workspace", "mountPath": WORKSPACE_MOUNT});
-        let helper_mount = json!({"name": "helper", "mountPath": HELPER_MOUNT});
-        let mut env = vec![json!({"name": PLAN_ENV, "value": plan_json})];
-        let needs_context = match &unit.kind {
-            UnitKind::Chain { id, .. } => plan.chain(id).is_some_and(|c| c.needs_context),
-            UnitKind::Assemble => final_copies_context(plan),
-            _ => false,
-        };
+        let mut env = vec![env_var(PLAN_ENV, plan_json)];
+        let mut volumes = vec![self.workspace_volume()];
         let mut context_mounts = Vec::new();
-        if needs_context && let Some((source, volume)) = self.context_source() {
-            env.push(json!({"name": CONTEXT_ENV, "value": source}));
+        if needs_context(&unit.kind, plan)
+            && let Some((source, volume)) = self.context_source()
+        {
+            env.push(env_var(CONTEXT_ENV, source));
             if let Some(volume) = volume {
                 volumes.push(volume);
-                context_mounts
-                    .push(json!({"name": "context", "mountPath": CONTEXT_MOUNT, "readOnly": true}));
+                context_mounts.push(read_only_mount("context", CONTEXT_MOUNT));
             }
         }
-
-        let install = json!({
-            "name": "install",
-            "image": settings.helper_image,
-            "command": [settings.helper_path, "stage", "install", HELPER_MOUNT],
-            "volumeMounts": [helper_mount],
-            "securityContext": {
-                "runAsUser": 0,
-                "allowPrivilegeEscalation": false,
-                "capabilities": {"drop": ["ALL"]},
-            },
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        });
-        // Root in the stage image, with its default capabilities (the
-        // `baseline` level): it creates root-owned files and switches users.
-        let root = json!({"runAsUser": 0, "runAsGroup": 0, "privileged": false});
-        let mut main_mounts = vec![workspace_mount.clone()];
+        let assemble = matches!(unit.kind, UnitKind::Assemble);
         let (init, main) = match &unit.kind {
             UnitKind::Chain { id, runtime } => {
-                let whoami = json!({
-                    "name": "whoami",
-                    "image": unit.image,
-                    "command": [helper, "stage", "whoami", format!("{HELPER_MOUNT}/whoami")],
-                    "volumeMounts": [helper_mount],
-                    "securityContext": {"allowPrivilegeEscalation": false},
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                });
-                let mut command = vec![
-                    json!(helper),
-                    json!("stage"),
-                    json!("run"),
-                    json!("--chain"),
-                    json!(id),
-                    json!("--whoami"),
-                    json!(format!("{HELPER_MOUNT}/whoami")),
-                ];
-                if *runtime {
-                    command.push(json!("--snapshot"));
-                    command.push(json!(format!("{WORKSPACE_MOUNT}/{SNAPSHOT_EXPORT}")));
-                }
-                main_mounts.push(helper_mount.clone());
-                main_mounts.extend(context_mounts);
-                let mut container = json!({
-                    "name": "stage",
-                    "image": unit.image,
-                    "command": command,
-                    "env": env,
-                    "volumeMounts": main_mounts,
-                    "securityContext": root,
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                });
-                if let Some(resources) = &self.ib.spec.resources {
-                    container["resources"] = json!(resources);
-                }
-                (vec![install, whoami], container)
+                self.chain_containers(unit, id, *runtime, env, context_mounts)
             }
-            UnitKind::Extraction { id } => {
-                main_mounts.push(helper_mount.clone());
-                let container = json!({
-                    "name": "stage",
-                    "image": unit.image,
-                    "command": [helper, "stage", "run", "--chain", id],
-                    "env": env,
-                    "volumeMounts": main_mounts,
-                    "securityContext": root,
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                });
-                (vec![install], container)
-            }
-            UnitKind::Probe => {
-                main_mounts.push(helper_mount.clone());
-                let container = json!({
-                    "name": "probe",
-                    "image": unit.image,
-                    "command": [
-                        helper, "stage", "probe",
-                        "--workspace", WORKSPACE_MOUNT,
-                        "--result", format!("{WORKSPACE_MOUNT}/{PROBE_RESULT}"),
-                    ],
-                    "env": env,
-                    "volumeMounts": main_mounts,
-                    "securityContext": {
-                        "runAsUser": 0,
-                        "allowPrivilegeEscalation": false,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                });
-                (vec![install], container)
-            }
+            UnitKind::Extraction { id } => self.extraction_containers(unit, id, env),
+            UnitKind::Probe => self.probe_containers(unit, env),
             UnitKind::Context => return self.context_pod(unit, attempt, node),
             UnitKind::Assemble => {
-                let output = &self.ib.spec.output;
-                let mut command = vec![
-                    json!(settings.helper_path),
-                    json!("assemble"),
-                    json!("--workspace"),
-                    json!(WORKSPACE_MOUNT),
-                    json!("--image"),
-                    json!(output.image),
-                    json!("--result"),
-                    json!(format!("{WORKSPACE_MOUNT}/{ASSEMBLE_RESULT}")),
-                ];
-                for tag in &output.additional_tags {
-                    command.push(json!("--tag"));
-                    command.push(json!(tag));
-                }
-                if output.insecure {
-                    command.push(json!("--insecure"));
-                }
-                let builders = builder_images(plan);
-                for builder in &builders {
-                    command.push(json!("--builder-image"));
-                    command.push(json!(builder));
-                }
-                if !builders.is_empty() {
-                    // Their sizes are read with the pull secrets, as the kubelet pulled them.
-                    for (i, pull) in template.image_pull_secrets.iter().enumerate() {
-                        let name = format!("pull-secret-{i}");
-                        let dir = format!("{PULL_AUTH_MOUNT}/{i}");
-                        command.push(json!("--builder-auth"));
-                        command.push(json!(format!("{dir}/config.json")));
-                        volumes.push(json!({
-                            "name": name,
-                            "secret": {
-                                "secretName": pull.name,
-                                "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
-                            },
-                        }));
-                        main_mounts.push(json!({"name": name, "mountPath": dir, "readOnly": true}));
-                    }
-                }
-                if let Some(secret) = &output.push_secret {
-                    command.push(json!("--auth"));
-                    command.push(json!(format!("{AUTH_MOUNT}/config.json")));
-                    volumes.push(json!({
-                        "name": "push-secret",
-                        "secret": {
-                            "secretName": secret,
-                            "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
-                        },
-                    }));
-                    main_mounts.push(
-                        json!({"name": "push-secret", "mountPath": AUTH_MOUNT, "readOnly": true}),
-                    );
-                }
-                main_mounts.extend(context_mounts);
-                let container = json!({
-                    "name": "assemble",
-                    "image": settings.helper_image,
-                    "command": command,
-                    "env": env,
-                    "volumeMounts": main_mounts,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": ASSEMBLE_UID,
-                        "runAsGroup": ASSEMBLE_UID,
-                        "readOnlyRootFilesystem": true,
-                        "allowPrivilegeEscalation": false,
-                        "capabilities": {"drop": ["ALL"]},
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                });
+                let (container, secrets) = self.assemble_container(plan, env, context_mounts);
+                volumes.extend(secrets);
                 (Vec::new(), container)
             }
         };
-        if !matches!(unit.kind, UnitKind::Assemble) {
-            volumes.push(json!({"name": "helper", "emptyDir": {}}));
+        if !assemble {
+            volumes.push(helper_volume());
         }
-
-        let mut security = json!({"seccompProfile": {"type": "RuntimeDefault"}});
-        if matches!(unit.kind, UnitKind::Assemble) {
-            security["runAsNonRoot"] = json!(true);
-            security["runAsUser"] = json!(ASSEMBLE_UID);
-            security["fsGroup"] = json!(ASSEMBLE_UID);
+        let (security, service_account_name) = if assemble {
+            // The assembly talks to registries only: the account serves
+            // image pull secrets, its token stays out.
+            let template = self.ib.spec.pod_template.as_ref();
+            let account = template.and_then(|t| t.service_account_name.clone());
+            (restricted_pod_security(), account)
+        } else {
+            (runtime_default_pod_security(), None)
+        };
+        let spec = PodSpec {
+            security_context: Some(security),
+            service_account_name,
+            init_containers: Some(init),
+            containers: vec![main],
+            volumes: Some(volumes),
+            ..self.pod_spec(&plan.platform, node)
+        };
+        Pod {
+            metadata: self.pod_metadata(unit, attempt),
+            spec: Some(spec),
+            ..Default::default()
         }
-        let mut spec = json!({
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": self.deadline_seconds,
-            "securityContext": security,
-            "initContainers": init,
-            "containers": [main],
-            "volumes": volumes,
-            "enableServiceLinks": false,
-        });
-        if unit.kind.runs_user_code() || !matches!(unit.kind, UnitKind::Assemble) {
-            spec["automountServiceAccountToken"] = json!(false);
-        } else if let Some(account) = &template.service_account_name {
-            spec["serviceAccountName"] = json!(account);
-        }
-        if matches!(unit.kind, UnitKind::Assemble) {
-            // The assembly talks to registries only.
-            spec["automountServiceAccountToken"] = json!(false);
-        }
-        self.place(&mut spec, &plan.platform, node);
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": self.metadata(&name, labels, annotations),
-            "spec": spec,
-        });
-        serde_json::from_value(pod).expect("a pod built from typed values")
     }
 
-    /// Node selector (platform and template), tolerations, pull secrets and
-    /// the pin to `node`.
-    fn place(&self, spec: &mut Value, platform: &str, node: Option<&str>) {
+    /// A chain's pod: the helper copied in, `whoami` as the image's own
+    /// user, then the chain's stages as root with the image's default
+    /// capabilities (the `baseline` level: they create root-owned files and
+    /// switch users). The runtime chain writes the snapshot too.
+    fn chain_containers(
+        &self,
+        unit: &Unit,
+        id: &str,
+        runtime: bool,
+        env: Vec<EnvVar>,
+        context_mounts: Vec<VolumeMount>,
+    ) -> (Vec<Container>, Container) {
+        let helper = copied_helper();
+        let whoami_file = format!("{HELPER_MOUNT}/whoami");
+        let whoami = container(
+            "whoami",
+            &unit.image,
+            strings([&helper, "stage", "whoami", &whoami_file]),
+            vec![helper_mount()],
+            SecurityContext {
+                allow_privilege_escalation: Some(false),
+                ..Default::default()
+            },
+        );
+        let mut command = strings([
+            &helper,
+            "stage",
+            "run",
+            "--chain",
+            id,
+            "--whoami",
+            &whoami_file,
+        ]);
+        if runtime {
+            let snapshot = format!("{WORKSPACE_MOUNT}/{SNAPSHOT_EXPORT}");
+            command.extend(strings(["--snapshot", &snapshot]));
+        }
+        let mut mounts = vec![workspace_mount(), helper_mount()];
+        mounts.extend(context_mounts);
+        let stage = Container {
+            env: Some(env),
+            resources: self.ib.spec.resources.clone(),
+            ..container("stage", &unit.image, command, mounts, stage_root_security())
+        };
+        (vec![install_container(self.settings), whoami], stage)
+    }
+
+    /// An extraction's pod: the helper copied in, then run in the image as
+    /// root to take the files out.
+    fn extraction_containers(
+        &self,
+        unit: &Unit,
+        id: &str,
+        env: Vec<EnvVar>,
+    ) -> (Vec<Container>, Container) {
+        let helper = copied_helper();
+        let stage = Container {
+            env: Some(env),
+            ..container(
+                "stage",
+                &unit.image,
+                strings([&helper, "stage", "run", "--chain", id]),
+                vec![workspace_mount(), helper_mount()],
+                stage_root_security(),
+            )
+        };
+        (vec![install_container(self.settings)], stage)
+    }
+
+    /// The probe's pod: the helper copied into the final stage's base, run
+    /// there as root without capabilities to read the image's files.
+    fn probe_containers(&self, unit: &Unit, env: Vec<EnvVar>) -> (Vec<Container>, Container) {
+        let helper = copied_helper();
+        let result = format!("{WORKSPACE_MOUNT}/{PROBE_RESULT}");
+        let probe = Container {
+            env: Some(env),
+            ..container(
+                "probe",
+                &unit.image,
+                strings([
+                    &helper,
+                    "stage",
+                    "probe",
+                    "--workspace",
+                    WORKSPACE_MOUNT,
+                    "--result",
+                    &result,
+                ]),
+                vec![workspace_mount(), helper_mount()],
+                root_without_capabilities(),
+            )
+        };
+        (vec![install_container(self.settings)], probe)
+    }
+
+    /// The assembly's container, restricted, and the Secret volumes it
+    /// mounts: the pull secrets when it measures builder images, the push
+    /// secret when there is one.
+    fn assemble_container(
+        &self,
+        plan: &BuildPlan,
+        env: Vec<EnvVar>,
+        context_mounts: Vec<VolumeMount>,
+    ) -> (Container, Vec<Volume>) {
+        let settings = self.settings;
+        let output = &self.ib.spec.output;
+        let result = format!("{WORKSPACE_MOUNT}/{ASSEMBLE_RESULT}");
+        let mut command = strings([
+            &settings.helper_path,
+            "assemble",
+            "--workspace",
+            WORKSPACE_MOUNT,
+            "--image",
+            &output.image,
+            "--result",
+            &result,
+        ]);
+        for tag in &output.additional_tags {
+            command.extend(strings(["--tag", tag]));
+        }
+        if output.insecure {
+            command.push("--insecure".into());
+        }
+        let mut volumes = Vec::new();
+        let mut mounts = vec![workspace_mount()];
+        let builders = builder_images(plan);
+        for builder in &builders {
+            command.extend(strings(["--builder-image", builder]));
+        }
+        if !builders.is_empty() {
+            // Their sizes are read with the pull secrets, as the kubelet pulled them.
+            let template = self.ib.spec.pod_template.clone().unwrap_or_default();
+            for (i, pull) in template.image_pull_secrets.iter().enumerate() {
+                let name = format!("pull-secret-{i}");
+                let dir = format!("{PULL_AUTH_MOUNT}/{i}");
+                command.extend(strings(["--builder-auth", &format!("{dir}/config.json")]));
+                volumes.push(docker_config_volume(&name, &pull.name));
+                mounts.push(read_only_mount(&name, &dir));
+            }
+        }
+        if let Some(secret) = &output.push_secret {
+            command.extend(strings(["--auth", &format!("{AUTH_MOUNT}/config.json")]));
+            volumes.push(docker_config_volume("push-secret", secret));
+            mounts.push(read_only_mount("push-secret", AUTH_MOUNT));
+        }
+        mounts.extend(context_mounts);
+        let container = Container {
+            env: Some(env),
+            ..container(
+                "assemble",
+                &settings.helper_image,
+                command,
+                mounts,
+                restricted_container_security(),
+            )
+        };
+        (container, volumes)
+    }
+
+    /// What every pod shares: never restarted, the deadline, no service
+    /// links nor account token, and its placement: node selector (platform
+    /// and template), tolerations, pull secrets and the pin to `node`.
+    fn pod_spec(&self, platform: &str, node: Option<&str>) -> PodSpec {
         let template = self.ib.spec.pod_template.clone().unwrap_or_default();
-        let mut node_selector: BTreeMap<String, String> = template.node_selector.clone();
+        let mut node_selector = template.node_selector;
         let (os, arch) = os_arch(platform);
         node_selector.insert("kubernetes.io/os".into(), os);
         node_selector.insert("kubernetes.io/arch".into(), arch);
-        spec["nodeSelector"] = json!(node_selector);
-        if !template.tolerations.is_empty() {
-            spec["tolerations"] = json!(template.tolerations);
-        }
-        if !template.image_pull_secrets.is_empty() {
-            spec["imagePullSecrets"] = json!(template.image_pull_secrets);
-        }
-        if let Some(node) = node {
-            spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [{
-                    "key": "kubernetes.io/hostname", "operator": "In", "values": [node],
-                }]}],
-            }}});
+        PodSpec {
+            restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(self.deadline_seconds),
+            enable_service_links: Some(false),
+            automount_service_account_token: Some(false),
+            node_selector: Some(node_selector),
+            tolerations: Some(template.tolerations).filter(|t| !t.is_empty()),
+            image_pull_secrets: Some(template.image_pull_secrets).filter(|s| !s.is_empty()),
+            affinity: node.map(node_affinity),
+            ..Default::default()
         }
     }
 
@@ -544,116 +551,103 @@ impl BuildObjects<'_> {
     /// (Kubernetes' host-path provisioner makes it 0750).
     fn context_pod(&self, unit: &Unit, attempt: u32, node: Option<&str>) -> Pod {
         let settings = self.settings;
-        let name = pod_name(&self.name(), self.generation, unit.n, attempt);
-        let mut labels = self.labels(unit.kind.role());
-        labels[UNIT_LABEL] = json!(unit.n.to_string());
-        labels[ATTEMPT_LABEL] = json!(attempt.to_string());
-        let annotations = json!({STAGE_ANNOTATION: unit.name});
-        let git = self.ib.spec.context.git.clone().unwrap_or_default();
-        let mut command = vec![
-            json!(settings.helper_path),
-            json!("stage"),
-            json!("clone"),
-            json!("--url"),
-            json!(git.url),
-        ];
-        if let Some(revision) = git.revision.as_deref().filter(|r| !r.is_empty()) {
-            command.push(json!("--revision"));
-            command.push(json!(revision));
+        let mut command = self.clone_command();
+        let mut volumes = vec![self.workspace_volume()];
+        let mut mounts = vec![workspace_mount()];
+        let git = self.ib.spec.context.git.as_ref();
+        if let Some(secret) = git.and_then(|g| g.credentials_secret.as_ref()) {
+            command.extend(strings(["--credentials", GIT_CREDENTIALS_MOUNT]));
+            volumes.push(Volume {
+                name: "git-credentials".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            mounts.push(read_only_mount("git-credentials", GIT_CREDENTIALS_MOUNT));
         }
-        command.extend([
-            json!("--dest"),
-            json!(format!("{WORKSPACE_MOUNT}/{SOURCE_DIR}")),
-            json!("--workspace"),
-            json!(WORKSPACE_MOUNT),
-            json!("--result"),
-            json!(format!("{WORKSPACE_MOUNT}/{CONTEXT_RESULT}")),
-        ]);
-        if let Some(sub) = git.sub_path.as_deref().map(|p| p.trim_matches('/'))
-            && !sub.is_empty()
-        {
-            command.push(json!("--sub-path"));
-            command.push(json!(sub));
-        }
-        if self.ib.spec.dockerfile.is_none()
-            && let Some(path) = &self.ib.spec.dockerfile_path
-        {
-            command.push(json!("--dockerfile"));
-            command.push(json!(path));
-        }
-        let mut volumes = vec![json!({
-            "name": "workspace",
-            "persistentVolumeClaim": {"claimName": claim_name(&self.name(), self.generation)},
-        })];
-        let mut mounts = vec![json!({"name": "workspace", "mountPath": WORKSPACE_MOUNT})];
-        if let Some(secret) = &git.credentials_secret {
-            command.push(json!("--credentials"));
-            command.push(json!(GIT_CREDENTIALS_MOUNT));
-            volumes.push(json!({"name": "git-credentials", "secret": {"secretName": secret}}));
-            mounts.push(json!({"name": "git-credentials", "mountPath": GIT_CREDENTIALS_MOUNT, "readOnly": true}));
-        }
-        let container = json!({
-            "name": "clone",
-            "image": settings.helper_image,
-            "command": command,
-            "volumeMounts": mounts,
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": ASSEMBLE_UID,
-                "runAsGroup": ASSEMBLE_UID,
-                "readOnlyRootFilesystem": true,
-                "allowPrivilegeEscalation": false,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        });
-        let mut spec = json!({
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": self.deadline_seconds,
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": ASSEMBLE_UID,
-                "fsGroup": ASSEMBLE_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "initContainers": [{
-                "name": "open-workspace",
-                "image": settings.helper_image,
-                "command": [settings.helper_path, "stage", "open", WORKSPACE_MOUNT],
-                "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_MOUNT}],
-                "securityContext": {
-                    "runAsNonRoot": false,
-                    "runAsUser": 0,
-                    "runAsGroup": 0,
-                    "readOnlyRootFilesystem": true,
-                    "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }],
-            "containers": [container],
-            "volumes": volumes,
-            "enableServiceLinks": false,
-            "automountServiceAccountToken": false,
-        });
+        let clone = container(
+            "clone",
+            &settings.helper_image,
+            command,
+            mounts,
+            restricted_container_security(),
+        );
+        let open = container(
+            "open-workspace",
+            &settings.helper_image,
+            strings([&settings.helper_path, "stage", "open", WORKSPACE_MOUNT]),
+            vec![workspace_mount()],
+            workspace_opener_security(),
+        );
         let platform = self
             .plan
             .map(|p| p.platform.clone())
             .or_else(|| self.ib.spec.platform.clone())
             .unwrap_or_else(|| "linux/amd64".into());
-        self.place(&mut spec, &platform, node);
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": self.metadata(&name, labels, annotations),
-            "spec": spec,
-        });
-        serde_json::from_value(pod).expect("a pod built from typed values")
+        let spec = PodSpec {
+            security_context: Some(restricted_pod_security()),
+            init_containers: Some(vec![open]),
+            containers: vec![clone],
+            volumes: Some(volumes),
+            ..self.pod_spec(&platform, node)
+        };
+        Pod {
+            metadata: self.pod_metadata(unit, attempt),
+            spec: Some(spec),
+            ..Default::default()
+        }
+    }
+
+    /// The helper's `stage clone` command line, without the credentials.
+    fn clone_command(&self) -> Vec<String> {
+        let git = self.ib.spec.context.git.clone().unwrap_or_default();
+        let mut command = strings([
+            &self.settings.helper_path,
+            "stage",
+            "clone",
+            "--url",
+            &git.url,
+        ]);
+        if let Some(revision) = git.revision.as_deref().filter(|r| !r.is_empty()) {
+            command.extend(strings(["--revision", revision]));
+        }
+        command.extend(strings([
+            "--dest",
+            &format!("{WORKSPACE_MOUNT}/{SOURCE_DIR}"),
+            "--workspace",
+            WORKSPACE_MOUNT,
+            "--result",
+            &format!("{WORKSPACE_MOUNT}/{CONTEXT_RESULT}"),
+        ]));
+        if let Some(sub) = git.sub_path.as_deref().map(|p| p.trim_matches('/'))
+            && !sub.is_empty()
+        {
+            command.extend(strings(["--sub-path", sub]));
+        }
+        if self.ib.spec.dockerfile.is_none()
+            && let Some(path) = &self.ib.spec.dockerfile_path
+        {
+            command.extend(strings(["--dockerfile", path]));
+        }
+        command
+    }
+
+    /// The generation's workspace claim as the volume `workspace`.
+    fn workspace_volume(&self) -> Volume {
+        Volume {
+            name: "workspace".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name(&self.name(), self.generation),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     /// The helper's context source (JSON) and the volume it needs, if any.
-    fn context_source(&self) -> Option<(String, Option<Value>)> {
+    fn context_source(&self) -> Option<(String, Option<Volume>)> {
         let context = &self.ib.spec.context;
         if let Some(files) = &context.inline {
             return Some((json!({"inline": files}).to_string(), None));
@@ -672,7 +666,14 @@ impl BuildObjects<'_> {
                 .collect();
             let source = json!({"configMap": {"dir": CONTEXT_MOUNT, "items": items}});
             // The whole ConfigMap, keys as file names: the helper places them.
-            let volume = json!({"name": "context", "configMap": {"name": config_map.name}});
+            let volume = Volume {
+                name: "context".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map.name.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
             return Some((source.to_string(), Some(volume)));
         }
         if let Some(git) = &context.git {
@@ -683,6 +684,217 @@ impl BuildObjects<'_> {
             return Some((json!({"dir": dir}).to_string(), None));
         }
         None
+    }
+}
+
+/// The container security context of the pods that meet `restricted` (the
+/// assembly, the git clone): non-root as [`ASSEMBLE_UID`], a read-only root
+/// filesystem, no privilege escalation, no capabilities, RuntimeDefault
+/// seccomp.
+pub fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(ASSEMBLE_UID),
+        run_as_group: Some(ASSEMBLE_UID),
+        read_only_root_filesystem: Some(true),
+        seccomp_profile: Some(runtime_default()),
+        ..no_escalation_no_capabilities()
+    }
+}
+
+/// The pod security context of the pods that meet `restricted`: non-root as
+/// [`ASSEMBLE_UID`], which also owns the volumes, RuntimeDefault seccomp.
+pub fn restricted_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(ASSEMBLE_UID),
+        fs_group: Some(ASSEMBLE_UID),
+        ..runtime_default_pod_security()
+    }
+}
+
+/// The pod security context of the pods that run stage images: only the
+/// RuntimeDefault seccomp profile, the images choose their users.
+fn runtime_default_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+/// No privilege escalation and every capability dropped.
+fn no_escalation_no_capabilities() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// uid 0 without capabilities: copies the helper, probes the final base.
+fn root_without_capabilities() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(0),
+        ..no_escalation_no_capabilities()
+    }
+}
+
+/// The context pod's workspace opener: root (the pod says non-root), group
+/// 0, no capabilities, a read-only root filesystem.
+fn workspace_opener_security() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(false),
+        run_as_group: Some(0),
+        read_only_root_filesystem: Some(true),
+        ..root_without_capabilities()
+    }
+}
+
+/// Root in the stage image, with its default capabilities (the `baseline`
+/// level): it creates root-owned files and switches users.
+fn stage_root_security() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(0),
+        run_as_group: Some(0),
+        privileged: Some(false),
+        ..Default::default()
+    }
+}
+
+/// A container of ours: its logs stand in for an empty termination message.
+fn container(
+    name: &str,
+    image: &str,
+    command: Vec<String>,
+    volume_mounts: Vec<VolumeMount>,
+    security: SecurityContext,
+) -> Container {
+    Container {
+        name: name.to_string(),
+        image: Some(image.to_string()),
+        command: Some(command),
+        volume_mounts: Some(volume_mounts),
+        security_context: Some(security),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// The init container that copies the helper out of the operator image into
+/// the `helper` volume, for a stage image to run it.
+fn install_container(settings: &Settings) -> Container {
+    container(
+        "install",
+        &settings.helper_image,
+        strings([&settings.helper_path, "stage", "install", HELPER_MOUNT]),
+        vec![helper_mount()],
+        root_without_capabilities(),
+    )
+}
+
+/// The helper's path once [`install_container`] copied it.
+fn copied_helper() -> String {
+    format!("{HELPER_MOUNT}/slimforge")
+}
+
+/// The `helper` volume the helper is copied into.
+fn helper_volume() -> Volume {
+    Volume {
+        name: "helper".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+/// A Secret of type `kubernetes.io/dockerconfigjson` as `config.json`.
+fn docker_config_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            items: Some(vec![KeyToPath {
+                key: ".dockerconfigjson".into(),
+                path: "config.json".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn workspace_mount() -> VolumeMount {
+    mount("workspace", WORKSPACE_MOUNT)
+}
+
+fn helper_mount() -> VolumeMount {
+    mount("helper", HELPER_MOUNT)
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        ..Default::default()
+    }
+}
+
+fn read_only_mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        read_only: Some(true),
+        ..mount(name, path)
+    }
+}
+
+fn env_var(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value),
+        ..Default::default()
+    }
+}
+
+/// Requires the node named `node`.
+fn node_affinity(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: "kubernetes.io/hostname".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.to_string()]),
+                    }]),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn strings<const N: usize>(items: [&str; N]) -> Vec<String> {
+    items.into_iter().map(str::to_string).collect()
+}
+
+/// The unit's main container reads the build context: a chain that copies
+/// from it, or an assembly whose final stage does.
+fn needs_context(kind: &UnitKind, plan: &BuildPlan) -> bool {
+    match kind {
+        UnitKind::Chain { id, .. } => plan.chain(id).is_some_and(|c| c.needs_context),
+        UnitKind::Assemble => final_copies_context(plan),
+        _ => false,
     }
 }
 
@@ -724,4 +936,200 @@ fn os_arch(platform: &str) -> (String, String) {
     let os = parts.next().filter(|s| !s.is_empty()).unwrap_or("linux");
     let arch = parts.next().filter(|s| !s.is_empty()).unwrap_or("amd64");
     (os.to_string(), arch.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIT_BUILD: &str = r#"
+apiVersion: slimforge.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: app, namespace: demo, uid: u-1, generation: 2}
+spec:
+  context:
+    git: {url: "https://git.example/app.git", subPath: /app/, credentialsSecret: git-creds}
+  dockerfilePath: Dockerfile
+  platform: linux/arm64/v8
+  output: {image: "registry.example/app:v1"}
+"#;
+
+    fn git_build() -> ImageBuild {
+        serde_yaml::from_str(GIT_BUILD).expect("the fixture parses")
+    }
+
+    /// The context pod while the repository is cloned: no plan yet.
+    fn context_pod(ib: &ImageBuild, settings: &Settings) -> Pod {
+        let objects = BuildObjects {
+            ib,
+            plan: None,
+            settings,
+            generation: 2,
+            deadline_seconds: 600,
+        };
+        objects.pod(&context_unit(), 1, Some("node-a"))
+    }
+
+    #[test]
+    fn the_restricted_container_context_is_non_root_read_only_and_without_capabilities() {
+        let value = serde_json::to_value(restricted_container_security()).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "runAsNonRoot": true,
+                "runAsUser": ASSEMBLE_UID,
+                "runAsGroup": ASSEMBLE_UID,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            })
+        );
+    }
+
+    #[test]
+    fn the_restricted_pod_context_is_non_root_with_runtime_default_seccomp() {
+        let value = serde_json::to_value(restricted_pod_security()).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "runAsNonRoot": true,
+                "runAsUser": ASSEMBLE_UID,
+                "fsGroup": ASSEMBLE_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            })
+        );
+        let stage = serde_json::to_value(runtime_default_pod_security()).unwrap();
+        assert_eq!(stage, json!({"seccompProfile": {"type": "RuntimeDefault"}}));
+    }
+
+    #[test]
+    fn the_context_pod_is_restricted_but_for_the_workspace_opener() {
+        let settings = Settings::default();
+        let pod = context_pod(&git_build(), &settings);
+        let spec = pod.spec.expect("a pod spec");
+        assert_eq!(spec.security_context, Some(restricted_pod_security()));
+        assert_eq!(spec.containers.len(), 1);
+        let clone = &spec.containers[0];
+        assert_eq!(clone.name, "clone");
+        assert_eq!(
+            clone.security_context,
+            Some(restricted_container_security())
+        );
+        let init = spec.init_containers.expect("the workspace opener");
+        let opener = serde_json::to_value(&init[0].security_context).unwrap();
+        assert_eq!(
+            opener,
+            json!({
+                "runAsNonRoot": false,
+                "runAsUser": 0,
+                "runAsGroup": 0,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+            })
+        );
+    }
+
+    #[test]
+    fn the_context_pod_mounts_the_credentials_and_names_the_sub_path() {
+        let settings = Settings::default();
+        let pod = context_pod(&git_build(), &settings);
+        assert_eq!(pod.metadata.name.as_deref(), Some("app-g2-0-r1"));
+        let spec = pod.spec.expect("a pod spec");
+        let command = spec.containers[0].command.clone().unwrap_or_default();
+        assert!(command.windows(2).any(|w| w == ["--sub-path", "app"]));
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w == ["--dockerfile", "Dockerfile"])
+        );
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w == ["--credentials", GIT_CREDENTIALS_MOUNT])
+        );
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["workspace", "git-credentials"]);
+        let mounts = spec.containers[0].volume_mounts.clone().unwrap_or_default();
+        assert_eq!(
+            mounts[1],
+            read_only_mount("git-credentials", GIT_CREDENTIALS_MOUNT)
+        );
+        let selector = spec.node_selector.unwrap_or_default();
+        assert_eq!(selector["kubernetes.io/arch"], "arm64");
+        assert_eq!(spec.affinity, Some(node_affinity("node-a")));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn the_claim_defaults_to_one_node_and_the_default_size() {
+        let ib = git_build();
+        let settings = Settings::default();
+        let objects = BuildObjects {
+            ib: &ib,
+            plan: None,
+            settings: &settings,
+            generation: 2,
+            deadline_seconds: 600,
+        };
+        assert!(objects.pinned());
+        let claim = serde_json::to_value(objects.claim()).unwrap();
+        assert_eq!(claim["metadata"]["name"], "app-g2-workspace");
+        assert_eq!(
+            claim["metadata"]["labels"]["slimforge.dev/role"],
+            "workspace"
+        );
+        assert_eq!(
+            claim["metadata"]["ownerReferences"][0],
+            json!({
+                "apiVersion": "slimforge.dev/v1alpha1",
+                "kind": "ImageBuild",
+                "name": "app",
+                "uid": "u-1",
+                "controller": true,
+                "blockOwnerDeletion": true,
+            })
+        );
+        assert_eq!(
+            claim["spec"],
+            json!({
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": DEFAULT_WORKSPACE_SIZE}},
+            })
+        );
+    }
+
+    #[test]
+    fn the_install_container_copies_the_helper_as_root_without_capabilities() {
+        let settings = Settings::default();
+        let install = install_container(&settings);
+        assert_eq!(
+            install.command,
+            Some(strings([
+                &settings.helper_path,
+                "stage",
+                "install",
+                HELPER_MOUNT
+            ]))
+        );
+        assert_eq!(install.volume_mounts, Some(vec![helper_mount()]));
+        assert_eq!(install.security_context, Some(root_without_capabilities()));
+        assert_eq!(
+            install.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+    }
+
+    #[test]
+    fn os_arch_reads_the_platform_with_linux_amd64_defaults() {
+        assert_eq!(os_arch("linux/arm64/v8"), ("linux".into(), "arm64".into()));
+        assert_eq!(os_arch(""), ("linux".into(), "amd64".into()));
+        assert_eq!(os_arch("windows"), ("windows".into(), "amd64".into()));
+    }
 }

@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{ConfigMap, HostPathVolumeSource, Pod, PodSpec, Volume};
 
 use crate::controller::{AUTH_MOUNT, GIT_CREDENTIALS_MOUNT};
 
@@ -61,63 +60,66 @@ pub struct LocalPodInputs<'a> {
 
 /// The cluster's pod, changed for podman as [`LOCAL_DIFFERENCES`] lists.
 pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs) -> Pod {
-    let mut value = serde_json::to_value(pod).unwrap_or_default();
-    let name = value["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let mut local = pod.clone();
+    let name = local.metadata.name.as_deref().unwrap_or_default();
     let helper_volume = format!("{name}-helper");
-    let spec = &mut value["spec"];
+    let Some(spec) = local.spec.as_mut() else {
+        return local;
+    };
     if is_assemble(spec) || is_context(spec) {
-        spec["hostNetwork"] = json!(true);
+        spec.host_network = Some(true);
     }
-    if let Some(volumes) = spec["volumes"].as_array_mut() {
-        for volume in volumes.iter_mut() {
-            match volume["name"].as_str() {
-                Some("helper") => volume["name"] = json!(helper_volume),
-                Some("push-secret") => {
-                    let path = inputs
-                        .auth_dir
-                        .map(|d| d.display().to_string())
-                        .unwrap_or_else(|| AUTH_MOUNT.to_string());
-                    *volume = json!({
-                        "name": "push-secret",
-                        "hostPath": {"path": path, "type": "Directory"},
-                    });
-                }
-                Some("git-credentials") => {
-                    let path = inputs
-                        .git_credentials_dir
-                        .map(|d| d.display().to_string())
-                        .unwrap_or_else(|| GIT_CREDENTIALS_MOUNT.to_string());
-                    *volume = json!({
-                        "name": "git-credentials",
-                        "hostPath": {"path": path, "type": "Directory"},
-                    });
-                }
-                Some("context") => {
-                    if let Some(config_map) = inputs.config_map {
-                        volume["configMap"]["name"] = json!(config_map);
-                    }
-                }
-                _ => {}
+    for volume in spec.volumes.iter_mut().flatten() {
+        localise_volume(volume, &helper_volume, inputs);
+    }
+    let containers = spec.init_containers.iter_mut().flatten();
+    for container in containers.chain(spec.containers.iter_mut()) {
+        for mount in container.volume_mounts.iter_mut().flatten() {
+            if mount.name == "helper" {
+                mount.name.clone_from(&helper_volume);
             }
         }
     }
-    for list in ["initContainers", "containers"] {
-        if let Some(containers) = spec[list].as_array_mut() {
-            for container in containers {
-                if let Some(mounts) = container["volumeMounts"].as_array_mut() {
-                    for mount in mounts {
-                        if mount["name"] == "helper" {
-                            mount["name"] = json!(helper_volume);
-                        }
-                    }
-                }
+    local
+}
+
+/// One volume of the cluster's pod as podman gets it: the helper's
+/// emptyDir under `helper_volume`, Secrets from host paths, the context
+/// ConfigMap under its per-build name.
+fn localise_volume(volume: &mut Volume, helper_volume: &str, inputs: &LocalPodInputs) {
+    match volume.name.as_str() {
+        "helper" => volume.name = helper_volume.to_string(),
+        "push-secret" => *volume = host_directory("push-secret", inputs.auth_dir, AUTH_MOUNT),
+        "git-credentials" => {
+            *volume = host_directory(
+                "git-credentials",
+                inputs.git_credentials_dir,
+                GIT_CREDENTIALS_MOUNT,
+            );
+        }
+        "context" => {
+            if let (Some(name), Some(config_map)) = (inputs.config_map, volume.config_map.as_mut())
+            {
+                config_map.name = name.to_string();
             }
         }
+        _ => {}
     }
-    serde_json::from_value(value).unwrap_or_else(|_| pod.clone())
+}
+
+/// The volume `name` as the host directory `dir` (`fallback` without one).
+fn host_directory(name: &str, dir: Option<&Path>, fallback: &str) -> Volume {
+    let path = dir
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| fallback.to_string());
+    Volume {
+        name: name.to_string(),
+        host_path: Some(HostPathVolumeSource {
+            path,
+            type_: Some("Directory".into()),
+        }),
+        ..Default::default()
+    }
 }
 
 /// The pod runs with the host's network.
@@ -128,12 +130,16 @@ pub fn uses_host_network(pod: &Pod) -> bool {
         .unwrap_or(false)
 }
 
-fn is_assemble(spec: &Value) -> bool {
-    spec["containers"][0]["name"] == "assemble"
+fn is_assemble(spec: &PodSpec) -> bool {
+    main_container_is(spec, "assemble")
 }
 
-fn is_context(spec: &Value) -> bool {
-    spec["containers"][0]["name"] == "clone"
+fn is_context(spec: &PodSpec) -> bool {
+    main_container_is(spec, "clone")
+}
+
+fn main_container_is(spec: &PodSpec, name: &str) -> bool {
+    spec.containers.first().is_some_and(|c| c.name == name)
 }
 
 /// The user's ConfigMap under its per-build name, for the same `kube play`.
