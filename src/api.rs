@@ -136,6 +136,18 @@ pub struct GitContext {
     pub credentials_secret: Option<String>,
 }
 
+/// The URL without a user or password in it.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Output {
@@ -325,6 +337,15 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_not_shown() {
+        assert_eq!(
+            redacted_url("https://bob:secret@example.com/r.git"),
+            "https://***@example.com/r.git"
+        );
+        assert_eq!(redacted_url("git://host:9418/repo"), "git://host:9418/repo");
+    }
 
     #[test]
     fn sizes_read_as_docker_shows_them() {

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use oci_client::Reference;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+use crate::contract::{AssembleResult, InlineFile};
 use crate::dockerfile::DockerIgnore;
 use crate::oci::Platform;
 use crate::oci::config::{self, AddedLayer, ConfigChanges, ConfigError};
@@ -144,36 +145,6 @@ pub struct CopyLayerSpec {
     /// ADD: local tar archives from `root` are extracted.
     #[serde(default)]
     pub extract: bool,
-}
-
-/// A file given inline: a heredoc, named by its delimiter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InlineFile {
-    pub name: String,
-    pub content: String,
-}
-
-/// What was pushed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct AssembleResult {
-    /// `registry/repository@sha256:…`
-    pub reference: String,
-    pub digest: String,
-    /// Compressed size of the image: config and every layer.
-    pub size_bytes: u64,
-    /// The layers this step added.
-    pub layers: Vec<LayerDigests>,
-    /// The base as pinned for the whole assembly (`…@sha256:…`), absent for scratch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub base: Option<String>,
-    /// The largest of the builder stages' images, when asked for
-    /// (`--builder-image`): the size reduction is measured against it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub builder_image: Option<String>,
-    /// That image's compressed size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub builder_size_bytes: Option<u64>,
 }
 
 impl AssembleSpec {

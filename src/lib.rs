@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod assemble;
+pub mod contract;
 pub mod controller;
 pub mod dockerfile;
 pub mod local;

@@ -194,7 +194,7 @@ enum StageCommand {
         chain: String,
         /// The workspace: exports/, results/, tmp/ (and context/ when
         /// $SLIMFORGE_CONTEXT is unset).
-        #[arg(long, default_value = stage::run::DEFAULT_WORKSPACE)]
+        #[arg(long, default_value = slimforge::contract::WORKSPACE_MOUNT)]
         workspace: PathBuf,
         /// The image user's `uid:gid`, as `stage whoami` wrote it [default: WORKSPACE/whoami].
         #[arg(long)]
@@ -359,17 +359,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 (Some(spec), _) => AssembleSpec::load(&spec)?,
                 (None, Some(image)) => {
                     let plan = BuildPlan::load(plan.as_deref())?;
-                    let workspace =
-                        workspace.unwrap_or_else(|| PathBuf::from(stage::run::DEFAULT_WORKSPACE));
+                    let workspace = workspace
+                        .unwrap_or_else(|| PathBuf::from(slimforge::contract::WORKSPACE_MOUNT));
                     let recipe = recipe::load_recipe(&plan, &workspace)?;
                     // The assemble pod gets the build context as chain pods do.
-                    context_guard = match (&context, std::env::var(stage::context::CONTEXT_ENV)) {
-                        (None, Ok(json)) if !json.trim().is_empty() => Some(
-                            stage::context::BuildContext::parse(&json)?
-                                .materialise(&workspace.join("tmp"), "assemble")?,
-                        ),
-                        _ => None,
-                    };
+                    context_guard =
+                        match (&context, std::env::var(slimforge::contract::CONTEXT_ENV)) {
+                            (None, Ok(json)) if !json.trim().is_empty() => Some(
+                                stage::context::BuildContext::parse(&json)?
+                                    .materialise(&workspace.join("tmp"), "assemble")?,
+                            ),
+                            _ => None,
+                        };
                     let context =
                         context.or_else(|| context_guard.as_ref().map(|m| m.path().to_path_buf()));
                     let output = recipe::AssembleOutput {
@@ -422,7 +423,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if let Some(path) = result {
                 let json = serde_json::to_vec(&outcome)?;
-                stage::write_termination_message(&json);
+                slimforge::contract::write_termination_message(&json);
                 std::fs::write(&path, json)
                     .map_err(|e| anyhow::anyhow!("writing result {}: {e}", path.display()))?;
             }
@@ -545,7 +546,7 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
             snapshot,
         } => {
             // Unset and empty alike mean "no context given".
-            let context = std::env::var_os(stage::context::CONTEXT_ENV)
+            let context = std::env::var_os(slimforge::contract::CONTEXT_ENV)
                 .map(|json| json.to_string_lossy().into_owned())
                 .filter(|json| !json.is_empty());
             let options = stage::run::RunOptions {
@@ -557,10 +558,10 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
                 snapshot,
             };
             match stage::run::run(&options)? {
-                stage::run::RunResult::Succeeded { exports } => {
+                slimforge::contract::ChainResult::Succeeded { exports } => {
                     tracing::info!(chain = %options.chain, ?exports, "chain done");
                 }
-                stage::run::RunResult::Failed(failure) => anyhow::bail!("{failure}"),
+                slimforge::contract::ChainResult::Failed(failure) => anyhow::bail!("{failure}"),
             }
         }
         StageCommand::Clone {

@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::PLAN_ENV;
 use crate::dockerfile::{DockerfileError, Instruction};
 
 pub use crate::dockerfile::planner::build_plan;
@@ -441,10 +442,6 @@ pub struct Warning {
     pub line: Option<usize>,
     pub message: String,
 }
-
-/// The environment variable that carries a plan (as JSON) into build pods:
-/// the controller may not create ConfigMaps, and a plan is small.
-pub const PLAN_ENV: &str = "SLIMFORGE_PLAN";
 
 /// A plan that could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -25,9 +25,10 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::assemble::{AssembleSpec, CopyLayerSpec, DirectorySpec, InlineFile, LayerSpec};
+use crate::assemble::{AssembleSpec, CopyLayerSpec, DirectorySpec, LayerSpec};
+use crate::contract::{
+    ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT, RecipeLayer, SNAPSHOT_LAYER,
+};
 use crate::dockerfile::{
     CommandForm, CopyArgs, Healthcheck as HealthcheckInstruction, Instruction,
 };
@@ -41,14 +42,9 @@ use crate::rootfs::resolve::{
 use crate::rootfs::users::Users;
 use crate::stage::run::DEFAULT_PATH;
 
-/// The probe's result, relative to the workspace.
-pub const PROBE_RESULT: &str = "results/probe.json";
-/// The runtime pod's snapshot layer, relative to the workspace.
-pub const SNAPSHOT_LAYER: &str = "exports/snapshot.tar";
 /// Variables the runtime or the kubelet put in the probe's environment that
 /// are not the image's ENV (HOME is judged on its own).
 const INJECTED_VARIABLES: &[&str] = &[
-    crate::plan::PLAN_ENV,
     "HOSTNAME",
     "KUBERNETES_SERVICE_HOST",
     "KUBERNETES_SERVICE_PORT",
@@ -84,72 +80,6 @@ impl RecipeError {
             _ => None,
         }
     }
-}
-
-/// What the final image is made of, as the probe found it in the base.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FinalRecipe {
-    /// One per COPY/ADD (or the snapshot), in Dockerfile order.
-    pub layers: Vec<RecipeLayer>,
-    pub config: ConfigChanges,
-    /// The base's directories along every destination and WORKDIR: the
-    /// assemble spec's `baseDirectories`.
-    #[serde(default)]
-    pub base_directories: BTreeMap<String, BaseDirectoryEntry>,
-}
-
-/// One new layer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RecipeLayer {
-    pub line: usize,
-    /// The history entry: the instruction as written, on one line.
-    pub created_by: String,
-    pub source: LayerOrigin,
-    /// Absolute, the base's symlinks resolved (none for a snapshot).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination: Option<String>,
-    #[serde(default)]
-    pub destination_is_dir: bool,
-    /// Numeric `uid:gid` of every entry (none for a snapshot).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    /// Octal `--chmod`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chmod: Option<String>,
-    /// ADD: local tar archives from the context are extracted.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub extract: bool,
-}
-
-/// Where a layer's files come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-pub enum LayerOrigin {
-    /// Paths (expanded, globs allowed) in the build context, and heredocs.
-    Context {
-        paths: Vec<String>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        files: Vec<InlineFile>,
-    },
-    /// Another stage's or an image's files: each path inside its export archive.
-    Exports { exports: Vec<ExportSource> },
-    /// Heredocs only, their bodies expanded.
-    Inline { files: Vec<InlineFile> },
-    /// A WORKDIR the base lacks: the directory alone, owned by the USER.
-    Directory,
-    /// A ready layer (the runtime pod's snapshot), relative to the workspace.
-    Snapshot { path: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExportSource {
-    /// The export id: the archive is `exports/<id>.tar`.
-    pub id: String,
-    /// The source path as the planner expanded it (may be a glob).
-    pub path: String,
 }
 
 /// The base as the evaluation sees it.
@@ -207,7 +137,9 @@ pub fn image_environment(
         .into_iter()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| {
-            !INJECTED_VARIABLES.contains(&k.as_str()) && !k.starts_with("KUBERNETES_PORT_")
+            !INJECTED_VARIABLES.contains(&k.as_str())
+                && !crate::contract::POD_ENV.contains(&k.as_str())
+                && !k.starts_with("KUBERNETES_PORT_")
         })
         .collect();
     let uid = crate::rootfs::users::current_ids().map_or(0, |(uid, _)| uid);
@@ -803,7 +735,7 @@ mod tests {
         let vars = [
             ("PATH", "/bin"),
             ("HOSTNAME", "pod"),
-            (crate::plan::PLAN_ENV, "{}"),
+            (crate::contract::PLAN_ENV, "{}"),
             ("KUBERNETES_PORT_443_TCP", "tcp://x"),
             ("APP", "1"),
         ]

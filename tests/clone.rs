@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use slimforge::stage::clone::CloneResult;
+use slimforge::contract::CloneResult;
 use support::{GitDaemon, git};
 
 /// A repository `repo` with `main` (app/Dockerfile) and `release` (one

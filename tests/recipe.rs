@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use slimforge::plan::{BuildPlan, PLAN_ENV, PlanRequest};
-use slimforge::recipe::{
-    AssembleOutput, BaseView, FinalRecipe, LayerOrigin, assemble_spec, evaluate, evaluate_scratch,
-};
+use slimforge::contract::{FinalRecipe, LayerOrigin, PLAN_ENV};
+use slimforge::plan::{BuildPlan, PlanRequest};
+use slimforge::recipe::{AssembleOutput, BaseView, assemble_spec, evaluate, evaluate_scratch};
 use support::{
     Format, Registry, container_tool, podman_run_with, push_busybox, run_any, run_ok,
     skopeo_inspect_config,

@@ -32,18 +32,6 @@ pub const ATTEMPT_LABEL: &str = "slimforge.dev/attempt";
 /// The stage (chain id) a pod runs: stage names are not label values.
 pub const STAGE_ANNOTATION: &str = "slimforge.dev/stage";
 
-/// Where the shared workspace is mounted in every pod.
-pub const WORKSPACE_MOUNT: &str = "/.slimforge";
-/// Where the helper is copied to in pods that run a stage image.
-pub const HELPER_MOUNT: &str = "/.slimforge-bin";
-/// Where a ConfigMap context is mounted.
-pub const CONTEXT_MOUNT: &str = "/.slimforge-src";
-/// Where the push credentials are mounted in the assemble pod.
-pub const AUTH_MOUNT: &str = "/.slimforge-auth";
-/// Where the git credentials Secret is mounted in the context pod.
-pub const GIT_CREDENTIALS_MOUNT: &str = "/.slimforge-git";
-/// The environment variable carrying the context source to the helper.
-pub const CONTEXT_ENV: &str = "SLIMFORGE_CONTEXT";
 /// The uid the assemble pod runs as (non-root, no name needed).
 pub const ASSEMBLE_UID: i64 = 65532;
 

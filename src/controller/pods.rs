@@ -17,27 +17,19 @@ use kube::Resource;
 use serde_json::{Value, json};
 
 use super::{
-    ASSEMBLE_UID, ATTEMPT_LABEL, AUTH_MOUNT, BUILD_LABEL, CONTEXT_ENV, CONTEXT_MOUNT,
-    GENERATION_LABEL, GIT_CREDENTIALS_MOUNT, HELPER_MOUNT, MANAGED_BY, MANAGED_BY_LABEL,
-    ROLE_LABEL, STAGE_ANNOTATION, Settings, UNIT_LABEL, WORKSPACE_MOUNT,
+    ASSEMBLE_UID, ATTEMPT_LABEL, BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL,
+    ROLE_LABEL, STAGE_ANNOTATION, Settings, UNIT_LABEL,
 };
 use crate::api::ImageBuild;
-use crate::plan::{BuildPlan, CopySource, FinalImage, PLAN_ENV};
+use crate::contract::{
+    ASSEMBLE_RESULT, AUTH_MOUNT, CONTEXT_ENV, CONTEXT_MOUNT, CONTEXT_RESULT, GIT_CREDENTIALS_MOUNT,
+    HELPER_MOUNT, PLAN_ENV, PROBE_RESULT, PULL_AUTH_MOUNT, SNAPSHOT_LAYER, SOURCE_DIR,
+    WORKSPACE_MOUNT,
+};
+use crate::plan::{BuildPlan, CopySource, FinalImage};
 
-/// Where the pull secrets are mounted in the assemble pod (one directory each).
-pub const PULL_AUTH_MOUNT: &str = "/.slimforge-pull";
 /// Default workspace size.
 pub const DEFAULT_WORKSPACE_SIZE: &str = "2Gi";
-/// The runtime pod's snapshot layer, on the workspace.
-pub const SNAPSHOT_EXPORT: &str = "exports/snapshot.tar";
-/// The probe's answer, on the workspace.
-pub const PROBE_RESULT: &str = "results/probe.json";
-/// The assembly's answer, on the workspace.
-pub const ASSEMBLE_RESULT: &str = "results/assemble.json";
-/// The context pod's answer (commit, Dockerfile), on the workspace.
-pub const CONTEXT_RESULT: &str = "results/context.json";
-/// Where the context pod checks a git context out, in the workspace.
-pub const SOURCE_DIR: &str = "source";
 /// The context pod's name in `status.stages`.
 pub const CONTEXT_STAGE: &str = "git clone";
 /// The context pod's unit number: it comes before every other pod.
@@ -396,7 +388,7 @@ impl BuildObjects<'_> {
             &whoami_file,
         ]);
         if runtime {
-            let snapshot = format!("{WORKSPACE_MOUNT}/{SNAPSHOT_EXPORT}");
+            let snapshot = format!("{WORKSPACE_MOUNT}/{SNAPSHOT_LAYER}");
             command.extend(strings(["--snapshot", &snapshot]));
         }
         let mut mounts = vec![workspace_mount(), helper_mount()];

@@ -9,7 +9,6 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
-use serde::Deserialize;
 
 use super::Settings;
 use super::pods::{
@@ -20,8 +19,8 @@ use crate::api::{
     ImageBuild, ImageBuildStatus, ImageStatus, MAX_INLINE_CONTEXT_BYTES, Phase, SourceStatus,
     StageStatus, human_size,
 };
+use crate::contract::{AssembleResult, ChainFailure, CloneResult};
 use crate::plan::{BuildPlan, PlanRequest};
-use crate::stage::clone::CloneResult;
 
 /// The largest plan that travels in an environment variable (Linux caps one
 /// at 128 KiB).
@@ -318,7 +317,7 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
         if !scheme_ok {
             return Err(invalid(format!(
                 "spec.context.git.url `{}`: expected an https://, http:// or git:// URL (ssh is not supported)",
-                crate::stage::clone::redacted(&git.url)
+                crate::api::redacted_url(&git.url)
             )));
         }
         if let Some(sub) = git.sub_path.as_deref().map(|p| p.trim_matches('/'))
@@ -672,7 +671,7 @@ pub fn reconcile(
         match pod
             .result
             .as_deref()
-            .map(serde_json::from_str::<AssembleOutcome>)
+            .map(serde_json::from_str::<AssembleResult>)
         {
             Some(Ok(outcome)) => {
                 let short = outcome
@@ -781,7 +780,7 @@ pub fn reconcile(
             "Cloning",
             format!(
                 "cloning {} at {}",
-                crate::stage::clone::redacted(&git.url),
+                crate::api::redacted_url(&git.url),
                 git.revision.as_deref().unwrap_or("HEAD")
             ),
         ),
@@ -940,16 +939,6 @@ fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'st
 
 /// `stage builder, line 5 (RUN go build app.go): exit code 3` and the log tail.
 fn failure_message(unit: &Unit, pod: &PodState) -> String {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ChainFailure {
-        stage: Option<String>,
-        line: Option<usize>,
-        instruction: Option<String>,
-        exit_code: Option<i32>,
-        log_tail: Option<String>,
-        error: Option<String>,
-    }
     let result = pod.result.as_deref().unwrap_or_default();
     if unit.kind == UnitKind::Context
         && let Ok(CloneResult {
@@ -958,15 +947,21 @@ fn failure_message(unit: &Unit, pod: &PodState) -> String {
     {
         return format!("{} (pod {}): {error}", unit.name, pod.name);
     }
+    // A chain's failure, or any pod's `failure_json` (no line, no stage).
     if let Ok(f) = serde_json::from_str::<ChainFailure>(result)
-        && (f.line.is_some() || f.error.is_some())
+        && (f.line > 0 || f.error.is_some())
     {
-        let mut message = format!("stage {}", f.stage.unwrap_or_else(|| unit.name.clone()));
-        if let Some(line) = f.line {
-            message.push_str(&format!(", line {line}"));
+        let stage = if f.stage.is_empty() {
+            &unit.name
+        } else {
+            &f.stage
+        };
+        let mut message = format!("stage {stage}");
+        if f.line > 0 {
+            message.push_str(&format!(", line {}", f.line));
         }
-        if let Some(instruction) = f.instruction {
-            message.push_str(&format!(" ({instruction})"));
+        if !f.instruction.is_empty() {
+            message.push_str(&format!(" ({})", f.instruction));
         }
         match (f.exit_code, f.error) {
             (Some(code), _) => message.push_str(&format!(": exit code {code}")),
@@ -1024,26 +1019,6 @@ fn clone_outcome(pod: &PodState) -> Result<CloneOutcome, String> {
         .ok_or_else(|| unreadable("no commit".into()))?;
     let dockerfile = result.dockerfile_text().map_err(unreadable)?;
     Ok(CloneOutcome { commit, dockerfile })
-}
-
-/// What the assemble pod reports (`slimforge assemble --result`).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AssembleOutcome {
-    reference: String,
-    digest: String,
-    size_bytes: u64,
-    #[serde(default)]
-    builder_image: Option<String>,
-    #[serde(default)]
-    builder_size_bytes: Option<u64>,
-    #[serde(default)]
-    layers: Vec<LayerOutcome>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LayerOutcome {
-    digest: String,
 }
 
 fn warning(reason: &str, note: &str) -> BuildEvent {

@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use self::podman::{Podman, PodmanError};
 use self::pods::{LocalPodInputs, local_config_map, local_pod, uses_host_network};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, human_size};
+use crate::contract::{ASSEMBLE_RESULT, CONTEXT_RESULT, PROBE_RESULT, chain_result};
 use crate::controller::BUILD_LABEL;
-use crate::controller::pods::{ASSEMBLE_RESULT, CONTEXT_RESULT, PROBE_RESULT};
 use crate::controller::reconcile::{
     Invalid, Observed, PodPhase, PodState, Waiting, validate, validate_spec,
 };
@@ -326,9 +326,7 @@ impl Runner {
             None => self.progress(&format!(
                 "building {} from {} (cloned first)",
                 self.ib.spec.output.image,
-                crate::stage::clone::redacted(
-                    &git.as_ref().map(|g| g.url.clone()).unwrap_or_default()
-                )
+                crate::api::redacted_url(&git.as_ref().map(|g| g.url.clone()).unwrap_or_default())
             )),
         }
 
@@ -524,9 +522,7 @@ impl Runner {
             .unwrap_or_default();
         let role = label(ROLE_LABEL);
         let result_file = match role.as_str() {
-            "chain" | "runtime" | "extraction" => {
-                Some(format!("results/{}.json", stage.replace('/', "_")))
-            }
+            "chain" | "runtime" | "extraction" => Some(chain_result(&stage)),
             "probe" => Some(PROBE_RESULT.to_string()),
             "context" => Some(CONTEXT_RESULT.to_string()),
             "assemble" => Some(ASSEMBLE_RESULT.to_string()),
@@ -682,7 +678,7 @@ impl Runner {
                     for container in containers {
                         container.working_dir = Some("/".into());
                         container.env.get_or_insert_default().push(EnvVar {
-                            name: crate::stage::run::WORKDIR_ENV.into(),
+                            name: crate::contract::WORKDIR_ENV.into(),
                             value: Some(dir.into()),
                             ..EnvVar::default()
                         });

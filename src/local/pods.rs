@@ -6,7 +6,7 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{ConfigMap, HostPathVolumeSource, Pod, PodSpec, Volume};
 
-use crate::controller::{AUTH_MOUNT, GIT_CREDENTIALS_MOUNT};
+use crate::contract::{AUTH_MOUNT, GIT_CREDENTIALS_MOUNT};
 
 /// One way a local pod differs from the cluster's, and why.
 pub struct LocalDifference {

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 
-use super::{MAX_RESULT_BYTES, io_err, keep_first_bytes};
+use super::io_err;
+use crate::contract::{CloneResult, MAX_RESULT_BYTES, keep_first_bytes, publish_result};
 use crate::rootfs::FsError;
 use crate::rootfs::remove_tree;
 
@@ -45,37 +45,6 @@ pub struct CloneOptions {
     pub dockerfile: Option<String>,
 }
 
-/// The context pod's result: `{"commit", "dockerfile"}` or `{"error"}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CloneResult {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-    /// base64 of the gzip-compressed Dockerfile text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dockerfile: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl CloneResult {
-    /// The Dockerfile's text, from its base64 and gzip encoding.
-    pub fn dockerfile_text(&self) -> Result<Option<String>, String> {
-        let Some(encoded) = &self.dockerfile else {
-            return Ok(None);
-        };
-        let compressed = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| format!("the Dockerfile in the result is not base64: {e}"))?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut flate2::read::GzDecoder::new(compressed.as_slice()),
-            &mut text,
-        )
-        .map_err(|e| format!("the Dockerfile in the result is not gzip-compressed text: {e}"))?;
-        Ok(Some(text))
-    }
-}
-
 /// Clones, and writes the result (success or error) to `result` and the
 /// termination message. Returns the commit.
 pub fn clone_with_result(options: &CloneOptions, result: &Path) -> Result<String, CloneError> {
@@ -88,13 +57,13 @@ pub fn clone_with_result(options: &CloneOptions, result: &Path) -> Result<String
         }),
     }
     .unwrap_or_default();
-    super::publish_result(result, json.as_bytes())?;
+    publish_result(result, json.as_bytes())?;
     outcome.map(|r| r.commit.unwrap_or_default())
 }
 
 /// Clones `options.url` into `options.dest` and checks the revision out.
 pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
-    let url = redacted(&options.url);
+    let url = crate::api::redacted_url(&options.url);
     let revision = options.revision.clone().filter(|r| !r.trim().is_empty());
     let shown_revision = revision.clone().unwrap_or_else(|| "HEAD".into());
     let git_error = |detail: String| CloneError::Git {
@@ -350,30 +319,9 @@ fn compress(text: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(compressed)
 }
 
-/// The URL without a user or password in it.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credentials_in_a_url_are_not_shown() {
-        assert_eq!(
-            redacted("https://bob:secret@example.com/r.git"),
-            "https://***@example.com/r.git"
-        );
-        assert_eq!(redacted("git://host:9418/repo"), "git://host:9418/repo");
-    }
 
     #[test]
     fn a_compressed_dockerfile_comes_back_as_it_was() {

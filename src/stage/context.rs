@@ -24,8 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The environment variable `stage run` reads the context from.
-pub const CONTEXT_ENV: &str = "SLIMFORGE_CONTEXT";
+use crate::contract::CONTEXT_ENV;
 /// Mode of a file without one (inline files, ConfigMap keys without items).
 const FILE_MODE: u32 = 0o644;
 /// Mode of the directories a materialised context needs.
@@ -311,7 +310,7 @@ fn create_file(path: &Path, content: &[u8], mode: u32) -> Result<(), ContextErro
 
 /// `context-<chain>`, see [`super::scratch_name`].
 fn scratch_name(chain: &str) -> String {
-    super::scratch_name("context", chain)
+    crate::contract::scratch_name("context", chain)
 }
 
 #[cfg(test)]

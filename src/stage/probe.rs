@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use crate::contract::{FinalRecipe, failure_json, publish_result};
 use crate::plan::BuildPlan;
-use crate::recipe::{FinalRecipe, RecipeError};
+use crate::recipe::RecipeError;
 
 /// `stage probe`: evaluates the plan's final image where this process runs
 /// (its `/`, environment and cwd are the base's) and writes the
@@ -24,11 +25,11 @@ pub fn probe_plan(plan: Option<&Path>, result: &Path) -> Result<FinalRecipe, Rec
                     what: e.to_string(),
                 }
             })?;
-            super::publish_result(result, &json)?;
+            publish_result(result, &json)?;
             Ok(recipe)
         }
         Err(e) => {
-            super::publish_result(result, super::failure_json(&e.to_string()).as_bytes())?;
+            publish_result(result, failure_json(&e.to_string()).as_bytes())?;
             Err(e)
         }
     }

@@ -96,10 +96,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-
 use super::context::{BuildContext, Materialised};
-use super::{StageError, io_err, keep_first_bytes};
+use super::{StageError, io_err};
+use crate::contract::{
+    ChainFailure, ChainResult, SHARED_DIRS, WORKDIR_ENV, Workspace, failure_json, publish_result,
+};
 use crate::dockerfile::{
     CommandForm, CopyArgs, DockerIgnore, Heredoc, Instruction, RunArgs, expand_heredoc, expand_word,
 };
@@ -115,111 +116,11 @@ use crate::rootfs::users::Users;
 pub const DEFAULT_WORKSPACE: &str = "/.slimforge";
 /// PATH for RUN when the environment has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-pub use super::MAX_RESULT_BYTES;
 /// How long the output of a finished RUN may still come (from processes
 /// it left in the background).
 const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Lines of RUN output kept for a failure report.
 const LOG_TAIL_LINES: usize = 40;
-
-/// What `stage run` reports, as written to `results/<chain>.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "camelCase")]
-pub enum RunResult {
-    Succeeded { exports: Vec<String> },
-    Failed(Failure),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Failure {
-    pub stage: String,
-    pub line: usize,
-    /// The instruction's first line as written.
-    pub instruction: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_tail: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One line: `stage S line N: INSTRUCTION: exit code C` (or the error).
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "stage {} line {}: {}: ",
-            self.stage, self.line, self.instruction
-        )?;
-        match (self.exit_code, &self.error) {
-            (Some(code), _) => write!(f, "exit code {code}"),
-            (None, Some(error)) => f.write_str(error),
-            (None, None) => f.write_str("failed"),
-        }
-    }
-}
-
-impl RunResult {
-    /// The JSON, at most [`MAX_RESULT_BYTES`]: the log tail loses its oldest
-    /// bytes first, then the error and the instruction are cut (on UTF-8
-    /// boundaries).
-    pub fn to_json(&self) -> Vec<u8> {
-        let json = |r: &RunResult| serde_json::to_vec(r).expect("a result serializes");
-        let mut bytes = json(self);
-        let RunResult::Failed(failure) = self else {
-            return bytes;
-        };
-        let mut failure = failure.clone();
-        let fits = |f: &Failure| json(&RunResult::Failed(f.clone())).len() <= MAX_RESULT_BYTES;
-        // The most of the log's end, then of the error's start, that fits.
-        if let Some(tail) = failure.log_tail.clone() {
-            let keep = largest_fitting(tail.len(), |n| {
-                let mut f = failure.clone();
-                f.log_tail = Some(keep_last_bytes(&tail, n));
-                fits(&f)
-            });
-            failure.log_tail = Some(keep_last_bytes(&tail, keep));
-        }
-        if let Some(error) = failure.error.clone() {
-            let keep = largest_fitting(error.len(), |n| {
-                let mut f = failure.clone();
-                f.error = Some(keep_first_bytes(&error, n));
-                fits(&f)
-            });
-            failure.error = Some(keep_first_bytes(&error, keep));
-        }
-        if !fits(&failure) {
-            failure.instruction = keep_first_bytes(&failure.instruction, 200);
-        }
-        bytes = json(&RunResult::Failed(failure));
-        bytes
-    }
-}
-
-/// The largest `n <= max` with `fits(n)` (0 if none), `fits` being monotone.
-fn largest_fitting(max: usize, fits: impl Fn(usize) -> bool) -> usize {
-    let (mut low, mut high) = (0, max);
-    while low < high {
-        let mid = low + (high - low).div_ceil(2);
-        if fits(mid) {
-            low = mid;
-        } else {
-            high = mid - 1;
-        }
-    }
-    low
-}
-
-/// The last at most `n` bytes of `s`, starting on a character boundary.
-fn keep_last_bytes(s: &str, n: usize) -> String {
-    let mut start = s.len().saturating_sub(n);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    s[start..].to_string()
-}
 
 /// What `stage run` reads: the plan, the chain to run, the workspace.
 #[derive(Debug, Clone, Default)]
@@ -239,22 +140,15 @@ pub struct RunOptions {
     pub snapshot: Option<PathBuf>,
 }
 
-/// The workspace directories `stage run` writes in, created 1777 when
-/// missing: pods running as other users share them.
-const SHARED_DIRS: [&str; 3] = ["exports", "results", "tmp"];
-
 /// Runs the chain; the result is also written to `results/<chain>.json`.
 /// `Err` only when the chain could not start (plan or context unusable) or
 /// the result could not be written; the result file says why too.
-pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
+pub fn run(options: &RunOptions) -> Result<ChainResult, StageError> {
     prepare_workspace(&options.workspace)?;
-    let results = options.workspace.join("results");
-    let path = results.join(format!("{}.json", options.chain.replace('/', "_")));
+    let workspace = Workspace::new(&options.workspace);
+    let path = workspace.chain_result(&options.chain);
     // Scratch space: 1777 even on a root-squashed volume.
-    let state = options
-        .workspace
-        .join("tmp")
-        .join(super::scratch_name("snapshot", &options.chain));
+    let state = workspace.scratch("snapshot", &options.chain);
     let recorded = match &options.snapshot {
         Some(_) => crate::rootfs::snapshot::record(&state).map(|_| ()),
         None => Ok(()),
@@ -263,7 +157,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
         .map_err(StageError::from)
         .and_then(|()| run_chain(options));
     let layer = match (&options.snapshot, &result) {
-        (Some(layer), Ok(RunResult::Succeeded { .. })) => Some(layer),
+        (Some(layer), Ok(ChainResult::Succeeded { .. })) => Some(layer),
         _ => None,
     };
     let diffed = layer.map(|layer| crate::rootfs::snapshot::diff(&state, layer));
@@ -274,7 +168,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
         Ok(result) => result,
         Err(e) => {
             // The chain never started: the reason still goes in the result.
-            super::publish_result(&path, super::failure_json(&e.to_string()).as_bytes())?;
+            publish_result(&path, failure_json(&e.to_string()).as_bytes())?;
             return Err(e);
         }
     };
@@ -283,7 +177,7 @@ pub fn run(options: &RunOptions) -> Result<RunResult, StageError> {
         let _ = fs::set_permissions(layer, fs::Permissions::from_mode(0o644));
         tracing::info!(digest = %digests.digest, size = digests.size, "snapshot layer written");
     }
-    super::publish_result(&path, &result.to_json())?;
+    publish_result(&path, &result.to_json())?;
     Ok(result)
 }
 
@@ -329,7 +223,7 @@ pub fn open_workspace(workspace: &Path) -> Result<(), StageError> {
     Ok(())
 }
 
-fn run_chain(options: &RunOptions) -> Result<RunResult, StageError> {
+fn run_chain(options: &RunOptions) -> Result<ChainResult, StageError> {
     let plan = BuildPlan::load(options.plan.as_deref())?;
     let chain = plan
         .chain(&options.chain)
@@ -337,31 +231,28 @@ fn run_chain(options: &RunOptions) -> Result<RunResult, StageError> {
             path: options
                 .plan
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("${}", crate::plan::PLAN_ENV))),
+                .unwrap_or_else(|| PathBuf::from(format!("${}", crate::contract::PLAN_ENV))),
             what: format!("no chain `{}` in the plan", options.chain),
         })?
         .clone();
+    let workspace = Workspace::new(&options.workspace);
     let context = match options.context.as_deref() {
-        Some(json) => BuildContext::parse(json)?
-            .materialise(&options.workspace.join("tmp"), &options.chain)?,
-        None => Materialised::existing(options.workspace.join("context")),
+        Some(json) => BuildContext::parse(json)?.materialise(&workspace.tmp(), &options.chain)?,
+        None => Materialised::existing(workspace.context()),
     };
-    let whoami = options
-        .whoami
-        .clone()
-        .unwrap_or_else(|| options.workspace.join("whoami"));
+    let whoami = options.whoami.clone().unwrap_or_else(|| workspace.whoami());
     let result = Runner::new(&plan, &options.workspace, context.path(), &whoami)?.run_chain(&chain);
     // The materialised context goes now, whatever the outcome.
     drop(context);
     Ok(match result {
-        Ok(exports) => RunResult::Succeeded { exports },
-        Err(failure) => RunResult::Failed(*failure),
+        Ok(exports) => ChainResult::Succeeded { exports },
+        Err(failure) => ChainResult::Failed(*failure),
     })
 }
 
 struct Runner<'a> {
     plan: &'a BuildPlan,
-    workspace: PathBuf,
+    workspace: Workspace,
     /// The build context's directory.
     context: PathBuf,
     users: Users,
@@ -379,11 +270,7 @@ struct Runner<'a> {
     shell: Vec<String>,
 }
 
-type StepResult<T> = Result<T, Box<Failure>>;
-
-/// The image's WorkingDir, for a stage started elsewhere because its
-/// runtime would not create a missing one.
-pub const WORKDIR_ENV: &str = "SLIMFORGE_WORKDIR";
+type StepResult<T> = Result<T, Box<ChainFailure>>;
 
 impl<'a> Runner<'a> {
     fn new(
@@ -433,7 +320,7 @@ impl<'a> Runner<'a> {
         }
         Ok(Self {
             plan,
-            workspace: workspace.to_path_buf(),
+            workspace: Workspace::new(workspace),
             context: context.to_path_buf(),
             users,
             ignore,
@@ -462,8 +349,8 @@ impl<'a> Runner<'a> {
                 .iter()
                 .filter(|e| e.stage.as_deref() == Some(id.as_str()))
             {
-                let dir = self.workspace.join("exports");
-                let out = dir.join(format!("{}.tar", export.id));
+                let dir = self.workspace.exports();
+                let out = self.workspace.export_archive(&export.id);
                 let done = fs::create_dir_all(&dir)
                     .map_err(io_err(&dir))
                     .and_then(|()| write_export(Path::new("/"), &export.path, &out));
@@ -473,7 +360,7 @@ impl<'a> Runner<'a> {
                         written.push(export.id.clone());
                     }
                     Err(e) => {
-                        return Err(Box::new(Failure {
+                        return Err(Box::new(ChainFailure {
                             stage: id.clone(),
                             line: export
                                 .consumers
@@ -495,9 +382,14 @@ impl<'a> Runner<'a> {
         Ok(written)
     }
 
-    fn failure(&self, stage: &ChainStage, step: &Step, error: Option<StepError>) -> Box<Failure> {
+    fn failure(
+        &self,
+        stage: &ChainStage,
+        step: &Step,
+        error: Option<StepError>,
+    ) -> Box<ChainFailure> {
         let instruction = step.text.lines().next().unwrap_or_default().to_string();
-        let mut failure = Failure {
+        let mut failure = ChainFailure {
             stage: stage.stage.id(),
             line: step.line,
             instruction,
@@ -626,8 +518,8 @@ impl<'a> Runner<'a> {
             Some(CopySource::Stage { paths, exports, .. })
             | Some(CopySource::Image { paths, exports, .. }) => {
                 for (path, export) in paths.iter().zip(exports) {
-                    let archive = self.workspace.join("exports").join(format!("{export}.tar"));
-                    let tmp = self.workspace.join("tmp");
+                    let archive = self.workspace.export_archive(export);
+                    let tmp = self.workspace.tmp();
                     let staging = ScratchDir::new_in(&tmp).map_err(|e| other(&tmp, e))?;
                     extract_archive(&archive, staging.path(), Unpack::Scratch)
                         .map_err(|e| StepError::Other(e.to_string()))?;
@@ -737,7 +629,7 @@ impl<'a> Runner<'a> {
                 if single {
                     let script = body(&args.heredocs[0])?;
                     if script.starts_with("#!") {
-                        let tmp = self.workspace.join("tmp");
+                        let tmp = self.workspace.tmp();
                         fs::create_dir_all(&tmp).map_err(|e| other(&tmp, e))?;
                         let path = tmp.join(format!("run-{}", std::process::id()));
                         fs::write(&path, script).map_err(|e| other(&path, e))?;
@@ -923,49 +815,6 @@ mod tests {
         assert!(error.contains("missing"), "{error}");
     }
 
-    fn failure(tail: &str) -> RunResult {
-        RunResult::Failed(Failure {
-            stage: "builder".into(),
-            line: 7,
-            instruction: "RUN make".into(),
-            exit_code: Some(2),
-            log_tail: Some(tail.into()),
-            error: None,
-        })
-    }
-
-    #[test]
-    fn a_result_is_capped_at_3_kib_keeping_the_end_of_the_log() {
-        let tail = format!("{}the last line", "é\"\n".repeat(5000));
-        let json = failure(&tail).to_json();
-        assert!(json.len() <= MAX_RESULT_BYTES, "{}", json.len());
-        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(value["status"], "failed");
-        assert_eq!(value["line"], 7);
-        assert_eq!(value["exitCode"], 2);
-        assert!(
-            value["logTail"]
-                .as_str()
-                .unwrap()
-                .ends_with("the last line")
-        );
-        let small = failure("short").to_json();
-        let value: serde_json::Value = serde_json::from_slice(&small).unwrap();
-        assert_eq!(value["logTail"], "short");
-    }
-
-    #[test]
-    fn success_lists_the_exports() {
-        let json = RunResult::Succeeded {
-            exports: vec!["b-1".into()],
-        }
-        .to_json();
-        assert_eq!(
-            String::from_utf8(json).unwrap(),
-            r#"{"status":"succeeded","exports":["b-1"]}"#
-        );
-    }
-
     #[test]
     fn a_chain_that_cannot_start_still_leaves_a_result() {
         let ws = tempfile::tempdir().unwrap();
@@ -996,11 +845,5 @@ mod tests {
     fn paths_normalize_lexically() {
         assert_eq!(normalize(Path::new("/go/./a/../b")), Path::new("/go/b"));
         assert_eq!(normalize(Path::new("/../..")), Path::new("/"));
-    }
-
-    #[test]
-    fn cutting_respects_utf8() {
-        assert_eq!(keep_last_bytes("aéb", 2), "b");
-        assert_eq!(keep_first_bytes("aéb", 2), "a");
     }
 }

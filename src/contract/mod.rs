@@ -1,0 +1,161 @@
+//! The contract between the controller (or `slimforge build`) and the build
+//! pods: where things are mounted, which environment variables carry what,
+//! the shared workspace's layout, and the results each pod leaves there.
+//! Both sides use these names and types; nothing else spells them.
+//!
+//! Workspace (a volume mounted at [`WORKSPACE_MOUNT`] in every pod):
+//! - `context/`: the build context, when a context pod or the local runner
+//!   put it there (else it comes from [`CONTEXT_ENV`]);
+//! - [`SOURCE_DIR`]`/`: a git context's checkout;
+//! - `whoami`: the image user's `uid:gid`, written by a chain pod's init
+//!   container (`stage whoami`);
+//! - `exports/<export-id>.tar` ([`export_archive`]): what later stages copy
+//!   from a chain or an image; [`SNAPSHOT_LAYER`]: the runtime pod's layer;
+//! - `results/`: one JSON file per pod, also its termination message when it
+//!   fits in [`MAX_RESULT_BYTES`]: [`chain_result`] ([`ChainResult`]),
+//!   [`PROBE_RESULT`] ([`FinalRecipe`]), [`CONTEXT_RESULT`]
+//!   ([`CloneResult`]), [`ASSEMBLE_RESULT`] ([`AssembleResult`]); a pod that
+//!   failed before its work writes [`failure_json`];
+//! - `tmp/`: scratch space ([`scratch_name`]), removed when done with.
+//!
+//! `exports/`, `results/` and `tmp/` are 1777: pods run as different users.
+
+mod recipe;
+mod results;
+
+use std::path::{Path, PathBuf};
+
+pub use recipe::{ExportSource, FinalRecipe, InlineFile, LayerOrigin, RecipeLayer};
+pub use results::{
+    AssembleResult, ChainFailure, ChainResult, CloneResult, MAX_RESULT_BYTES, failure_json,
+    keep_first_bytes, keep_last_bytes, publish_result, write_termination_message,
+};
+
+/// Where the shared workspace is mounted in every pod.
+pub const WORKSPACE_MOUNT: &str = "/.slimforge";
+/// Where the helper is copied to in pods that run a stage image.
+pub const HELPER_MOUNT: &str = "/.slimforge-bin";
+/// Where a ConfigMap context is mounted.
+pub const CONTEXT_MOUNT: &str = "/.slimforge-src";
+/// Where the push credentials are mounted in the assemble pod.
+pub const AUTH_MOUNT: &str = "/.slimforge-auth";
+/// Where the pull secrets are mounted in the assemble pod (one directory each).
+pub const PULL_AUTH_MOUNT: &str = "/.slimforge-pull";
+/// Where the git credentials Secret is mounted in the context pod.
+pub const GIT_CREDENTIALS_MOUNT: &str = "/.slimforge-git";
+
+/// The build plan's JSON, in every pod that evaluates the Dockerfile.
+pub const PLAN_ENV: &str = "SLIMFORGE_PLAN";
+/// The build context's source (JSON, see [`crate::stage::context`]).
+pub const CONTEXT_ENV: &str = "SLIMFORGE_CONTEXT";
+/// The image's WorkingDir, for a chain started elsewhere because its
+/// runtime would not create a missing one (podman's `kube play`).
+pub const WORKDIR_ENV: &str = "SLIMFORGE_WORKDIR";
+/// The variables above: the pods' plumbing, never part of a RUN's or the
+/// image's environment.
+pub const POD_ENV: [&str; 3] = [PLAN_ENV, CONTEXT_ENV, WORKDIR_ENV];
+
+/// The build context, in the workspace.
+pub const CONTEXT_DIR: &str = "context";
+/// Where the context pod checks a git context out, in the workspace.
+pub const SOURCE_DIR: &str = "source";
+/// The image user's `uid:gid`, in the workspace.
+pub const WHOAMI: &str = "whoami";
+/// Exports, in the workspace.
+pub const EXPORTS_DIR: &str = "exports";
+/// Results, in the workspace.
+pub const RESULTS_DIR: &str = "results";
+/// Scratch space, in the workspace.
+pub const TMP_DIR: &str = "tmp";
+/// The workspace directories pods of different users write in (1777).
+pub const SHARED_DIRS: [&str; 3] = [EXPORTS_DIR, RESULTS_DIR, TMP_DIR];
+/// The runtime pod's snapshot layer, in the workspace.
+pub const SNAPSHOT_LAYER: &str = "exports/snapshot.tar";
+/// The probe's answer ([`FinalRecipe`]), in the workspace.
+pub const PROBE_RESULT: &str = "results/probe.json";
+/// The assembly's answer ([`AssembleResult`]), in the workspace.
+pub const ASSEMBLE_RESULT: &str = "results/assemble.json";
+/// The context pod's answer ([`CloneResult`]), in the workspace.
+pub const CONTEXT_RESULT: &str = "results/context.json";
+
+/// A chain's (or an extraction's) result file, in the workspace:
+/// `results/<chain-id>.json`, a `/` in the id written `_`.
+pub fn chain_result(chain: &str) -> String {
+    format!("{RESULTS_DIR}/{}.json", chain.replace('/', "_"))
+}
+
+/// An export's archive, in the workspace: `exports/<export-id>.tar`.
+pub fn export_archive(id: &str) -> String {
+    format!("{EXPORTS_DIR}/{id}.tar")
+}
+
+/// The workspace as one pod sees it: its files by their role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace(PathBuf);
+
+impl Workspace {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self(root.into())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+
+    /// `relative` (one of this module's names) in this workspace.
+    pub fn join(&self, relative: &str) -> PathBuf {
+        self.0.join(relative)
+    }
+
+    pub fn context(&self) -> PathBuf {
+        self.join(CONTEXT_DIR)
+    }
+
+    pub fn exports(&self) -> PathBuf {
+        self.join(EXPORTS_DIR)
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.join(TMP_DIR)
+    }
+
+    pub fn whoami(&self) -> PathBuf {
+        self.join(WHOAMI)
+    }
+
+    pub fn export_archive(&self, id: &str) -> PathBuf {
+        self.join(&export_archive(id))
+    }
+
+    pub fn chain_result(&self, chain: &str) -> PathBuf {
+        self.join(&chain_result(chain))
+    }
+
+    /// A scratch directory or file in `tmp/` for `chain` ([`scratch_name`]).
+    pub fn scratch(&self, prefix: &str, chain: &str) -> PathBuf {
+        self.tmp().join(scratch_name(prefix, chain))
+    }
+}
+
+/// `<prefix>-<chain>` with the chain id made a safe file name: characters
+/// other than ASCII letters, digits, `-`, `_` and `.` become `_`, and a
+/// short hash of the id then keeps changed names apart.
+pub fn scratch_name(prefix: &str, chain: &str) -> String {
+    let safe: String = chain
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if safe == chain && !chain.is_empty() {
+        return format!("{prefix}-{chain}");
+    }
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(chain.as_bytes()));
+    format!("{prefix}-{safe}-{}", &hash[..8])
+}
