@@ -1,7 +1,7 @@
 //! Each stage's base, from its FROM line: an earlier stage, or an image
 //! (checked against the image-reference grammar) on a platform.
 
-use super::sources::check_reference;
+use super::sources::check_image;
 use super::{Planner, from_error, parse_platform};
 use crate::dockerfile::{DockerfileError, InstructionError, Stage, edit_distance, within_edits};
 
@@ -45,15 +45,7 @@ impl Planner<'_> {
             return Ok(Base::Stage(parent.index));
         }
         self.hint_near_stage(stage.index, &image, stage.line, "FROM");
-        check_reference(&image).map_err(|reason| {
-            from_error(
-                stage,
-                InstructionError::Reference {
-                    reference: image.clone(),
-                    reason,
-                },
-            )
-        })?;
+        check_image(&image).map_err(|error| from_error(stage, error))?;
         let platform = self.base_platform(stage, platform)?;
         Ok(Base::Image {
             reference: image,
