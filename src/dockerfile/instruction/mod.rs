@@ -3,8 +3,8 @@
 //! stage it runs in.
 //!
 //! The typed instructions live here: they are what plans carry to the
-//! pods. [`parse`] reads each instruction's arguments, with [`flags`]
-//! checking its `--flags`; [`values`] holds the rules for single values
+//! pods. `parse` reads each instruction's arguments, with `flags`
+//! checking its `--flags`; `values` holds the rules for single values
 //! (durations, ports, modes, stage names) that other layers share.
 
 mod flags;

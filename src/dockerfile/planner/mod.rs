@@ -3,18 +3,19 @@
 //! need an extraction step, and whether the final image can be assembled
 //! or needs a runtime pod.
 //!
-//! [`Planner::plan`] runs the stages of work in order, one module each:
+//! `Planner::plan` runs the stages of work in order, one module each:
 //!
-//! 1. [`scope`]: the global ARGs (and the automatic platform ones), the
-//!    variables each stage sees, all paid for from one [`budget`];
-//! 2. [`walk`]: every stage's instructions, with [`bases`] resolving its
-//!    FROM and [`sources`] each COPY/ADD's `--from`; errors are kept per
+//! 1. `scope`: the global ARGs (and the automatic platform ones), the
+//!    variables each stage sees, all paid for from one `budget`;
+//! 2. `walk`: every stage's instructions, with `bases` resolving its
+//!    FROM and `sources` each COPY/ADD's `--from`; errors are kept per
 //!    stage, since only the needed stages' count;
-//! 3. [`targets`]: the target stage, the stages it needs, unused build args;
-//! 4. [`chains`]: the needed stages grouped into chains (one pod each) and
-//!    the final image (assembled, or a runtime chain), with [`exports`]
-//!    gathering what each chain and image extraction hands on;
-//! 5. [`waves`]: the chains and extractions in dependency order.
+//! 3. `targets`: the target stage, the stages it needs, unused build args;
+//! 4. `chains`: the needed stages grouped into chains (one pod each) and
+//!    the final image (assembled, or a runtime chain); `steps` resolves
+//!    each step's source, and `exports` gathers what each chain and image
+//!    extraction hands on;
+//! 5. `waves`: the chains and extractions in dependency order.
 
 mod bases;
 mod budget;
