@@ -239,13 +239,7 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
     crate::oci::reference::parse(&spec.output.image)
         .map_err(|e| invalid(format!("spec.output.image `{}`: {e}", spec.output.image)))?;
     for (i, tag) in spec.output.additional_tags.iter().enumerate() {
-        let valid = !tag.is_empty()
-            && tag.len() <= 128
-            && !tag.starts_with(['.', '-'])
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !valid {
+        if !crate::oci::reference::valid_tag(tag) {
             return Err(invalid(format!(
                 "spec.output.additionalTags[{i}] `{tag}`: not a valid tag"
             )));

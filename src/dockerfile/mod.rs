@@ -277,11 +277,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, DockerfileError> {
             if !index_ok {
                 return Err(fail(InstructionError::StageIndex {
                     index: from.clone(),
-                    available: match stage.index {
-                        0 => "this is the first stage".into(),
-                        1 => "only stage 0 does".into(),
-                        n => format!("stages 0 to {} do", n - 1),
-                    },
+                    available: stages_before(stage.index),
                 }));
             }
         }
@@ -300,6 +296,16 @@ pub fn parse(text: &str) -> Result<Dockerfile, DockerfileError> {
         global_args,
         stages,
     })
+}
+
+/// Which stages come before stage `index`, for a `--from=N` that names
+/// none of them.
+pub(crate) fn stages_before(index: usize) -> String {
+    match index {
+        0 => "this is the first stage".into(),
+        1 => "only stage 0 does".into(),
+        n => format!("stages 0 to {} do", n - 1),
+    }
 }
 
 /// Whether `a` is at most `limit` edits from `b` (a swap of neighbours

@@ -1,295 +1,18 @@
-//! One logical line → one typed instruction. Words are kept as written
-//! (quotes, `$VAR`): expansion happens later, with the environment of the
-//! stage it runs in.
+//! Each instruction's arguments, as written, into its typed form.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::InstructionError;
-use super::lexer::{Heredoc, heredoc_marker};
-use super::words::{json_array, json_or_fields, split_flags, split_words};
-
-/// A Dockerfile instruction with its arguments as written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Instruction {
-    From(FromArgs),
-    Arg(Vec<ArgDeclaration>),
-    Env(Vec<KeyValue>),
-    Label(Vec<KeyValue>),
-    /// Deprecated; applied as the label `maintainer` (the value is not expanded).
-    Maintainer(String),
-    Workdir(String),
-    Copy(CopyArgs),
-    /// Local files only; local tar archives are extracted.
-    Add(CopyArgs),
-    Run(RunArgs),
-    Cmd(CommandForm),
-    Entrypoint(CommandForm),
-    /// Always the JSON form.
-    Shell(Vec<String>),
-    User(String),
-    Expose(Vec<String>),
-    StopSignal(String),
-    Healthcheck(Healthcheck),
-    Volume(Vec<String>),
-}
-
-impl Instruction {
-    /// The instruction's name as Docker writes it.
-    pub fn keyword(&self) -> &'static str {
-        match self {
-            Self::From(_) => "FROM",
-            Self::Arg(_) => "ARG",
-            Self::Env(_) => "ENV",
-            Self::Label(_) => "LABEL",
-            Self::Maintainer(_) => "MAINTAINER",
-            Self::Workdir(_) => "WORKDIR",
-            Self::Copy(_) => "COPY",
-            Self::Add(_) => "ADD",
-            Self::Run(_) => "RUN",
-            Self::Cmd(_) => "CMD",
-            Self::Entrypoint(_) => "ENTRYPOINT",
-            Self::Shell(_) => "SHELL",
-            Self::User(_) => "USER",
-            Self::Expose(_) => "EXPOSE",
-            Self::StopSignal(_) => "STOPSIGNAL",
-            Self::Healthcheck(_) => "HEALTHCHECK",
-            Self::Volume(_) => "VOLUME",
-        }
-    }
-}
-
-impl Instruction {
-    /// Whether Docker expands variables in this instruction's words (ADD
-    /// COPY ENV EXPOSE FROM LABEL STOPSIGNAL USER VOLUME WORKDIR, and ARG
-    /// defaults). RUN, CMD, ENTRYPOINT, SHELL and HEALTHCHECK are left to
-    /// the shell; MAINTAINER is taken as written.
-    pub fn expands_words(&self) -> bool {
-        !matches!(
-            self,
-            Self::Run(_)
-                | Self::Cmd(_)
-                | Self::Entrypoint(_)
-                | Self::Shell(_)
-                | Self::Healthcheck(_)
-                | Self::Maintainer(_)
-        )
-    }
-}
-
-/// Every instruction name Docker knows, ONBUILD included (refused).
-pub const KEYWORDS: &[&str] = &[
-    "ADD",
-    "ARG",
-    "CMD",
-    "COPY",
-    "ENTRYPOINT",
-    "ENV",
-    "EXPOSE",
-    "FROM",
-    "HEALTHCHECK",
-    "LABEL",
-    "MAINTAINER",
-    "ONBUILD",
-    "RUN",
-    "SHELL",
-    "STOPSIGNAL",
-    "USER",
-    "VOLUME",
-    "WORKDIR",
-];
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FromArgs {
-    /// The image (or earlier stage) as written, before expansion.
-    pub image: String,
-    /// `--platform` as written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    /// `AS name`, lowercased as Docker does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ArgDeclaration {
-    pub name: String,
-    /// The default as written (expanded when the ARG is reached).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<String>,
-}
-
-/// `KEY=value` of ENV and LABEL, both as written (both are expanded).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyValue {
-    pub key: String,
-    pub value: String,
-}
-
-/// COPY and ADD.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CopyArgs {
-    /// Source paths as written (globs allowed); heredoc sources are in `heredocs`.
-    pub sources: Vec<String>,
-    /// Inline sources (`COPY <<EOF /file`), each a file named after its
-    /// delimiter; bodies with `expand` go through `expand_heredoc` first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub heredocs: Vec<Heredoc>,
-    pub destination: String,
-    /// `--from` as written: a stage name, a stage index or an image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chown: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chmod: Option<String>,
-    /// `--link`: accepted; every copy is a layer of its own here anyway.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub link: bool,
-}
-
-/// A command in the exec (JSON) form or the shell form.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum CommandForm {
-    Exec(Vec<String>),
-    Shell(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunArgs {
-    /// The command as written on the instruction's line (`<<EOF`,
-    /// `python3 <<EOF`). As in Docker: a command that is a single heredoc
-    /// runs its body as the script (a body starting with `#!` as a file of
-    /// its own); otherwise the line, each body and its terminator go to the
-    /// shell together, which feeds the heredocs itself.
-    pub command: CommandForm,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub heredocs: Vec<Heredoc>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Healthcheck {
-    /// `HEALTHCHECK NONE`: disables the base's check.
-    None,
-    Check(HealthcheckArgs),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthcheckArgs {
-    pub command: CommandForm,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_period: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<u32>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FlagKind {
-    Value,
-    Bool,
-}
-
-/// The flags an instruction accepts, and those it knows but refuses.
-struct FlagRules {
-    accepted: &'static [(&'static str, FlagKind)],
-    refused: &'static [(&'static str, &'static str)],
-}
-
-const NO_FLAGS: FlagRules = FlagRules {
-    accepted: &[],
-    refused: &[],
+use super::flags::{FlagKind, FlagRules, NO_FLAGS, parse_flags};
+use super::values::{
+    is_remote, valid_duration, valid_octal_mode, valid_port, valid_stage_name, written_as_directory,
 };
-
-enum FlagValue {
-    Value(String),
-    Bool(bool),
-}
-
-struct Flags(BTreeMap<&'static str, FlagValue>);
-
-impl Flags {
-    fn value(&self, name: &str) -> Option<String> {
-        match self.0.get(name) {
-            Some(FlagValue::Value(v)) => Some(v.clone()),
-            _ => None,
-        }
-    }
-
-    fn is_set(&self, name: &str) -> bool {
-        matches!(self.0.get(name), Some(FlagValue::Bool(true)))
-    }
-}
-
-fn parse_flags(words: &[String], rules: &FlagRules) -> Result<Flags, InstructionError> {
-    let mut flags = BTreeMap::new();
-    for word in words {
-        let body = word.strip_prefix("--").unwrap_or(word);
-        let (name, value) = match body.split_once('=') {
-            Some((name, value)) => (name, Some(value)),
-            None => (body, None),
-        };
-        if let Some((_, why)) = rules.refused.iter().find(|(n, _)| *n == name) {
-            return Err(InstructionError::Unsupported(why.to_string()));
-        }
-        let Some(&(known, kind)) = rules.accepted.iter().find(|(n, _)| *n == name) else {
-            return Err(InstructionError::UnknownFlag {
-                flag: name.to_string(),
-                accepted: accepted_list(rules),
-            });
-        };
-        let parsed = match (kind, value) {
-            (FlagKind::Value, Some(v)) if !v.is_empty() => FlagValue::Value(v.to_string()),
-            (FlagKind::Value, _) => {
-                return Err(InstructionError::MissingFlagValue {
-                    flag: known.to_string(),
-                });
-            }
-            (FlagKind::Bool, None) => FlagValue::Bool(true),
-            (FlagKind::Bool, Some(v)) if v.eq_ignore_ascii_case("true") => FlagValue::Bool(true),
-            (FlagKind::Bool, Some(v)) if v.eq_ignore_ascii_case("false") => FlagValue::Bool(false),
-            (FlagKind::Bool, Some(v)) => {
-                return Err(InstructionError::BadFlagValue {
-                    flag: known.to_string(),
-                    value: v.to_string(),
-                    reason: "expected true or false".into(),
-                });
-            }
-        };
-        if flags.insert(known, parsed).is_some() {
-            return Err(InstructionError::DuplicateFlag {
-                flag: known.to_string(),
-            });
-        }
-    }
-    Ok(Flags(flags))
-}
-
-fn accepted_list(rules: &FlagRules) -> String {
-    if rules.accepted.is_empty() {
-        return "it takes no flags".into();
-    }
-    let names: Vec<String> = rules
-        .accepted
-        .iter()
-        .map(|(n, _)| format!("--{n}"))
-        .collect();
-    format!("accepted: {}", names.join(", "))
-}
+use super::{
+    ArgDeclaration, CommandForm, CopyArgs, FromArgs, Healthcheck, HealthcheckArgs, Instruction,
+    KEYWORDS, KeyValue, RunArgs,
+};
+use crate::dockerfile::InstructionError;
+use crate::dockerfile::lexer::{Heredoc, heredoc_marker};
+use crate::dockerfile::words::{json_array, json_or_fields, split_flags, split_words};
 
 fn syntax(message: impl Into<String>) -> InstructionError {
     InstructionError::Syntax(message.into())
@@ -385,8 +108,8 @@ pub fn parse_instruction(
 fn suggest_keyword(word: &str) -> Option<String> {
     KEYWORDS
         .iter()
-        .filter(|k| super::within_edits(word, k, 2))
-        .min_by_key(|k| super::edit_distance(word, k))
+        .filter(|k| crate::dockerfile::within_edits(word, k, 2))
+        .min_by_key(|k| crate::dockerfile::edit_distance(word, k))
         .map(|k| k.to_string())
 }
 
@@ -434,13 +157,6 @@ fn parse_from(flag_words: &[String], rest: &str) -> Result<Instruction, Instruct
         platform: flags.value("platform"),
         name,
     }))
-}
-
-/// Docker's rule for stage names: a letter, then letters, digits, `-_.`.
-pub fn valid_stage_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
 fn parse_arg(rest: &str, escape: char) -> Result<Instruction, InstructionError> {
@@ -609,18 +325,6 @@ fn parse_copy(
     })
 }
 
-/// A URL or git reference, which ADD would fetch.
-pub fn is_remote(source: &str) -> bool {
-    let lower = source.to_ascii_lowercase();
-    ["http://", "https://", "git://", "git@", "ssh://"]
-        .iter()
-        .any(|p| lower.starts_with(p))
-}
-
-pub fn valid_octal_mode(mode: &str) -> bool {
-    (1..=4).contains(&mode.len()) && mode.chars().all(|c| ('0'..='7').contains(&c))
-}
-
 fn parse_run(
     flag_words: &[String],
     rest: &str,
@@ -671,20 +375,6 @@ fn parse_expose(rest: &str) -> Result<Instruction, InstructionError> {
         }
     }
     Ok(Instruction::Expose(ports))
-}
-
-fn valid_port(spec: &str) -> bool {
-    let (range, protocol) = match spec.split_once('/') {
-        Some((range, protocol)) => (range, Some(protocol.to_ascii_lowercase())),
-        None => (spec, None),
-    };
-    let number =
-        |s: &str| !s.is_empty() && s.len() <= 5 && s.parse::<u32>().is_ok_and(|n| n <= 65535);
-    let range_ok = match range.split_once('-') {
-        Some((low, high)) => number(low) && number(high),
-        None => number(range),
-    };
-    range_ok && protocol.is_none_or(|p| matches!(p.as_str(), "tcp" | "udp" | "sctp"))
 }
 
 fn parse_healthcheck(flag_words: &[String], rest: &str) -> Result<Instruction, InstructionError> {
@@ -764,46 +454,6 @@ fn parse_healthcheck(flag_words: &[String], rest: &str) -> Result<Instruction, I
     }
 }
 
-/// A Go duration: `0`, or numbers with units ns us µs ms s m h (`1m30s`).
-pub fn valid_duration(text: &str) -> bool {
-    if text == "0" {
-        return true;
-    }
-    let mut rest = text;
-    if rest.is_empty() {
-        return false;
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number = &rest[..number_len];
-        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-            return false;
-        }
-        rest = &rest[number_len..];
-        let Some(unit) = ["ns", "us", "µs", "ms", "s", "m", "h"]
-            .iter()
-            .find(|u| rest.starts_with(*u))
-        else {
-            return false;
-        };
-        rest = &rest[unit.len()..];
-    }
-    true
-}
-
-/// Whether a COPY/ADD destination, as written, names a directory: a
-/// trailing `/`, or `.`/`..` (alone or as the last component). BuildKit
-/// reads `COPY a b .` so; the classic builder wanted the `/`.
-pub fn written_as_directory(destination: &str) -> bool {
-    destination.ends_with('/')
-        || destination == "."
-        || destination == ".."
-        || destination.ends_with("/.")
-        || destination.ends_with("/..")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -866,26 +516,6 @@ mod tests {
             "MAINTAINER me",
         ] {
             assert!(!expands(line), "{line}");
-        }
-    }
-
-    #[test]
-    fn go_durations() {
-        for ok in ["0", "30s", "1m30s", "500ms", "1.5h", "10us"] {
-            assert!(valid_duration(ok), "{ok}");
-        }
-        for bad in ["", "30", "s", "1x", "-1s", "1..2s"] {
-            assert!(!valid_duration(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ports() {
-        for ok in ["80", "80/tcp", "53/UDP", "8000-8010/tcp", "65535"] {
-            assert!(valid_port(ok), "{ok}");
-        }
-        for bad in ["", "http", "80/xyz", "70000", "1-", "0.0.0.0:80"] {
-            assert!(!valid_port(bad), "{bad}");
         }
     }
 
