@@ -1,5 +1,6 @@
-//! The reconcile core: dereferenced inputs → validate → the desired objects
-//! → what to create and delete → the status. Pure: no client, no clock but
+//! The reconcile core, a pipeline of steps ([`reconcile`]): dereference the
+//! inputs → validate → plan the desired objects → decide what to create and
+//! delete → the status. Pure: no client, no clock but
 //! the `now` it is handed, so every transition is tested with plain values.
 
 use std::collections::BTreeMap;
@@ -410,10 +411,11 @@ const MAX_TIMEOUT_TEXT: &str = "168h, a week";
 
 /// The core: what to do for `ib` given what exists, at `now`.
 ///
-/// A pipeline: a finished build only keeps its TTL; otherwise older
-/// generations go, the context is dereferenced (a git context's clone read),
-/// the spec validated, references waited for, the pods planned, then
-/// decided (fail, succeed or start what can start) and the status written.
+/// A pipeline (its steps are listed in `Pass::steps`): a finished build
+/// only keeps its TTL; otherwise older generations go, the context is
+/// dereferenced (a git context's clone read), the spec validated once,
+/// missing references waited for, the pods planned, then decided (fail,
+/// succeed or start what can start) and the progress written in the status.
 /// A step that ends the reconcile has made the whole decision.
 pub fn reconcile(
     ib: &ImageBuild,
@@ -423,7 +425,8 @@ pub fn reconcile(
 ) -> Decision {
     let pass = Pass::new(ib, observed, settings, now);
     let mut decision = Decision::default();
-    let _ended_early = pass.steps(&mut decision);
+    // Whether a step ended the reconcile early or all ran, the decision is made.
+    let _ = pass.steps(&mut decision);
     decision
 }
 
@@ -440,49 +443,6 @@ struct Pass<'a> {
     same_generation: bool,
     /// When this generation's build started (now, if it hasn't yet).
     start: Timestamp,
-}
-
-/// Where the Dockerfile stands once the context is dereferenced.
-enum Dockerfile {
-    /// Known now: the spec's, or the file read from the ConfigMap or the
-    /// clone (`None`: the context has no such file).
-    Known(Option<String>),
-    /// A git context not cloned yet: the plan waits for it.
-    Cloning,
-    /// The clone failed, or what it reported can't be read.
-    CloneFailed(String),
-}
-
-/// What the validate step hands on.
-struct Inputs {
-    timeout: Duration,
-    /// `None` only while a git context is cloned.
-    plan: Option<BuildPlan>,
-}
-
-/// The plan step's result: the build's pods as planned, and the latest
-/// attempt of each that exists.
-struct Planned<'a> {
-    units: Vec<Unit>,
-    objects: BuildObjects<'a>,
-    latest: BTreeMap<usize, &'a PodState>,
-    deadline: Timestamp,
-    timeout: Duration,
-}
-
-impl Planned<'_> {
-    fn succeeded(&self, unit: &usize) -> bool {
-        self.latest
-            .get(unit)
-            .is_some_and(|p| p.phase == PodPhase::Succeeded)
-    }
-
-    /// Each unit with a pod, and its latest pod.
-    fn with_pods(&self) -> impl Iterator<Item = (&Unit, &PodState)> {
-        self.units
-            .iter()
-            .filter_map(|u| self.latest.get(&u.n).map(|p| (u, *p)))
-    }
 }
 
 impl<'a> Pass<'a> {
@@ -997,6 +957,49 @@ impl<'a> Pass<'a> {
     }
 }
 
+/// Where the Dockerfile stands once the context is dereferenced.
+enum Dockerfile {
+    /// Known now: the spec's, or the file read from the ConfigMap or the
+    /// clone (`None`: the context has no such file).
+    Known(Option<String>),
+    /// A git context not cloned yet: the plan waits for it.
+    Cloning,
+    /// The clone failed, or what it reported can't be read.
+    CloneFailed(String),
+}
+
+/// What the validate step hands on.
+struct Inputs {
+    timeout: Duration,
+    /// `None` only while a git context is cloned.
+    plan: Option<BuildPlan>,
+}
+
+/// The plan step's result: the build's pods as planned, and the latest
+/// attempt of each that exists.
+struct Planned<'a> {
+    units: Vec<Unit>,
+    objects: BuildObjects<'a>,
+    latest: BTreeMap<usize, &'a PodState>,
+    deadline: Timestamp,
+    timeout: Duration,
+}
+
+impl Planned<'_> {
+    fn succeeded(&self, unit: &usize) -> bool {
+        self.latest
+            .get(unit)
+            .is_some_and(|p| p.phase == PodPhase::Succeeded)
+    }
+
+    /// Each unit with a pod, and its latest pod.
+    fn with_pods(&self) -> impl Iterator<Item = (&Unit, &PodState)> {
+        self.units
+            .iter()
+            .filter_map(|u| self.latest.get(&u.n).map(|p| (u, *p)))
+    }
+}
+
 /// The status's image from what the assemble pod reports.
 fn image_status(outcome: AssembleOutcome) -> ImageStatus {
     let short_digest = outcome
@@ -1287,4 +1290,95 @@ fn truncate(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image_build(context: &str, dockerfile: &str) -> ImageBuild {
+        serde_yaml::from_str(&format!(
+            "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: app, namespace: ns, generation: 1}}\n\
+             spec: {{context: {context}, {dockerfile}, output: {{image: 'r.example/app:1'}}, timeout: 5m}}\n"
+        ))
+        .expect("a valid test manifest")
+    }
+
+    fn inputs(ib: &ImageBuild, dockerfile: Dockerfile) -> Result<Inputs, Invalid> {
+        let observed = Observed::default();
+        let settings = Settings::default();
+        Pass::new(ib, &observed, &settings, Timestamp::UNIX_EPOCH).inputs(dockerfile)
+    }
+
+    #[test]
+    fn validate_is_validate_spec_then_plan_spec() {
+        let ib = image_build("{inline: {}}", "dockerfile: 'FROM busybox'");
+        let settings = Settings::default();
+        let whole = validate(&ib, &settings, None).expect("valid");
+        let timeout = validate_spec(&ib, &settings).expect("valid spec");
+        let halves = plan_spec(&ib, timeout, None).expect("plannable");
+        assert_eq!((whole.plan, whole.timeout), (halves.plan, halves.timeout));
+        assert_eq!(timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_dockerfile_path_is_read_from_the_context_handed_over() {
+        let ib = image_build(
+            "{configMap: {name: src}}",
+            "dockerfilePath: build/Dockerfile",
+        );
+        let text = "FROM busybox\nRUN true";
+        let from_context = plan_spec(&ib, Duration::from_secs(1), Some(text)).expect("plan");
+        let inline = image_build("{inline: {}}", "dockerfile: 'FROM busybox\n\n  RUN true'");
+        let inline = plan_spec(&inline, Duration::from_secs(1), None).expect("plan");
+        assert_eq!(from_context.plan, inline.plan);
+        let missing = plan_spec(&ib, Duration::from_secs(1), None).unwrap_err();
+        assert_eq!(missing.reason, Reason::InvalidSpec);
+        assert_eq!(
+            missing.message,
+            "spec.dockerfilePath `build/Dockerfile`: no such file in the context"
+        );
+    }
+
+    #[test]
+    fn while_cloning_only_the_spec_is_checked() {
+        let ib = image_build(
+            "{git: {url: 'https://git.example/app'}}",
+            "dockerfilePath: Dockerfile",
+        );
+        let inputs = inputs(&ib, Dockerfile::Cloning)
+            .map_err(|i| i.message)
+            .unwrap();
+        assert!(inputs.plan.is_none());
+        assert_eq!(inputs.timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_failed_clone_fails_before_the_spec_is_looked_at() {
+        let ib = image_build(
+            "{git: {url: 'ssh://git.example/app'}}",
+            "dockerfilePath: Dockerfile",
+        );
+        let invalid = inputs(&ib, Dockerfile::CloneFailed("no such repository".into()))
+            .err()
+            .expect("the clone's failure");
+        assert_eq!(invalid.reason, Reason::ContextFailed);
+        assert_eq!(invalid.message, "no such repository");
+        let invalid = inputs(&ib, Dockerfile::Cloning).err().expect("the ssh URL");
+        assert_eq!(invalid.reason, Reason::InvalidSpec);
+    }
+
+    #[test]
+    fn a_known_dockerfile_is_planned() {
+        let ib = image_build("{inline: {}}", "dockerfile: 'FROM busybox'");
+        let inputs = inputs(&ib, Dockerfile::Known(None))
+            .map_err(|i| i.message)
+            .unwrap();
+        assert!(inputs.plan.is_some());
+        let ib = image_build("{inline: {}}", "dockerfile: 'FROM scratch\\nRUN true'");
+        let invalid = self::inputs(&ib, Dockerfile::Known(None))
+            .err()
+            .expect("scratch");
+        assert_eq!(invalid.reason, Reason::InvalidDockerfile);
+    }
 }

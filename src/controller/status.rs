@@ -169,6 +169,7 @@ pub fn conditions(
     out
 }
 
+/// Where a build stands, as the conditions show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildState {
     InProgress,
