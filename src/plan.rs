@@ -675,6 +675,24 @@ mod tests {
         assert!(err.to_string().contains("needs the build context"), "{err}");
     }
 
+    /// The CRD's rule, as the controller and the local build apply it
+    /// (`slimforge plan` once took the inline text and ignored the path).
+    #[test]
+    fn a_manifest_gives_exactly_one_dockerfile() {
+        let manifest = "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nspec:\n  context: {inline: {}}\n  output: {image: r.example/x:1}\n";
+        let neither = PlanRequest::from_text(manifest).unwrap_err().to_string();
+        assert_eq!(
+            neither,
+            "ImageBuild has neither spec.dockerfile nor spec.dockerfilePath"
+        );
+        let both = format!("{manifest}  dockerfile: FROM alpine\n  dockerfilePath: Dockerfile\n");
+        let both = PlanRequest::from_text(&both).unwrap_err().to_string();
+        assert_eq!(
+            both,
+            "ImageBuild spec: give exactly one of dockerfile and dockerfilePath"
+        );
+    }
+
     /// As the API server reads them: `GO_VERSION: 1.22` is a number, which
     /// spec.buildArgs does not take.
     #[test]
