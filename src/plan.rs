@@ -14,8 +14,10 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::ImageBuildSpec;
 use crate::contract::PLAN_ENV;
 use crate::dockerfile::{DockerfileError, Instruction};
+use crate::schema::{DockerfileSource, DockerfileSourceError, dockerfile_source};
 
 pub use crate::dockerfile::planner::build_plan;
 
@@ -71,17 +73,10 @@ impl PlanRequest {
     /// Dockerfile.
     pub fn from_text(text: &str) -> Result<Self, PlanError> {
         match image_build(text) {
-            Some(object) => {
-                let json = serde_json::to_value(&object)
-                    .map_err(|e| PlanError::Manifest(format!("ImageBuild: {e}")))?;
-                let errors = crate::schema::image_build_errors(&json);
-                if !errors.is_empty() {
-                    return Err(PlanError::Manifest(format!(
-                        "ImageBuild is invalid: {}",
-                        errors.join("; ")
-                    )));
-                }
-                Self::from_image_build_spec(&object.get("spec").cloned().unwrap_or_default())
+            Some(document) => {
+                let ib = crate::schema::parse_image_build(document)
+                    .map_err(|e| PlanError::Manifest(e.to_string()))?;
+                Self::from_image_build_spec(&ib.spec)
             }
             None => Ok(Self {
                 dockerfile: text.to_string(),
@@ -90,58 +85,31 @@ impl PlanRequest {
         }
     }
 
-    fn from_image_build_spec(spec: &serde_yaml::Value) -> Result<Self, PlanError> {
-        let field = |name: &str| spec.get(name).filter(|v| !v.is_null());
-        let dockerfile = match (field("dockerfile"), field("dockerfilePath")) {
-            (Some(serde_yaml::Value::String(text)), _) => text.clone(),
-            (Some(_), _) => {
-                return Err(PlanError::Manifest(
-                    "ImageBuild spec.dockerfile must be the Dockerfile's text".into(),
-                ));
-            }
-            (None, Some(path)) => {
+    /// The request an ImageBuild makes; its Dockerfile must be inline, as
+    /// there is no context to read a `dockerfilePath` from.
+    fn from_image_build_spec(spec: &ImageBuildSpec) -> Result<Self, PlanError> {
+        let dockerfile = match dockerfile_source(spec) {
+            Ok(DockerfileSource::Inline(text)) => text.to_string(),
+            Ok(DockerfileSource::Path(path)) => {
                 return Err(PlanError::Manifest(format!(
-                    "ImageBuild spec.dockerfilePath ({}) needs the build context; `slimforge plan` takes an inline spec.dockerfile, or the Dockerfile itself",
-                    scalar(path).unwrap_or_default()
+                    "ImageBuild spec.dockerfilePath ({path}) needs the build context; `slimforge plan` takes an inline spec.dockerfile, or the Dockerfile itself"
                 )));
             }
-            (None, None) => {
+            Err(DockerfileSourceError::Neither) => {
                 return Err(PlanError::Manifest(
                     "ImageBuild has neither spec.dockerfile nor spec.dockerfilePath".into(),
                 ));
             }
-        };
-        let mut build_args = BTreeMap::new();
-        if let Some(args) = field("buildArgs") {
-            let serde_yaml::Value::Mapping(args) = args else {
-                return Err(PlanError::Manifest(
-                    "ImageBuild spec.buildArgs must be a map of NAME: value".into(),
-                ));
-            };
-            for (name, value) in args {
-                let (Some(name), Some(value)) = (scalar(name), scalar(value)) else {
-                    return Err(PlanError::Manifest(
-                        "ImageBuild spec.buildArgs must map names to plain values".into(),
-                    ));
-                };
-                build_args.insert(name, value);
-            }
-        }
-        let text_field = |name: &str| -> Result<Option<String>, PlanError> {
-            match field(name) {
-                None => Ok(None),
-                Some(serde_yaml::Value::String(s)) if s.is_empty() => Ok(None),
-                Some(serde_yaml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(PlanError::Manifest(format!(
-                    "ImageBuild spec.{name} must be a string"
-                ))),
+            Err(both @ DockerfileSourceError::Both) => {
+                return Err(PlanError::Manifest(format!("ImageBuild spec: {both}")));
             }
         };
+        let non_empty = |text: &Option<String>| text.clone().filter(|t| !t.is_empty());
         Ok(Self {
             dockerfile,
-            build_args,
-            target: text_field("target")?,
-            platform: text_field("platform")?,
+            build_args: spec.build_args.clone(),
+            target: non_empty(&spec.target),
+            platform: non_empty(&spec.platform),
         })
     }
 
@@ -180,15 +148,6 @@ fn image_build(text: &str) -> Option<serde_yaml::Value> {
         }
     }
     None
-}
-
-fn scalar(value: &serde_yaml::Value) -> Option<String> {
-    match value {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 /// Stages, chains and the final image of one build.
@@ -711,6 +670,24 @@ mod tests {
         let manifest = "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nspec:\n  context: {git: {url: 'https://git.example/x'}}\n  output: {image: r.example/x:1}\n  dockerfilePath: build/Dockerfile\n";
         let err = PlanRequest::from_text(manifest).unwrap_err();
         assert!(err.to_string().contains("needs the build context"), "{err}");
+    }
+
+    /// The CRD's rule, as the controller and the local build apply it
+    /// (`slimforge plan` once took the inline text and ignored the path).
+    #[test]
+    fn a_manifest_gives_exactly_one_dockerfile() {
+        let manifest = "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nspec:\n  context: {inline: {}}\n  output: {image: r.example/x:1}\n";
+        let neither = PlanRequest::from_text(manifest).unwrap_err().to_string();
+        assert_eq!(
+            neither,
+            "ImageBuild has neither spec.dockerfile nor spec.dockerfilePath"
+        );
+        let both = format!("{manifest}  dockerfile: FROM alpine\n  dockerfilePath: Dockerfile\n");
+        let both = PlanRequest::from_text(&both).unwrap_err().to_string();
+        assert_eq!(
+            both,
+            "ImageBuild spec: give exactly one of dockerfile and dockerfilePath"
+        );
     }
 
     /// As the API server reads them: `GO_VERSION: 1.22` is a number, which

@@ -2,12 +2,83 @@
 //! `kubectl`'s default field validation: the apiVersion this slimforge
 //! serves, no unknown field, and every value of the type, format and enum
 //! the CRD's schema gives. The CRD's CEL rules have their twins in
-//! [`crate::controller::reconcile::validate`], which local builds run too.
+//! [`crate::controller::reconcile::validate`], which local builds run too;
+//! the one every reader of a spec needs, where the Dockerfile comes from,
+//! is here ([`dockerfile_source`]).
 
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::api::ImageBuild;
+use crate::api::{ImageBuild, ImageBuildSpec};
+
+/// Why a YAML document is not an ImageBuild this slimforge accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The document can't be seen as JSON (a mapping key that isn't text).
+    #[error("ImageBuild: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The schema check's findings, one per broken rule.
+    #[error("ImageBuild is invalid: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// The schema passed but the typed object could not be read.
+    #[error("ImageBuild: {0}")]
+    Typed(#[from] serde_yaml::Error),
+}
+
+/// One YAML document as the API server would take it: checked against the
+/// CRD's schema first (so an error names the field as `kubectl` does), then
+/// read as the typed [`ImageBuild`]. Every reader of a manifest (the local
+/// build, `slimforge plan`) goes through here so they accept the same files.
+/// `metadata` may be left out (`slimforge plan` needs none); the typed
+/// object then has an empty one, and a reader that needs a name says so.
+pub fn parse_image_build(mut document: serde_yaml::Value) -> Result<ImageBuild, ManifestError> {
+    let object = serde_json::to_value(&document)?;
+    let errors = image_build_errors(&object);
+    if !errors.is_empty() {
+        return Err(ManifestError::Invalid(errors));
+    }
+    if let serde_yaml::Value::Mapping(fields) = &mut document
+        && fields
+            .get("metadata")
+            .is_none_or(serde_yaml::Value::is_null)
+    {
+        fields.insert("metadata".into(), serde_yaml::Mapping::new().into());
+    }
+    Ok(serde_yaml::from_value(document)?)
+}
+
+/// Where a spec's Dockerfile comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerfileSource<'a> {
+    /// `spec.dockerfile`: the text itself.
+    Inline(&'a str),
+    /// `spec.dockerfilePath`: a file of the build context.
+    Path(&'a str),
+}
+
+/// A spec that breaks the rule "exactly one of dockerfile and dockerfilePath".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DockerfileSourceError {
+    #[error("give exactly one of dockerfile and dockerfilePath")]
+    Neither,
+    #[error("give exactly one of dockerfile and dockerfilePath")]
+    Both,
+}
+
+/// The rule `has(self.dockerfile) != has(self.dockerfilePath)` of the CRD,
+/// for the readers the API server does not stand in front of (local builds,
+/// `slimforge plan`) and for the controller, which must not trust that the
+/// CRD installed is this one.
+pub fn dockerfile_source(
+    spec: &ImageBuildSpec,
+) -> Result<DockerfileSource<'_>, DockerfileSourceError> {
+    match (&spec.dockerfile, &spec.dockerfile_path) {
+        (Some(text), None) => Ok(DockerfileSource::Inline(text)),
+        (None, Some(path)) => Ok(DockerfileSource::Path(path)),
+        (None, None) => Err(DockerfileSourceError::Neither),
+        (Some(_), Some(_)) => Err(DockerfileSourceError::Both),
+    }
+}
 
 /// The fields Kubernetes knows in any object's `metadata`.
 const OBJECT_META: &[&str] = &[
@@ -175,6 +246,10 @@ mod tests {
         image_build_errors(&serde_yaml::from_str(yaml).unwrap())
     }
 
+    fn parse(yaml: &str) -> Result<ImageBuild, ManifestError> {
+        parse_image_build(serde_yaml::from_str(yaml).unwrap())
+    }
+
     const GOOD: &str = "apiVersion: slimforge.dev/v1alpha1
 kind: ImageBuild
 metadata: {name: app, labels: {a: b}}
@@ -255,5 +330,64 @@ spec:
                 "{from} → {to}: {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_good_manifest_parses_to_its_typed_image_build() {
+        let ib = parse(GOOD).unwrap();
+        assert_eq!(ib.spec.dockerfile.as_deref(), Some("FROM busybox"));
+        assert_eq!(ib.spec.build_args.get("A").map(String::as_str), Some("b"));
+        assert_eq!(ib.metadata.name.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn parsing_reports_every_schema_error_on_one_line() {
+        let bad = GOOD.replacen("dockerfile:", "dockerfil:", 1).replacen(
+            "ttlSecondsAfterFinished: 60",
+            "ttlSecondsAfterFinished: soon",
+            1,
+        );
+        let error = parse(&bad).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "ImageBuild is invalid: spec.dockerfil: unknown field; spec.ttlSecondsAfterFinished: must be of type integer, not string"
+        );
+    }
+
+    #[test]
+    fn a_manifest_without_metadata_still_parses() {
+        for metadata in ["", "metadata:\n", "metadata: null\n"] {
+            let ib = parse(&format!(
+                "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\n{metadata}spec: {{context: {{inline: {{}}}}, output: {{image: r.example/x:1}}, dockerfilePath: Dockerfile}}\n",
+            ))
+            .unwrap();
+            assert_eq!(ib.spec.dockerfile_path.as_deref(), Some("Dockerfile"));
+            assert_eq!(ib.metadata.name, None);
+        }
+    }
+
+    #[test]
+    fn exactly_one_dockerfile_source() {
+        let mut spec = ImageBuildSpec::default();
+        assert_eq!(
+            dockerfile_source(&spec),
+            Err(DockerfileSourceError::Neither)
+        );
+        spec.dockerfile = Some("FROM x".into());
+        assert_eq!(
+            dockerfile_source(&spec),
+            Ok(DockerfileSource::Inline("FROM x"))
+        );
+        spec.dockerfile_path = Some("Dockerfile".into());
+        assert_eq!(dockerfile_source(&spec), Err(DockerfileSourceError::Both));
+        spec.dockerfile = None;
+        assert_eq!(
+            dockerfile_source(&spec),
+            Ok(DockerfileSource::Path("Dockerfile"))
+        );
+        assert_eq!(
+            DockerfileSourceError::Both.to_string(),
+            "give exactly one of dockerfile and dockerfilePath"
+        );
     }
 }

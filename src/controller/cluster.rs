@@ -16,7 +16,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::reconcile::{Decision, Observed, PodPhase, PodState, Waiting, reconcile};
-use super::status::{BuildState, conditions};
+use super::status::{BuildState, Reason, conditions};
 use super::{
     ATTEMPT_LABEL, BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings,
     UNIT_LABEL,
@@ -74,7 +74,7 @@ pub async fn reconcile_build(
                     &[],
                     generation,
                     BuildState::Failed,
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                     &format!(
                         "the ImageBuild does not match its schema: {}",
                         invalid.error
@@ -430,7 +430,7 @@ async fn record(context: &Context, ib: &ImageBuild, decision: &Decision) {
             } else {
                 EventType::Normal
             },
-            reason: event.reason.clone(),
+            reason: event.reason.to_string(),
             note: Some(event.note.chars().take(1000).collect()),
             action: "Build".into(),
             secondary: None,

@@ -1,26 +1,29 @@
-//! The reconcile core: dereferenced inputs → validate → the desired objects
-//! → what to create and delete → the status. Pure: no client, no clock but
+//! The reconcile core, a pipeline of steps ([`reconcile`]): dereference the
+//! inputs → validate → plan the desired objects → decide what to create and
+//! delete → the status. Pure: no client, no clock but
 //! the `now` it is handed, so every transition is tested with plain values.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
 use super::Settings;
 use super::pods::{
     BuildObjects, CONTEXT_UNIT, Unit, UnitKind, build_units, claim_name, context_unit,
 };
-use super::status::{BuildState, conditions};
+use super::status::{BuildState, Reason, conditions};
 use crate::api::{
-    ImageBuild, ImageBuildStatus, ImageStatus, MAX_INLINE_CONTEXT_BYTES, Phase, SourceStatus,
-    StageStatus, human_size,
+    ImageBuild, ImageBuildSpec, ImageBuildStatus, ImageStatus, MAX_INLINE_CONTEXT_BYTES, Phase,
+    SourceStatus, StageStatus, human_size,
 };
 use crate::contract::{AssembleResult, ChainFailure, CloneResult};
 use crate::plan::{BuildPlan, PlanRequest};
+use crate::schema::{DockerfileSource, dockerfile_source};
 
 /// The largest plan that travels in an environment variable (Linux caps one
 /// at 128 KiB).
@@ -142,15 +145,33 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildEvent {
     pub warning: bool,
-    pub reason: String,
+    pub reason: Reason,
     pub note: String,
 }
 
 /// Why a spec can't be built, for `Ready=False`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
+}
+
+impl Invalid {
+    /// A rule of the spec broken (`InvalidSpec`).
+    fn spec(message: String) -> Self {
+        Invalid {
+            reason: Reason::InvalidSpec,
+            message,
+        }
+    }
+
+    /// A Dockerfile that can't be planned or run (`InvalidDockerfile`).
+    fn dockerfile(message: String) -> Self {
+        Invalid {
+            reason: Reason::InvalidDockerfile,
+            message,
+        }
+    }
 }
 
 /// The ImageBuild as validated: its plan and parameters.
@@ -168,64 +189,76 @@ pub fn validate(
     dockerfile_from_context: Option<&str>,
 ) -> Result<Validated, Invalid> {
     let timeout = validate_spec(ib, settings)?;
+    plan_spec(ib, timeout, dockerfile_from_context)
+}
+
+/// The second half of [`validate`]: plans the Dockerfile of a spec that
+/// [`validate_spec`] passed (`timeout` is what it returned), for callers
+/// that learn the Dockerfile only later (a git context's, from the clone).
+pub fn plan_spec(
+    ib: &ImageBuild,
+    timeout: Duration,
+    dockerfile_from_context: Option<&str>,
+) -> Result<Validated, Invalid> {
     let spec = &ib.spec;
-    let context = &spec.context;
-    let invalid = |message: String| Invalid {
-        reason: "InvalidSpec",
-        message,
-    };
-    let dockerfile = match (&spec.dockerfile, &spec.dockerfile_path) {
-        (Some(text), None) => text.clone(),
-        (None, Some(path)) => {
-            let from_inline = context
-                .inline
-                .as_ref()
-                .and_then(|files| files.get(path.trim_start_matches("./")));
-            match from_inline.map(String::as_str).or(dockerfile_from_context) {
-                Some(text) => text.to_string(),
-                None => {
-                    return Err(invalid(format!(
-                        "spec.dockerfilePath `{path}`: no such file in the context"
-                    )));
-                }
-            }
-        }
-        _ => {
-            return Err(invalid(
-                "spec: give exactly one of dockerfile and dockerfilePath".into(),
-            ));
-        }
-    };
     let request = PlanRequest {
-        dockerfile,
+        dockerfile: dockerfile_text(spec, dockerfile_from_context)?,
         build_args: spec.build_args.clone(),
         target: spec.target.clone().filter(|t| !t.is_empty()),
         platform: spec.platform.clone(),
     };
-    let plan = request.plan().map_err(|e| Invalid {
-        reason: "InvalidDockerfile",
-        message: format!("{}: {e}", field_of_plan_error(spec.dockerfile.is_some())),
+    let plan = request.plan().map_err(|e| {
+        Invalid::dockerfile(format!(
+            "{}: {e}",
+            field_of_plan_error(spec.dockerfile.is_some())
+        ))
     })?;
+    check_plan_runs_in_pods(&plan)?;
+    Ok(Validated { plan, timeout })
+}
+
+/// The Dockerfile's text: the spec's own, or the file `dockerfilePath`
+/// names in the inline context or else in `from_context` (a ConfigMap's or
+/// the clone's).
+fn dockerfile_text(spec: &ImageBuildSpec, from_context: Option<&str>) -> Result<String, Invalid> {
+    let source = dockerfile_source(spec).map_err(|e| Invalid::spec(format!("spec: {e}")))?;
+    let path = match source {
+        DockerfileSource::Inline(text) => return Ok(text.to_string()),
+        DockerfileSource::Path(path) => path,
+    };
+    let from_inline = spec
+        .context
+        .inline
+        .as_ref()
+        .and_then(|files| files.get(path.trim_start_matches("./")));
+    from_inline
+        .map(String::as_str)
+        .or(from_context)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Invalid::spec(format!(
+                "spec.dockerfilePath `{path}`: no such file in the context"
+            ))
+        })
+}
+
+/// A plan a pod can run: no `FROM scratch` chain (a pod needs an image),
+/// and small enough for the environment variable that carries it.
+fn check_plan_runs_in_pods(plan: &BuildPlan) -> Result<(), Invalid> {
     if let Some(chain) = plan.chains.iter().find(|c| c.image == "scratch") {
         let line = chain.stages.first().map(|s| s.stage.line).unwrap_or(0);
-        return Err(Invalid {
-            reason: "InvalidDockerfile",
-            message: format!(
-                "line {line}: stage `{}` is FROM scratch and must run as a pod, which needs an image; copy its files into the final stage instead",
-                chain.id
-            ),
-        });
+        return Err(Invalid::dockerfile(format!(
+            "line {line}: stage `{}` is FROM scratch and must run as a pod, which needs an image; copy its files into the final stage instead",
+            chain.id
+        )));
     }
-    let plan_bytes = serde_json::to_vec(&plan).map(|v| v.len()).unwrap_or(0);
+    let plan_bytes = serde_json::to_vec(plan).map(|v| v.len()).unwrap_or(0);
     if plan_bytes > MAX_PLAN_BYTES {
-        return Err(Invalid {
-            reason: "InvalidDockerfile",
-            message: format!(
-                "the build plan is {plan_bytes} bytes, more than the {MAX_PLAN_BYTES} a pod can be handed"
-            ),
-        });
+        return Err(Invalid::dockerfile(format!(
+            "the build plan is {plan_bytes} bytes, more than the {MAX_PLAN_BYTES} a pod can be handed"
+        )));
     }
-    Ok(Validated { plan, timeout })
+    Ok(())
 }
 
 /// Checks everything but the Dockerfile (which a git context provides only
@@ -233,7 +266,7 @@ pub fn validate(
 pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, Invalid> {
     let spec = &ib.spec;
     let invalid = |message: String| Invalid {
-        reason: "InvalidSpec",
+        reason: Reason::InvalidSpec,
         message,
     };
     crate::oci::reference::parse(&spec.output.image)
@@ -323,11 +356,7 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
             )));
         }
     }
-    if spec.dockerfile.is_some() == spec.dockerfile_path.is_some() {
-        return Err(invalid(
-            "spec: give exactly one of dockerfile and dockerfilePath".into(),
-        ));
-    }
+    dockerfile_source(spec).map_err(|e| invalid(format!("spec: {e}")))?;
     Ok(timeout)
 }
 
@@ -374,427 +403,614 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_TIMEOUT_TEXT: &str = "168h, a week";
 
 /// The core: what to do for `ib` given what exists, at `now`.
+///
+/// A pipeline (its steps are listed in `Pass::steps`): a finished build
+/// only keeps its TTL; otherwise older generations go, the context is
+/// dereferenced (a git context's clone read), the spec validated once,
+/// missing references waited for, the pods planned, then decided (fail,
+/// succeed or start what can start) and the progress written in the status.
+/// A step that ends the reconcile has made the whole decision.
 pub fn reconcile(
     ib: &ImageBuild,
     observed: &Observed,
     settings: &Settings,
     now: Timestamp,
 ) -> Decision {
-    let generation = ib.meta().generation.unwrap_or(1);
-    let previous = ib.status.clone().unwrap_or_default();
-    let same_generation = previous.observed_generation == Some(generation);
-    let mut decision = Decision {
-        status: previous.clone(),
-        ..Decision::default()
-    };
+    let pass = Pass::new(ib, observed, settings, now);
+    let mut decision = Decision::default();
+    // Whether a step ended the reconcile early or all ran, the decision is made.
+    let _ = pass.steps(&mut decision);
+    decision
+}
 
-    // A finished build is never rebuilt: only its TTL is left to keep.
-    if same_generation && previous.phase.is_some_and(Phase::is_terminal) {
-        expire(ib, observed, &previous, now, &mut decision);
-        for pod in observed
+/// One reconcile of one ImageBuild: its inputs, and what every step needs
+/// to know of the status it had.
+struct Pass<'a> {
+    ib: &'a ImageBuild,
+    observed: &'a Observed,
+    settings: &'a Settings,
+    now: Timestamp,
+    generation: i64,
+    previous: ImageBuildStatus,
+    /// The status describes this generation already.
+    same_generation: bool,
+    /// When this generation's build started (now, if it hasn't yet).
+    start: Timestamp,
+}
+
+impl<'a> Pass<'a> {
+    fn new(
+        ib: &'a ImageBuild,
+        observed: &'a Observed,
+        settings: &'a Settings,
+        now: Timestamp,
+    ) -> Self {
+        let generation = ib.meta().generation.unwrap_or(1);
+        let previous = ib.status.clone().unwrap_or_default();
+        let same_generation = previous.observed_generation == Some(generation);
+        let start = match (&previous.start_time, same_generation) {
+            (Some(start), true) => start.0,
+            _ => now,
+        };
+        Pass {
+            ib,
+            observed,
+            settings,
+            now,
+            generation,
+            previous,
+            same_generation,
+            start,
+        }
+    }
+
+    /// dereference → validate → plan → decide → status, each step either
+    /// going on or ending the reconcile with its decision made.
+    fn steps(&self, decision: &mut Decision) -> ControlFlow<()> {
+        self.keep_finished_build(decision)?;
+        let old_generation_left = self.retire_old_generations(decision);
+        decision.status = self.fresh_status();
+        // dereference
+        let dockerfile = self.dereference(&mut decision.status);
+        // validate
+        let inputs = self.validate(dockerfile, decision)?;
+        self.refuse_if_forbidden(decision)?;
+        self.wait_for_missing_references(decision)?;
+        self.wait_for_old_generation(old_generation_left, decision)?;
+        // plan
+        let planned = self.plan(&inputs, &mut decision.status);
+        // decide
+        let failure = self.retry_or_find_failure(&planned, decision);
+        self.end_on_failure(failure, &planned, decision)?;
+        self.end_when_assembled(&planned, decision)?;
+        self.start_ready_pods(&planned, decision);
+        // status
+        self.report_progress(&planned, decision);
+        ControlFlow::Continue(())
+    }
+
+    /// A finished build is never rebuilt: only its TTL is left to keep.
+    fn keep_finished_build(&self, decision: &mut Decision) -> ControlFlow<()> {
+        if !self.same_generation || !self.previous.phase.is_some_and(Phase::is_terminal) {
+            return ControlFlow::Continue(());
+        }
+        decision.status = self.previous.clone();
+        expire(self.ib, self.observed, &self.previous, self.now, decision);
+        for pod in self
+            .observed
             .pods
             .iter()
             .filter(|p| !p.phase.is_done() && !p.deleting)
         {
             decision.delete_pods.push(pod.name.clone());
         }
-        return decision;
+        ControlFlow::Break(())
     }
 
-    // Older generations go first; the new build waits until they are gone,
-    // so a late push of the old build can't move the tag.
-    let mut waiting_for_old = false;
-    for pod in observed.pods.iter().filter(|p| p.generation != generation) {
-        waiting_for_old = true;
-        if !pod.deleting {
-            decision.delete_pods.push(pod.name.clone());
-        }
-    }
-    for (claim, claim_generation) in &observed.claims {
-        if *claim_generation != generation {
-            decision.delete_claims.push(claim.clone());
-        }
-    }
-
-    let start = match (&previous.start_time, same_generation) {
-        (Some(start), true) => start.0,
-        _ => now,
-    };
-    let mut status = ImageBuildStatus {
-        observed_generation: Some(generation),
-        start_time: Some(Time(start)),
-        conditions: previous.conditions.clone(),
-        ..ImageBuildStatus::default()
-    };
-    let fail = |status: &mut ImageBuildStatus, reason: &str, message: String| {
-        status.phase = Some(Phase::Failed);
-        status.completion_time = Some(Time(now));
-        status.conditions = conditions(
-            &previous.conditions,
-            generation,
-            BuildState::Failed,
-            reason,
-            &truncate(&message),
-            now,
-        );
-    };
-
-    // A git context is cloned first: the plan may need its Dockerfile.
-    let context_pod = if ib.spec.context.git.is_some() {
-        observed
+    /// Older generations go first; the new build waits until their pods are
+    /// gone, so a late push of the old build can't move the tag. Returns
+    /// whether any of their pods is left.
+    fn retire_old_generations(&self, decision: &mut Decision) -> bool {
+        let mut old_generation_left = false;
+        for pod in self
+            .observed
             .pods
             .iter()
-            .filter(|p| p.generation == generation && p.unit == CONTEXT_UNIT)
-            .max_by_key(|p| p.attempt)
-    } else {
-        None
-    };
-    let cloned = context_pod
-        .filter(|p| p.phase == PodPhase::Succeeded)
-        .map(clone_outcome);
-    if let Some(Ok(outcome)) = &cloned {
-        status.source = Some(SourceStatus {
-            commit: outcome.commit.clone(),
-        });
+            .filter(|p| p.generation != self.generation)
+        {
+            old_generation_left = true;
+            if !pod.deleting {
+                decision.delete_pods.push(pod.name.clone());
+            }
+        }
+        for (claim, claim_generation) in &self.observed.claims {
+            if *claim_generation != self.generation {
+                decision.delete_claims.push(claim.clone());
+            }
+        }
+        old_generation_left
     }
-    let checked = match (ib.spec.context.git.is_some(), cloned) {
-        (false, _) => validate(ib, settings, observed.dockerfile_from_context.as_deref()).map(Some),
-        (true, None) => validate_spec(ib, settings).map(|_| None),
-        (true, Some(Ok(outcome))) => {
-            validate(ib, settings, outcome.dockerfile.as_deref()).map(Some)
+
+    /// This generation's status before the steps fill it in.
+    fn fresh_status(&self) -> ImageBuildStatus {
+        ImageBuildStatus {
+            observed_generation: Some(self.generation),
+            start_time: Some(Time(self.start)),
+            conditions: self.previous.conditions.clone(),
+            ..ImageBuildStatus::default()
         }
-        (true, Some(Err(message))) => Err(Invalid {
-            reason: "ContextFailed",
-            message,
-        }),
-    };
-    let validated = match checked {
-        Ok(validated) => validated,
-        Err(invalid) => {
-            fail(&mut status, invalid.reason, invalid.message.clone());
-            decision
-                .events
-                .push(warning(invalid.reason, &invalid.message));
-            decision.status = status;
-            return decision;
+    }
+
+    /// Where the Dockerfile comes from: a git context is cloned first (its
+    /// commit goes in the status), the others were read by the shell.
+    fn dereference(&self, status: &mut ImageBuildStatus) -> Dockerfile {
+        if self.ib.spec.context.git.is_none() {
+            return Dockerfile::Known(self.observed.dockerfile_from_context.clone());
         }
-    };
-    if let Some(message) = &observed.forbidden {
+        let context_pod = self
+            .observed
+            .pods
+            .iter()
+            .filter(|p| p.generation == self.generation && p.unit == CONTEXT_UNIT)
+            .max_by_key(|p| p.attempt)
+            .filter(|p| p.phase == PodPhase::Succeeded);
+        match context_pod.map(clone_outcome) {
+            None => Dockerfile::Cloning,
+            Some(Err(message)) => Dockerfile::CloneFailed(message),
+            Some(Ok(outcome)) => {
+                status.source = Some(SourceStatus {
+                    commit: outcome.commit,
+                });
+                Dockerfile::Known(outcome.dockerfile)
+            }
+        }
+    }
+
+    /// The spec checked once, and the Dockerfile planned if it is known; an
+    /// invalid build fails here.
+    fn validate(&self, dockerfile: Dockerfile, decision: &mut Decision) -> ControlFlow<(), Inputs> {
+        match self.inputs(dockerfile) {
+            Ok(inputs) => ControlFlow::Continue(inputs),
+            Err(invalid) => {
+                self.fail(decision, invalid.reason, &invalid.message);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn inputs(&self, dockerfile: Dockerfile) -> Result<Inputs, Invalid> {
+        let dockerfile = match dockerfile {
+            Dockerfile::CloneFailed(message) => {
+                return Err(Invalid {
+                    reason: Reason::ContextFailed,
+                    message,
+                });
+            }
+            Dockerfile::Cloning => None,
+            Dockerfile::Known(text) => Some(text),
+        };
+        let timeout = validate_spec(self.ib, self.settings)?;
+        let plan = match dockerfile {
+            None => None,
+            Some(text) => Some(plan_spec(self.ib, timeout, text.as_deref())?.plan),
+        };
+        Ok(Inputs { timeout, plan })
+    }
+
+    /// The namespace's Pod Security level rejected a pod: the build can't
+    /// go on until someone changes the namespace.
+    fn refuse_if_forbidden(&self, decision: &mut Decision) -> ControlFlow<()> {
+        let Some(message) = &self.observed.forbidden else {
+            return ControlFlow::Continue(());
+        };
         let message = format!(
             "the namespace's Pod Security level rejects the build pods (they need `baseline`): {message}"
         );
-        fail(&mut status, "PodSecurityForbidden", message.clone());
-        decision
-            .events
-            .push(warning("PodSecurityForbidden", &message));
-        decision.status = status;
-        return decision;
+        self.fail(decision, Reason::PodSecurityForbidden, &message);
+        ControlFlow::Break(())
     }
-    if !observed.missing.is_empty() {
-        let message = observed
-            .missing
+
+    /// A Secret or ConfigMap the build needs is missing: pending, looked
+    /// for again every [`MISSING_RETRY`], reported once.
+    fn wait_for_missing_references(&self, decision: &mut Decision) -> ControlFlow<()> {
+        let missing = &self.observed.missing;
+        if missing.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let message = missing
             .iter()
             .map(|(field, what)| format!("{field}: {what}"))
             .collect::<Vec<_>>()
             .join("; ");
-        let reason = if observed
-            .missing
-            .iter()
-            .any(|(f, _)| f.contains("configMap"))
-        {
-            "ConfigMapNotFound"
+        let reason = if missing.iter().any(|(f, _)| f.contains("configMap")) {
+            Reason::ConfigMapNotFound
         } else {
-            "SecretNotFound"
+            Reason::SecretNotFound
         };
-        status.phase = Some(Phase::Pending);
-        status.conditions = conditions(
-            &previous.conditions,
-            generation,
-            BuildState::Failed,
-            reason,
-            &message,
-            now,
-        );
-        if previous.phase != Some(Phase::Pending) || !same_generation {
+        decision.status.phase = Some(Phase::Pending);
+        decision.status.conditions = self.conditions(BuildState::Failed, reason, &message);
+        if self.previous.phase != Some(Phase::Pending) || !self.same_generation {
             decision.events.push(warning(reason, &message));
         }
-        decision.status = status;
         decision.requeue_after = Some(MISSING_RETRY);
-        return decision;
-    }
-    if waiting_for_old {
-        status.phase = Some(Phase::Pending);
-        status.conditions = conditions(
-            &previous.conditions,
-            generation,
-            BuildState::InProgress,
-            "StoppingPreviousBuild",
-            "waiting for the previous generation's pods to be deleted",
-            now,
-        );
-        decision.status = status;
-        decision.requeue_after = Some(Duration::from_secs(2));
-        return decision;
+        ControlFlow::Break(())
     }
 
-    let (plan, timeout) = match &validated {
-        Some(validated) => (Some(&validated.plan), validated.timeout),
-        // Only the context pod until the clone is done.
-        None => (
-            None,
-            validate_spec(ib, settings).unwrap_or(settings.default_timeout),
-        ),
-    };
-    let units = match plan {
-        Some(plan) => build_units(ib, plan),
-        None => vec![context_unit()],
-    };
-    let deadline = start + SignedDuration::try_from(timeout).unwrap_or(SignedDuration::MAX);
-    let objects = BuildObjects {
-        ib,
-        plan,
-        settings,
-        generation,
-        deadline_seconds: (deadline.duration_since(now).as_secs()).max(1),
-    };
-    let name = ib.meta().name.clone().unwrap_or_default();
-
-    // The latest attempt of each unit.
-    let mut latest: BTreeMap<usize, &PodState> = BTreeMap::new();
-    for pod in observed.pods.iter().filter(|p| p.generation == generation) {
-        let newer = latest
-            .get(&pod.unit)
-            .is_none_or(|p| p.attempt < pod.attempt);
-        if newer {
-            latest.insert(pod.unit, pod);
+    /// The previous generation's pods are still going.
+    fn wait_for_old_generation(
+        &self,
+        old_generation_left: bool,
+        decision: &mut Decision,
+    ) -> ControlFlow<()> {
+        if !old_generation_left {
+            return ControlFlow::Continue(());
         }
+        decision.status.phase = Some(Phase::Pending);
+        decision.status.conditions = self.conditions(
+            BuildState::InProgress,
+            Reason::StoppingPreviousBuild,
+            "waiting for the previous generation's pods to be deleted",
+        );
+        decision.requeue_after = Some(Duration::from_secs(2));
+        ControlFlow::Break(())
     }
-    status.stages = units
-        .iter()
-        .filter_map(|u| latest.get(&u.n).map(|p| stage_status(u, p)))
-        .collect();
 
-    let failure = if now >= deadline {
-        Some((
-            "Timeout",
-            format!(
-                "the build did not finish within {}",
-                spec_timeout_text(ib, timeout)
-            ),
-        ))
-    } else {
-        units
+    /// The pods the build needs (only the context pod until the clone is
+    /// done), the deadline, and what exists of each pod, in the status.
+    fn plan<'p>(&'p self, inputs: &'p Inputs, status: &mut ImageBuildStatus) -> Planned<'p> {
+        let plan = inputs.plan.as_ref();
+        let units = match plan {
+            Some(plan) => build_units(self.ib, plan),
+            None => vec![context_unit()],
+        };
+        let deadline =
+            self.start + SignedDuration::try_from(inputs.timeout).unwrap_or(SignedDuration::MAX);
+        let objects = BuildObjects {
+            ib: self.ib,
+            plan,
+            settings: self.settings,
+            generation: self.generation,
+            deadline_seconds: (deadline.duration_since(self.now).as_secs()).max(1),
+        };
+        let planned = Planned {
+            units,
+            objects,
+            latest: self.latest_attempts(),
+            deadline,
+            timeout: inputs.timeout,
+        };
+        status.stages = planned
+            .with_pods()
+            .map(|(unit, pod)| stage_status(unit, pod))
+            .collect();
+        planned
+    }
+
+    /// The latest attempt of each unit of this generation.
+    fn latest_attempts(&self) -> BTreeMap<usize, &'a PodState> {
+        let mut latest: BTreeMap<usize, &PodState> = BTreeMap::new();
+        for pod in self
+            .observed
+            .pods
             .iter()
-            .filter_map(|u| latest.get(&u.n).map(|p| (u, *p)))
-            .find_map(|(unit, pod)| pod_failure(unit, pod, settings))
-    };
-
-    // Evicted or preempted pods are retried, a bounded number of times.
-    if failure.is_none() {
-        for unit in &units {
-            let Some(pod) = latest.get(&unit.n) else {
-                continue;
-            };
-            if pod.phase == PodPhase::Failed && is_disruption(pod) {
-                if pod.attempt >= settings.max_pod_retries {
-                    continue;
-                }
-                let node = pin_node(&objects, &latest);
-                decision
-                    .create_pods
-                    .push(objects.pod(unit, pod.attempt + 1, node.as_deref()));
-                if !pod.deleting {
-                    decision.delete_pods.push(pod.name.clone());
-                }
-                decision.events.push(warning(
-                    "PodRetried",
-                    &format!(
-                        "pod {} was {}; retrying as attempt {}",
-                        pod.name,
-                        disruption(pod).unwrap_or("disrupted"),
-                        pod.attempt + 1
-                    ),
-                ));
+            .filter(|p| p.generation == self.generation)
+        {
+            let newer = latest
+                .get(&pod.unit)
+                .is_none_or(|p| p.attempt < pod.attempt);
+            if newer {
+                latest.insert(pod.unit, pod);
             }
         }
+        latest
     }
-    // A disruption past the retries is a failure too.
-    let failure = failure.or_else(|| {
-        units
-            .iter()
-            .filter_map(|u| latest.get(&u.n).map(|p| (u, *p)))
-            .find(|(_, p)| {
-                p.phase == PodPhase::Failed
-                    && is_disruption(p)
-                    && p.attempt >= settings.max_pod_retries
-            })
-            .map(|(u, p)| {
-                (
-                    "PodDisrupted",
-                    format!(
-                        "{}: pod {} was {} {} times",
-                        u.name,
-                        p.name,
-                        disruption(p).unwrap_or("disrupted"),
-                        p.attempt + 1
-                    ),
-                )
-            })
-    });
 
-    if let Some((reason, message)) = failure {
-        for pod in latest.values() {
+    /// Why the build fails, if it does: the deadline passed or a pod
+    /// failed. If not, evicted or preempted pods are retried, a bounded
+    /// number of times, and a disruption past the retries is the failure.
+    fn retry_or_find_failure(
+        &self,
+        planned: &Planned,
+        decision: &mut Decision,
+    ) -> Option<(Reason, String)> {
+        if self.now >= planned.deadline {
+            return Some((
+                Reason::Timeout,
+                format!(
+                    "the build did not finish within {}",
+                    spec_timeout_text(self.ib, planned.timeout)
+                ),
+            ));
+        }
+        let failed = planned
+            .with_pods()
+            .find_map(|(unit, pod)| pod_failure(unit, pod, self.settings));
+        if failed.is_some() {
+            return failed;
+        }
+        self.retry_disrupted_pods(planned, decision);
+        self.disrupted_past_retries(planned)
+    }
+
+    /// A new attempt for each disrupted pod that has retries left.
+    fn retry_disrupted_pods(&self, planned: &Planned, decision: &mut Decision) {
+        for (unit, pod) in planned.with_pods() {
+            if pod.phase != PodPhase::Failed
+                || !is_disruption(pod)
+                || pod.attempt >= self.settings.max_pod_retries
+            {
+                continue;
+            }
+            let node = pin_node(&planned.objects, &planned.latest);
+            decision
+                .create_pods
+                .push(planned.objects.pod(unit, pod.attempt + 1, node.as_deref()));
+            if !pod.deleting {
+                decision.delete_pods.push(pod.name.clone());
+            }
+            decision.events.push(warning(
+                Reason::PodRetried,
+                &format!(
+                    "pod {} was {}; retrying as attempt {}",
+                    pod.name,
+                    disruption(pod).unwrap_or("disrupted"),
+                    pod.attempt + 1
+                ),
+            ));
+        }
+    }
+
+    fn disrupted_past_retries(&self, planned: &Planned) -> Option<(Reason, String)> {
+        let (unit, pod) = planned.with_pods().find(|(_, p)| {
+            p.phase == PodPhase::Failed
+                && is_disruption(p)
+                && p.attempt >= self.settings.max_pod_retries
+        })?;
+        Some((
+            Reason::PodDisrupted,
+            format!(
+                "{}: pod {} was {} {} times",
+                unit.name,
+                pod.name,
+                disruption(pod).unwrap_or("disrupted"),
+                pod.attempt + 1
+            ),
+        ))
+    }
+
+    /// A failed build stops its running pods and starts none.
+    fn end_on_failure(
+        &self,
+        failure: Option<(Reason, String)>,
+        planned: &Planned,
+        decision: &mut Decision,
+    ) -> ControlFlow<()> {
+        let Some((reason, message)) = failure else {
+            return ControlFlow::Continue(());
+        };
+        for pod in planned.latest.values() {
             if !pod.phase.is_done() && !pod.deleting {
                 decision.delete_pods.push(pod.name.clone());
             }
         }
         decision.create_pods.clear();
-        fail(&mut status, reason, message.clone());
-        decision.events.push(warning(reason, &message));
-        decision.status = status;
-        decision.requeue_after = ttl_requeue(ib, now, now);
-        return decision;
+        self.fail(decision, reason, &message);
+        decision.requeue_after = ttl_requeue(self.ib, self.now, self.now);
+        ControlFlow::Break(())
     }
 
-    // The assembly done: the image is there.
-    let assemble = units.last().expect("units always end with the assembly");
-    if assemble.kind == UnitKind::Assemble
-        && let Some(pod) = latest.get(&assemble.n)
-        && pod.phase == PodPhase::Succeeded
-    {
+    /// The assembly done: the image is there, or its report is unreadable.
+    fn end_when_assembled(&self, planned: &Planned, decision: &mut Decision) -> ControlFlow<()> {
+        let assembled = planned
+            .units
+            .last()
+            .filter(|unit| unit.kind == UnitKind::Assemble)
+            .and_then(|unit| planned.latest.get(&unit.n))
+            .filter(|pod| pod.phase == PodPhase::Succeeded);
+        let Some(pod) = assembled else {
+            return ControlFlow::Continue(());
+        };
         match pod
             .result
             .as_deref()
             .map(serde_json::from_str::<AssembleResult>)
         {
-            Some(Ok(outcome)) => {
-                let short = outcome
-                    .digest
-                    .trim_start_matches("sha256:")
-                    .chars()
-                    .take(12)
-                    .collect();
-                let message = format!(
-                    "pushed {} ({})",
-                    outcome.reference,
-                    human_size(outcome.size_bytes)
-                );
-                status.image = Some(ImageStatus {
-                    reference: outcome.reference,
-                    digest: outcome.digest,
-                    short_digest: short,
-                    size_bytes: outcome.size_bytes as i64,
-                    size: human_size(outcome.size_bytes),
-                    builder_image: outcome.builder_image,
-                    builder_size_bytes: outcome.builder_size_bytes.map(|b| b as i64),
-                    layers: outcome.layers.into_iter().map(|l| l.digest).collect(),
-                });
-                status.phase = Some(Phase::Succeeded);
-                status.completion_time = Some(Time(now));
-                status.conditions = conditions(
-                    &previous.conditions,
-                    generation,
-                    BuildState::Succeeded,
-                    "Succeeded",
-                    &message,
-                    now,
-                );
-                decision.events.push(BuildEvent {
-                    warning: false,
-                    reason: "Succeeded".into(),
-                    note: message,
-                });
-                decision.status = status;
-                decision.requeue_after = ttl_requeue(ib, now, now);
-                return decision;
-            }
+            Some(Ok(outcome)) => self.succeed(outcome, decision),
             other => {
                 let detail = match other {
                     Some(Err(e)) => e.to_string(),
                     _ => "no result".into(),
                 };
                 let message = format!("assemble pod {}: result unreadable: {detail}", pod.name);
-                fail(&mut status, "AssembleFailed", message.clone());
-                decision.events.push(warning("AssembleFailed", &message));
-                decision.status = status;
-                return decision;
+                self.fail(decision, Reason::AssembleFailed, &message);
             }
+        }
+        ControlFlow::Break(())
+    }
+
+    fn succeed(&self, outcome: AssembleResult, decision: &mut Decision) {
+        let message = format!(
+            "pushed {} ({})",
+            outcome.reference,
+            human_size(outcome.size_bytes)
+        );
+        let status = &mut decision.status;
+        status.image = Some(image_status(outcome));
+        status.phase = Some(Phase::Succeeded);
+        status.completion_time = Some(Time(self.now));
+        status.conditions = self.conditions(BuildState::Succeeded, Reason::Succeeded, &message);
+        decision.events.push(notice(Reason::Succeeded, message));
+        decision.requeue_after = ttl_requeue(self.ib, self.now, self.now);
+    }
+
+    /// The workspace claim, and a pod for each unit whose dependencies are
+    /// done. A ReadWriteOnce build starts one pod until it is scheduled;
+    /// the rest follow it to its node.
+    fn start_ready_pods(&self, planned: &Planned, decision: &mut Decision) {
+        let name = self.ib.meta().name.clone().unwrap_or_default();
+        let current_claim = claim_name(&name, self.generation);
+        if !self
+            .observed
+            .claims
+            .iter()
+            .any(|(c, _)| *c == current_claim)
+        {
+            decision.create_claim = Some(planned.objects.claim());
+        }
+        let ready: Vec<&Unit> = planned
+            .units
+            .iter()
+            .filter(|u| {
+                !planned.latest.contains_key(&u.n)
+                    && u.depends_on.iter().all(|n| planned.succeeded(n))
+            })
+            .collect();
+        let node = pin_node(&planned.objects, &planned.latest);
+        let to_start: Vec<&Unit> = if !planned.objects.pinned() || node.is_some() {
+            ready
+        } else if !planned.latest.is_empty() {
+            // The first pod isn't scheduled yet; the rest follow it to its node.
+            Vec::new()
+        } else {
+            ready.into_iter().take(1).collect()
+        };
+        for unit in to_start {
+            let pod = planned.objects.pod(unit, 0, node.as_deref());
+            decision.events.push(notice(
+                Reason::PodCreated,
+                format!(
+                    "{} {} for {}",
+                    unit.kind.role(),
+                    pod.meta().name.clone().unwrap_or_default(),
+                    unit.name
+                ),
+            ));
+            decision.create_pods.push(pod);
         }
     }
 
-    // Start what can start.
-    let current_claim = claim_name(&name, generation);
-    if !observed.claims.iter().any(|(c, _)| *c == current_claim) {
-        decision.create_claim = Some(objects.claim());
-    }
-    let succeeded = |n: &usize| {
-        latest
-            .get(n)
-            .is_some_and(|p| p.phase == PodPhase::Succeeded)
-    };
-    let ready: Vec<&Unit> = units
-        .iter()
-        .filter(|u| !latest.contains_key(&u.n) && u.depends_on.iter().all(succeeded))
-        .collect();
-    let pinned = objects.pinned();
-    let node = pin_node(&objects, &latest);
-    let any_pod = !latest.is_empty();
-    let to_start: Vec<&Unit> = if !pinned || node.is_some() {
-        ready
-    } else if any_pod {
-        // The first pod isn't scheduled yet; the rest follow it to its node.
-        Vec::new()
-    } else {
-        ready.into_iter().take(1).collect()
-    };
-    for unit in to_start {
-        let pod = objects.pod(unit, 0, node.as_deref());
-        decision.events.push(BuildEvent {
-            warning: false,
-            reason: "PodCreated".into(),
-            note: format!(
-                "{} {} for {}",
-                unit.kind.role(),
-                pod.meta().name.clone().unwrap_or_default(),
-                unit.name
-            ),
+    /// A build under way: pending or running, how far it got, and when to
+    /// look again (soon, and no later than the deadline).
+    fn report_progress(&self, planned: &Planned, decision: &mut Decision) {
+        let running = !planned.latest.is_empty() || !decision.create_pods.is_empty();
+        decision.status.phase = Some(if running {
+            Phase::Running
+        } else {
+            Phase::Pending
         });
-        decision.create_pods.push(pod);
+        let done = planned
+            .units
+            .iter()
+            .filter(|u| planned.succeeded(&u.n))
+            .count();
+        let (reason, message) = match (planned.objects.plan, &self.ib.spec.context.git) {
+            (None, Some(git)) => (
+                Reason::Cloning,
+                format!(
+                    "cloning {} at {}",
+                    crate::api::redacted_url(&git.url),
+                    git.revision.as_deref().unwrap_or("HEAD")
+                ),
+            ),
+            _ => (
+                if running {
+                    Reason::Building
+                } else {
+                    Reason::Pending
+                },
+                format!("{done} of {} pods done", planned.units.len()),
+            ),
+        };
+        decision.status.conditions = self.conditions(BuildState::InProgress, reason, &message);
+        let until_deadline =
+            Duration::try_from(planned.deadline.duration_since(self.now)).unwrap_or(POLL);
+        decision.requeue_after = Some(POLL.min(until_deadline.max(Duration::from_millis(100))));
     }
 
-    let running = !latest.is_empty() || !decision.create_pods.is_empty();
-    status.phase = Some(if running {
-        Phase::Running
-    } else {
-        Phase::Pending
-    });
-    let done = units.iter().filter(|u| succeeded(&u.n)).count();
-    let (reason, message) = match (plan, &ib.spec.context.git) {
-        (None, Some(git)) => (
-            "Cloning",
-            format!(
-                "cloning {} at {}",
-                crate::api::redacted_url(&git.url),
-                git.revision.as_deref().unwrap_or("HEAD")
-            ),
-        ),
-        _ => (
-            if running { "Building" } else { "Pending" },
-            format!("{done} of {} pods done", units.len()),
-        ),
-    };
-    status.conditions = conditions(
-        &previous.conditions,
-        generation,
-        BuildState::InProgress,
-        reason,
-        &message,
-        now,
-    );
-    let until_deadline = Duration::try_from(deadline.duration_since(now)).unwrap_or(POLL);
-    decision.requeue_after = Some(POLL.min(until_deadline.max(Duration::from_millis(100))));
-    decision.status = status;
-    decision
+    /// The build failed: its status says why (the message cut to
+    /// [`MAX_MESSAGE`]), and a warning event says it too.
+    fn fail(&self, decision: &mut Decision, reason: Reason, message: &str) {
+        let status = &mut decision.status;
+        status.phase = Some(Phase::Failed);
+        status.completion_time = Some(Time(self.now));
+        status.conditions = self.conditions(BuildState::Failed, reason, &truncate(message));
+        decision.events.push(warning(reason, message));
+    }
+
+    /// The condition set for `state`, merged with the previous status's.
+    fn conditions(&self, state: BuildState, reason: Reason, message: &str) -> Vec<Condition> {
+        conditions(
+            &self.previous.conditions,
+            self.generation,
+            state,
+            reason,
+            message,
+            self.now,
+        )
+    }
+}
+
+/// Where the Dockerfile stands once the context is dereferenced.
+enum Dockerfile {
+    /// Known now: the spec's, or the file read from the ConfigMap or the
+    /// clone (`None`: the context has no such file).
+    Known(Option<String>),
+    /// A git context not cloned yet: the plan waits for it.
+    Cloning,
+    /// The clone failed, or what it reported can't be read.
+    CloneFailed(String),
+}
+
+/// What the validate step hands on.
+struct Inputs {
+    timeout: Duration,
+    /// `None` only while a git context is cloned.
+    plan: Option<BuildPlan>,
+}
+
+/// The plan step's result: the build's pods as planned, and the latest
+/// attempt of each that exists.
+struct Planned<'a> {
+    units: Vec<Unit>,
+    objects: BuildObjects<'a>,
+    latest: BTreeMap<usize, &'a PodState>,
+    deadline: Timestamp,
+    timeout: Duration,
+}
+
+impl Planned<'_> {
+    fn succeeded(&self, unit: &usize) -> bool {
+        self.latest
+            .get(unit)
+            .is_some_and(|p| p.phase == PodPhase::Succeeded)
+    }
+
+    /// Each unit with a pod, and its latest pod.
+    fn with_pods(&self) -> impl Iterator<Item = (&Unit, &PodState)> {
+        self.units
+            .iter()
+            .filter_map(|u| self.latest.get(&u.n).map(|p| (u, *p)))
+    }
+}
+
+/// The status's image from what the assemble pod reports.
+fn image_status(outcome: AssembleResult) -> ImageStatus {
+    let short_digest = outcome
+        .digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect();
+    ImageStatus {
+        short_digest,
+        size_bytes: outcome.size_bytes as i64,
+        size: human_size(outcome.size_bytes),
+        builder_image: outcome.builder_image,
+        builder_size_bytes: outcome.builder_size_bytes.map(|b| b as i64),
+        layers: outcome.layers.into_iter().map(|l| l.digest).collect(),
+        reference: outcome.reference,
+        digest: outcome.digest,
+    }
 }
 
 /// The node every pod of a ReadWriteOnce build runs on: the first scheduled pod's.
@@ -880,7 +1096,7 @@ const PULL_FAILURES: [&str; 4] = [
 const KUBELET_PULL_THROTTLED: &str = "pull QPS exceeded";
 
 /// Why this pod fails the build, if it does.
-fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'static str, String)> {
+fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(Reason, String)> {
     if let Some(waiting) = &pod.waiting {
         if PULL_FAILURES.contains(&waiting.reason.as_str())
             && !waiting.message.contains(KUBELET_PULL_THROTTLED)
@@ -896,7 +1112,7 @@ fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'st
                 }
             };
             return Some((
-                "ImagePullFailed",
+                Reason::ImagePullFailed,
                 format!(
                     "{what}: cannot be pulled ({}): {}",
                     waiting.reason, waiting.message
@@ -905,7 +1121,7 @@ fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'st
         }
         if waiting.reason == "CreateContainerConfigError" {
             return Some((
-                "PodFailed",
+                Reason::PodFailed,
                 format!("{}: {}: {}", unit.name, waiting.reason, waiting.message),
             ));
         }
@@ -915,7 +1131,7 @@ fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'st
     }
     if pod.reason.as_deref() == Some("DeadlineExceeded") {
         return Some((
-            "Timeout",
+            Reason::Timeout,
             format!(
                 "{}: pod {} ran past the build's deadline",
                 unit.name, pod.name
@@ -923,10 +1139,10 @@ fn pod_failure(unit: &Unit, pod: &PodState, settings: &Settings) -> Option<(&'st
         ));
     }
     let reason = match unit.kind {
-        UnitKind::Context => "ContextFailed",
-        UnitKind::Assemble => "AssembleFailed",
-        UnitKind::Probe => "ProbeFailed",
-        _ => "StageFailed",
+        UnitKind::Context => Reason::ContextFailed,
+        UnitKind::Assemble => Reason::AssembleFailed,
+        UnitKind::Probe => Reason::ProbeFailed,
+        _ => Reason::StageFailed,
     };
     Some((reason, failure_message(unit, pod)))
 }
@@ -1015,11 +1231,21 @@ fn clone_outcome(pod: &PodState) -> Result<CloneOutcome, String> {
     Ok(CloneOutcome { commit, dockerfile })
 }
 
-fn warning(reason: &str, note: &str) -> BuildEvent {
+/// A warning event; its note cut to [`MAX_MESSAGE`].
+fn warning(reason: Reason, note: &str) -> BuildEvent {
     BuildEvent {
         warning: true,
-        reason: reason.into(),
+        reason,
         note: truncate(note),
+    }
+}
+
+/// A normal event.
+fn notice(reason: Reason, note: String) -> BuildEvent {
+    BuildEvent {
+        warning: false,
+        reason,
+        note,
     }
 }
 
@@ -1033,4 +1259,95 @@ fn truncate(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image_build(context: &str, dockerfile: &str) -> ImageBuild {
+        serde_yaml::from_str(&format!(
+            "apiVersion: slimforge.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: app, namespace: ns, generation: 1}}\n\
+             spec: {{context: {context}, {dockerfile}, output: {{image: 'r.example/app:1'}}, timeout: 5m}}\n"
+        ))
+        .expect("a valid test manifest")
+    }
+
+    fn inputs(ib: &ImageBuild, dockerfile: Dockerfile) -> Result<Inputs, Invalid> {
+        let observed = Observed::default();
+        let settings = Settings::default();
+        Pass::new(ib, &observed, &settings, Timestamp::UNIX_EPOCH).inputs(dockerfile)
+    }
+
+    #[test]
+    fn validate_is_validate_spec_then_plan_spec() {
+        let ib = image_build("{inline: {}}", "dockerfile: 'FROM busybox'");
+        let settings = Settings::default();
+        let whole = validate(&ib, &settings, None).expect("valid");
+        let timeout = validate_spec(&ib, &settings).expect("valid spec");
+        let halves = plan_spec(&ib, timeout, None).expect("plannable");
+        assert_eq!((whole.plan, whole.timeout), (halves.plan, halves.timeout));
+        assert_eq!(timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_dockerfile_path_is_read_from_the_context_handed_over() {
+        let ib = image_build(
+            "{configMap: {name: src}}",
+            "dockerfilePath: build/Dockerfile",
+        );
+        let text = "FROM busybox\nRUN true";
+        let from_context = plan_spec(&ib, Duration::from_secs(1), Some(text)).expect("plan");
+        let inline = image_build("{inline: {}}", "dockerfile: 'FROM busybox\n\n  RUN true'");
+        let inline = plan_spec(&inline, Duration::from_secs(1), None).expect("plan");
+        assert_eq!(from_context.plan, inline.plan);
+        let missing = plan_spec(&ib, Duration::from_secs(1), None).unwrap_err();
+        assert_eq!(missing.reason, Reason::InvalidSpec);
+        assert_eq!(
+            missing.message,
+            "spec.dockerfilePath `build/Dockerfile`: no such file in the context"
+        );
+    }
+
+    #[test]
+    fn while_cloning_only_the_spec_is_checked() {
+        let ib = image_build(
+            "{git: {url: 'https://git.example/app'}}",
+            "dockerfilePath: Dockerfile",
+        );
+        let inputs = inputs(&ib, Dockerfile::Cloning)
+            .map_err(|i| i.message)
+            .unwrap();
+        assert!(inputs.plan.is_none());
+        assert_eq!(inputs.timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_failed_clone_fails_before_the_spec_is_looked_at() {
+        let ib = image_build(
+            "{git: {url: 'ssh://git.example/app'}}",
+            "dockerfilePath: Dockerfile",
+        );
+        let invalid = inputs(&ib, Dockerfile::CloneFailed("no such repository".into()))
+            .err()
+            .expect("the clone's failure");
+        assert_eq!(invalid.reason, Reason::ContextFailed);
+        assert_eq!(invalid.message, "no such repository");
+        let invalid = inputs(&ib, Dockerfile::Cloning).err().expect("the ssh URL");
+        assert_eq!(invalid.reason, Reason::InvalidSpec);
+    }
+
+    #[test]
+    fn a_known_dockerfile_is_planned() {
+        let ib = image_build("{inline: {}}", "dockerfile: 'FROM busybox'");
+        let inputs = inputs(&ib, Dockerfile::Known(None))
+            .map_err(|i| i.message)
+            .unwrap();
+        assert!(inputs.plan.is_some());
+        let ib = image_build("{inline: {}}", "dockerfile: 'FROM scratch\\nRUN true'");
+        let invalid = self::inputs(&ib, Dockerfile::Known(None))
+            .err()
+            .expect("scratch");
+        assert_eq!(invalid.reason, Reason::InvalidDockerfile);
+    }
 }

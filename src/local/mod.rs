@@ -144,17 +144,8 @@ impl Manifest {
             let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
             match kind {
                 "ImageBuild" if image_build.is_none() => {
-                    let object = serde_json::to_value(&value)
-                        .map_err(|e| error(format!("ImageBuild: {e}")))?;
-                    let errors = crate::schema::image_build_errors(&object);
-                    if !errors.is_empty() {
-                        return Err(error(format!(
-                            "ImageBuild is invalid: {}",
-                            errors.join("; ")
-                        )));
-                    }
-                    let ib: ImageBuild = serde_yaml::from_value(value)
-                        .map_err(|e| error(format!("ImageBuild: {e}")))?;
+                    let ib = crate::schema::parse_image_build(value)
+                        .map_err(|e| error(e.to_string()))?;
                     image_build = Some(ib);
                 }
                 "ConfigMap" => {
