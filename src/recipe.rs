@@ -23,24 +23,19 @@
 //! not known here). Not done: SHELL is not recorded in the config.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::assemble::{AssembleSpec, CopyLayerSpec, DirectorySpec, LayerSpec};
 use crate::contract::{
     ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT, RecipeLayer, SNAPSHOT_LAYER,
 };
-use crate::dockerfile::{
-    CommandForm, CopyArgs, Healthcheck as HealthcheckInstruction, Instruction,
-};
-use crate::dockerfile::{expand_heredoc, expand_word};
-use crate::oci::config::{ConfigChanges, Healthcheck};
+use crate::dockerfile::eval::{CopyPlan, DEFAULT_PATH, Effect, Evaluator, image_env};
 use crate::plan::{BuildPlan, CopySource, FinalImage, PlanLoadError, Step};
 use crate::rootfs::FsError;
 use crate::rootfs::resolve::{
     BaseDirectoryEntry, add_directories, is_dir, resolve, resolve_destination,
 };
 use crate::rootfs::users::Users;
-use crate::stage::run::DEFAULT_PATH;
 
 /// Variables the runtime or the kubelet put in the probe's environment that
 /// are not the image's ENV (HOME is judged on its own).
@@ -133,7 +128,7 @@ pub fn image_environment(
     vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
     root: &Path,
 ) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = vars
+    let env: BTreeMap<String, String> = vars
         .into_iter()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| {
@@ -144,10 +139,7 @@ pub fn image_environment(
         .collect();
     let uid = crate::rootfs::users::current_ids().map_or(0, |(uid, _)| uid);
     let users = Users::read(root).unwrap_or_default();
-    if env.get("HOME").is_some_and(|home| *home == users.home(uid)) {
-        env.remove("HOME");
-    }
-    env
+    image_env(env, &users.home(uid))
 }
 
 /// Evaluates the plan's final image against `base`.
@@ -190,17 +182,9 @@ pub fn evaluate(plan: &BuildPlan, base: &BaseView) -> Result<FinalRecipe, Recipe
 }
 
 struct Evaluation<'a> {
-    plan: &'a BuildPlan,
     root: &'a Path,
-    env: BTreeMap<String, String>,
-    /// The current stage's ARGs with a value.
-    args: BTreeMap<String, String>,
-    workdir: PathBuf,
-    shell: Vec<String>,
+    rules: Evaluator,
     users: Option<Users>,
-    /// ENV set by the Dockerfile, in the order first set.
-    env_changes: Vec<(String, String)>,
-    config: ConfigChanges,
     layers: Vec<RecipeLayer>,
     base_directories: BTreeMap<String, BaseDirectoryEntry>,
 }
@@ -208,42 +192,27 @@ struct Evaluation<'a> {
 impl<'a> Evaluation<'a> {
     fn new(plan: &'a BuildPlan, base: &BaseView<'a>) -> Self {
         Self {
-            plan,
             root: base.root,
-            env: base.env.clone(),
-            args: BTreeMap::new(),
-            workdir: base.workdir.clone(),
-            shell: vec!["/bin/sh".into(), "-c".into()],
+            rules: Evaluator::new(plan.escape, base.env.clone(), base.workdir.clone()),
             users: None,
-            env_changes: Vec::new(),
-            config: ConfigChanges::default(),
             layers: Vec::new(),
             base_directories: BTreeMap::new(),
         }
     }
 
-    fn finish(mut self) -> FinalRecipe {
-        if !self.env_changes.is_empty() {
-            self.config.env = Some(
-                self.env_changes
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
-            );
-        }
+    fn finish(self) -> FinalRecipe {
         FinalRecipe {
             layers: self.layers,
-            config: self.config,
+            config: self.rules.config(),
             base_directories: self.base_directories,
         }
     }
 
     /// One stage's steps; `config_only` skips COPY/ADD (a snapshot has the files).
     fn stage(&mut self, steps: &[Step], config_only: bool) -> Result<(), RecipeError> {
-        self.args.clear();
-        let mut cmd_set = false;
+        self.rules.start_stage();
         for step in steps {
-            self.step(step, config_only, &mut cmd_set)
+            self.step(step, config_only)
                 .map_err(|message| RecipeError::Step {
                     line: step.line,
                     instruction: step.text.lines().next().unwrap_or_default().to_string(),
@@ -253,15 +222,6 @@ impl<'a> Evaluation<'a> {
         Ok(())
     }
 
-    fn lookup(&self, name: &str) -> Option<String> {
-        self.env.get(name).or_else(|| self.args.get(name)).cloned()
-    }
-
-    fn expand(&self, word: &str) -> Result<String, String> {
-        expand_word(word, self.plan.escape, &mut |name| self.lookup(name))
-            .map_err(|e| format!("`{word}`: {e}"))
-    }
-
     fn users(&mut self) -> Result<&Users, String> {
         if self.users.is_none() {
             self.users = Some(Users::read(self.root).map_err(|e| e.to_string())?);
@@ -269,217 +229,83 @@ impl<'a> Evaluation<'a> {
         Ok(self.users.get_or_insert_with(Users::default))
     }
 
-    fn command(&self, form: &CommandForm) -> Vec<String> {
-        match form {
-            CommandForm::Exec(words) => words.clone(),
-            CommandForm::Shell(line) => {
-                let mut argv = self.shell.clone();
-                argv.push(line.clone());
-                argv
-            }
-        }
-    }
-
-    fn step(&mut self, step: &Step, config_only: bool, cmd_set: &mut bool) -> Result<(), String> {
-        match &step.instruction {
-            Instruction::Arg(_) => {
-                for binding in &step.args {
-                    let value = binding.value(|word| self.expand(word))?;
-                    match value {
-                        Some(value) => self.args.insert(binding.name.clone(), value),
-                        None => self.args.remove(&binding.name),
-                    };
-                }
-            }
-            Instruction::Env(pairs) => {
-                // Every value sees the environment from before the instruction.
-                let values = pairs
-                    .iter()
-                    .map(|pair| self.expand(&pair.value))
-                    .collect::<Result<Vec<_>, _>>()?;
-                for (pair, value) in pairs.iter().zip(values) {
-                    self.env.insert(pair.key.clone(), value.clone());
-                    match self.env_changes.iter_mut().find(|(k, _)| *k == pair.key) {
-                        Some(existing) => existing.1 = value,
-                        None => self.env_changes.push((pair.key.clone(), value)),
-                    }
-                }
-            }
-            Instruction::Workdir(word) => {
-                let dir = normalize(&self.workdir.join(self.expand(word)?));
-                let resolved = resolve(self.root, &dir, true).map_err(|e| e.to_string())?;
-                add_directories(self.root, &resolved, &mut self.base_directories)
-                    .map_err(|e| e.to_string())?;
-                self.config.working_dir = Some(dir.display().to_string());
-                self.workdir = dir;
-                let destination = resolved.display().to_string();
-                let exists = is_dir(self.root, &resolved)
-                    || self.layers.iter().any(|l| {
-                        l.destination_is_dir && l.destination.as_deref() == Some(&destination)
-                    });
-                if !config_only && !exists {
-                    // Docker creates it, owned by the USER set so far.
-                    let owner = match self.config.user.clone() {
-                        Some(user) => {
-                            let (uid, gid) = self
-                                .users()?
-                                .resolve_user(&user)
-                                .map_err(|e| format!("USER {user}: {e}"))?;
-                            format!("{uid}:{gid}")
-                        }
-                        None => "0:0".into(),
-                    };
-                    self.layers.push(RecipeLayer {
-                        line: step.line,
-                        created_by: one_line(&step.text),
-                        source: LayerOrigin::Directory,
-                        destination: Some(destination),
-                        destination_is_dir: true,
-                        owner: Some(owner),
-                        chmod: None,
-                        extract: false,
-                    });
-                }
-            }
-            Instruction::User(word) => self.config.user = Some(self.expand(word)?),
-            Instruction::Shell(shell) => self.shell = shell.clone(),
-            Instruction::Cmd(form) => {
-                self.config.cmd = Some(self.command(form));
-                *cmd_set = true;
-            }
-            Instruction::Entrypoint(form) => {
-                self.config.entrypoint = Some(self.command(form));
-                // Docker: a new ENTRYPOINT drops a CMD this stage did not set.
-                if !*cmd_set {
-                    self.config.cmd = None;
-                }
-            }
-            Instruction::Expose(ports) => {
-                let mut expanded = Vec::new();
-                for port in ports {
-                    expanded.extend(expose_ports(&self.expand(port)?)?);
-                }
-                let list = self.config.exposed_ports.get_or_insert_with(Vec::new);
-                for port in expanded {
-                    if !list.contains(&port) {
-                        list.push(port);
-                    }
-                }
-            }
-            Instruction::Label(pairs) => {
-                let mut labels = Vec::new();
-                for pair in pairs {
-                    labels.push((self.expand(&pair.key)?, self.expand(&pair.value)?));
-                }
-                self.config
-                    .labels
-                    .get_or_insert_with(BTreeMap::new)
-                    .extend(labels);
-            }
-            Instruction::Maintainer(name) => {
-                self.config
-                    .labels
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert("maintainer".into(), name.clone());
-            }
-            Instruction::StopSignal(word) => self.config.stop_signal = Some(self.expand(word)?),
-            Instruction::Volume(paths) => {
-                let mut expanded = Vec::new();
-                for path in paths {
-                    expanded.push(self.expand(path)?);
-                }
-                let list = self.config.volumes.get_or_insert_with(Vec::new);
-                for path in expanded {
-                    if !list.contains(&path) {
-                        list.push(path);
-                    }
-                }
-            }
-            Instruction::Healthcheck(check) => {
-                self.config.healthcheck = Some(match check {
-                    HealthcheckInstruction::None => Healthcheck {
-                        test: vec!["NONE".into()],
-                        ..Healthcheck::default()
-                    },
-                    HealthcheckInstruction::Check(args) => Healthcheck {
-                        test: match &args.command {
-                            CommandForm::Exec(words) => {
-                                let mut test = vec!["CMD".to_string()];
-                                test.extend(words.iter().cloned());
-                                test
-                            }
-                            CommandForm::Shell(line) => vec!["CMD-SHELL".into(), line.clone()],
-                        },
-                        interval: args.interval.clone(),
-                        timeout: args.timeout.clone(),
-                        start_period: args.start_period.clone(),
-                        start_interval: args.start_interval.clone(),
-                        retries: args.retries,
-                    },
-                });
-            }
-            Instruction::Copy(args) | Instruction::Add(args) => {
-                if !config_only {
-                    let add = matches!(step.instruction, Instruction::Add(_));
-                    let layer = self.copy(step, args, add)?;
-                    self.layers.push(layer);
-                }
+    fn step(&mut self, step: &Step, config_only: bool) -> Result<(), String> {
+        match self.rules.apply(&step.instruction, &step.args)? {
+            Effect::Workdir(dir) => self.workdir(step, &dir, config_only)?,
+            Effect::Copy(copy) if !config_only => {
+                let layer = self.copy(step, copy)?;
+                self.layers.push(layer);
             }
             // A runtime chain's RUNs are in its snapshot; an assembled final
             // stage has none (the planner makes it a runtime chain).
-            Instruction::Run(_) | Instruction::From(_) => {}
+            Effect::Copy(_) | Effect::Run(_) | Effect::User(_) | Effect::None => {}
         }
         Ok(())
     }
 
-    fn copy(&mut self, step: &Step, args: &CopyArgs, add: bool) -> Result<RecipeLayer, String> {
-        let written = self.expand(&args.destination)?;
-        let several = args.sources.len() + args.heredocs.len() > 1;
-        let written_as_dir = crate::dockerfile::instruction::written_as_directory(&written);
-        let absolute = normalize(&self.workdir.join(&written));
-        let mut as_text = absolute.display().to_string();
-        if (written_as_dir || several) && as_text != "/" {
+    /// A WORKDIR: the base's directories along it; the directory itself, a
+    /// layer of its own, when neither the base nor a COPY made it.
+    fn workdir(&mut self, step: &Step, dir: &Path, config_only: bool) -> Result<(), String> {
+        let resolved = resolve(self.root, dir, true).map_err(|e| e.to_string())?;
+        add_directories(self.root, &resolved, &mut self.base_directories)
+            .map_err(|e| e.to_string())?;
+        let destination = resolved.display().to_string();
+        let exists = is_dir(self.root, &resolved)
+            || self
+                .layers
+                .iter()
+                .any(|l| l.destination_is_dir && l.destination.as_deref() == Some(&destination));
+        if config_only || exists {
+            return Ok(());
+        }
+        // Docker creates it, owned by the USER set so far.
+        let owner = match self.rules.user().map(str::to_string) {
+            Some(user) => {
+                let (uid, gid) = self
+                    .users()?
+                    .resolve_user(&user)
+                    .map_err(|e| format!("USER {user}: {e}"))?;
+                format!("{uid}:{gid}")
+            }
+            None => "0:0".into(),
+        };
+        self.layers.push(RecipeLayer {
+            line: step.line,
+            created_by: one_line(&step.text),
+            source: LayerOrigin::Directory,
+            destination: Some(destination),
+            destination_is_dir: true,
+            owner: Some(owner),
+            chmod: None,
+            extract: false,
+        });
+        Ok(())
+    }
+
+    fn copy(&mut self, step: &Step, copy: CopyPlan) -> Result<RecipeLayer, String> {
+        let mut as_text = copy.destination.display().to_string();
+        if copy.is_dir() && as_text != "/" {
             as_text.push('/');
         }
         let resolved = resolve_destination(self.root, &as_text).map_err(|e| e.to_string())?;
-        let destination_is_dir = written_as_dir || several || is_dir(self.root, &resolved);
+        let destination_is_dir = copy.is_dir() || is_dir(self.root, &resolved);
         add_directories(self.root, &resolved, &mut self.base_directories)
             .map_err(|e| e.to_string())?;
-        let owner = match &args.chown {
-            Some(word) => {
-                let spec = self.expand(word)?;
+        let owner = match &copy.chown {
+            Some(spec) => {
                 let (uid, gid) = self
                     .users()?
-                    .resolve_chown(&spec)
+                    .resolve_chown(spec)
                     .map_err(|e| format!("--chown={spec}: {e}"))?;
                 format!("{uid}:{gid}")
             }
             None => "0:0".into(),
         };
-        let chmod = match &args.chmod {
-            Some(word) => {
-                let mode = self.expand(word)?;
-                let bits = u32::from_str_radix(&mode, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| format!("--chmod={mode}: not an octal mode"))?;
-                Some(format!("{bits:04o}"))
-            }
-            None => None,
-        };
-        let mut files = Vec::new();
-        for heredoc in &args.heredocs {
-            let content = if heredoc.expand {
-                expand_heredoc(&heredoc.content, self.plan.escape, &mut |n| self.lookup(n))
-                    .map_err(|e| format!("<<{}: {e}", heredoc.name))?
-            } else {
-                heredoc.content.clone()
-            };
-            files.push(InlineFile {
-                name: heredoc.name.clone(),
-                content,
-            });
-        }
+        let files = copy
+            .files
+            .into_iter()
+            .map(|(name, content)| InlineFile { name, content })
+            .collect();
         let source = match &step.source {
             Some(CopySource::Stage { paths, exports, .. })
             | Some(CopySource::Image { paths, exports, .. }) => {
@@ -499,15 +325,11 @@ impl<'a> Evaluation<'a> {
             }
             Some(CopySource::Inline) => LayerOrigin::Inline { files },
             Some(CopySource::Context) | None => LayerOrigin::Context {
-                paths: args
-                    .sources
-                    .iter()
-                    .map(|s| self.expand(s))
-                    .collect::<Result<_, _>>()?,
+                paths: copy.sources,
                 files,
             },
         };
-        let extract = add && matches!(source, LayerOrigin::Context { .. });
+        let extract = copy.add && matches!(source, LayerOrigin::Context { .. });
         Ok(RecipeLayer {
             line: step.line,
             created_by: one_line(&step.text),
@@ -515,46 +337,10 @@ impl<'a> Evaluation<'a> {
             destination: Some(resolved.display().to_string()),
             destination_is_dir,
             owner: Some(owner),
-            chmod,
+            chmod: copy.chmod.map(|bits| format!("{bits:04o}")),
             extract,
         })
     }
-}
-
-/// EXPOSE words as the config wants them: `80/tcp`, ranges spelled out.
-fn expose_ports(spec: &str) -> Result<Vec<String>, String> {
-    let (range, protocol) = match spec.split_once('/') {
-        Some((range, protocol)) => (range, protocol.to_ascii_lowercase()),
-        None => (spec, "tcp".to_string()),
-    };
-    let bad = || format!("EXPOSE `{spec}`: not PORT[/tcp|udp|sctp] or a range such as 8000-8010");
-    if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(bad());
-    }
-    let (low, high) = range.split_once('-').unwrap_or((range, range));
-    let (low, high): (u16, u16) = (
-        low.parse().map_err(|_| bad())?,
-        high.parse().map_err(|_| bad())?,
-    );
-    if low > high {
-        return Err(bad());
-    }
-    Ok((low..=high).map(|p| format!("{p}/{protocol}")).collect())
-}
-
-/// `.` and `..` resolved lexically (`..` stops at `/`).
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 fn one_line(text: &str) -> String {
@@ -716,18 +502,6 @@ pub fn assemble_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expose_spells_out_ranges_and_protocols() {
-        assert_eq!(expose_ports("80").unwrap(), ["80/tcp"]);
-        assert_eq!(expose_ports("53/UDP").unwrap(), ["53/udp"]);
-        assert_eq!(
-            expose_ports("8000-8002/tcp").unwrap(),
-            ["8000/tcp", "8001/tcp", "8002/tcp"]
-        );
-        assert!(expose_ports("http").is_err());
-        assert!(expose_ports("9-1").is_err());
-    }
 
     #[test]
     fn the_runtimes_variables_are_not_the_images() {

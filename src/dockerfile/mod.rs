@@ -1,13 +1,14 @@
 //! The Dockerfile frontend: text → stages of typed instructions, each with
 //! its line numbers and original text; variable expansion with Docker's
-//! rules; the `.dockerignore` matcher; and the planner that turns the stage
-//! graph into a [`crate::plan::BuildPlan`].
+//! rules; the evaluator that applies a stage's instructions in order
+//! ([`eval`]: what the chain pods and the final image's recipe share); the
+//! `.dockerignore` matcher. The planner ([`crate::plan`]) builds on it.
 
 pub mod dockerignore;
+pub mod eval;
 pub mod expand;
 pub mod instruction;
 pub mod lexer;
-pub mod planner;
 pub mod words;
 
 use std::collections::BTreeMap;

@@ -99,11 +99,11 @@ use std::sync::{Arc, Mutex};
 use super::context::{BuildContext, Materialised};
 use super::{StageError, io_err};
 use crate::contract::{
-    ChainFailure, ChainResult, SHARED_DIRS, WORKDIR_ENV, Workspace, failure_json, publish_result,
+    ChainFailure, ChainResult, POD_ENV, SHARED_DIRS, WORKDIR_ENV, Workspace, failure_json,
+    publish_result,
 };
-use crate::dockerfile::{
-    CommandForm, CopyArgs, DockerIgnore, Heredoc, Instruction, RunArgs, expand_heredoc, expand_word,
-};
+use crate::dockerfile::DockerIgnore;
+use crate::dockerfile::eval::{CopyPlan, Effect, Evaluator, RunCommand, RunPlan, image_env};
 use crate::plan::{BuildPlan, Chain, ChainStage, CopySource, Step};
 use crate::rootfs::ScratchDir;
 use crate::rootfs::copy::{
@@ -112,10 +112,6 @@ use crate::rootfs::copy::{
 };
 use crate::rootfs::users::Users;
 
-/// The workspace inside every pod.
-pub const DEFAULT_WORKSPACE: &str = "/.slimforge";
-/// PATH for RUN when the environment has none (Docker's default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long the output of a finished RUN may still come (from processes
 /// it left in the background).
 const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -250,31 +246,23 @@ fn run_chain(options: &RunOptions) -> Result<ChainResult, StageError> {
     })
 }
 
-struct Runner<'a> {
-    plan: &'a BuildPlan,
+struct Runner {
     workspace: Workspace,
     /// The build context's directory.
     context: PathBuf,
     users: Users,
     ignore: Option<DockerIgnore>,
-    /// The environment of later steps (starts as the process's).
-    env: BTreeMap<String, String>,
-    /// Names the Dockerfile's ENV (or the image's, for HOME) set: HOME
-    /// then is not replaced.
-    env_set: Vec<String>,
-    /// The current stage's ARGs with a value.
-    args: BTreeMap<String, String>,
-    workdir: PathBuf,
+    /// The Dockerfile's rules, applied step by step.
+    rules: Evaluator,
     /// uid:gid for RUN.
     user: (u32, u32),
-    shell: Vec<String>,
 }
 
 type StepResult<T> = Result<T, Box<ChainFailure>>;
 
-impl<'a> Runner<'a> {
+impl Runner {
     fn new(
-        plan: &'a BuildPlan,
+        plan: &BuildPlan,
         workspace: &Path,
         context: &Path,
         whoami: &Path,
@@ -308,35 +296,26 @@ impl<'a> Runner<'a> {
             None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
         };
         let users = Users::load(Path::new("/"));
+        // The image's ENV: this process's (uid 0), but for the pod's plumbing.
         let env: BTreeMap<String, String> = std::env::vars_os()
-            .filter(|(k, _)| k != WORKDIR_ENV)
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| !POD_ENV.contains(&k.as_str()))
             .collect();
-        // The runtime sets HOME for this process (uid 0) only when the
-        // image's ENV has none: another value is the image's own, and stays.
-        let mut env_set = Vec::new();
-        if env.get("HOME").is_some_and(|home| *home != users.home(0)) {
-            env_set.push("HOME".to_string());
-        }
+        let env = image_env(env, &users.home(0));
         Ok(Self {
-            plan,
             workspace: Workspace::new(workspace),
             context: context.to_path_buf(),
             users,
             ignore,
-            env,
-            env_set,
-            args: BTreeMap::new(),
-            workdir,
+            rules: Evaluator::new(plan.escape, env, workdir),
             user,
-            shell: vec!["/bin/sh".into(), "-c".into()],
         })
     }
 
     fn run_chain(&mut self, chain: &Chain) -> StepResult<Vec<String>> {
         let mut written = Vec::new();
         for stage in &chain.stages {
-            self.args.clear();
+            self.rules.start_stage();
             for step in &stage.steps {
                 let first_line = step.text.lines().next().unwrap_or_default();
                 eprintln!("[{} {}] {first_line}", stage.stage.id(), step.line);
@@ -408,107 +387,45 @@ impl<'a> Runner<'a> {
         Box::new(failure)
     }
 
-    fn lookup(&self, name: &str) -> Option<String> {
-        self.env.get(name).or_else(|| self.args.get(name)).cloned()
-    }
-
-    fn expand(&self, word: &str) -> Result<String, StepError> {
-        expand_word(word, self.plan.escape, &mut |name| self.lookup(name))
-            .map_err(|e| StepError::Other(format!("`{word}`: {e}")))
-    }
-
     fn step(&mut self, stage: &ChainStage, step: &Step) -> Result<(), StepError> {
-        match &step.instruction {
-            Instruction::Arg(_) => {
-                for binding in &step.args {
-                    let value = binding.value(|word| self.expand(word))?;
-                    match value {
-                        Some(value) => self.args.insert(binding.name.clone(), value),
-                        None => self.args.remove(&binding.name),
-                    };
-                }
-            }
-            Instruction::Env(pairs) => {
-                // Every value sees the environment from before the instruction.
-                let values = pairs
-                    .iter()
-                    .map(|pair| self.expand(&pair.value))
-                    .collect::<Result<Vec<_>, _>>()?;
-                for (pair, value) in pairs.iter().zip(values) {
-                    self.env.insert(pair.key.clone(), value);
-                    self.env_set.push(pair.key.clone());
-                }
-            }
-            Instruction::Workdir(word) => {
-                let dir = normalize(&self.workdir.join(self.expand(word)?));
-                create_owned(&dir, self.user)?;
-                self.workdir = dir;
-            }
-            Instruction::User(word) => {
-                let spec = self.expand(word)?;
+        let effect = self
+            .rules
+            .apply(&step.instruction, &step.args)
+            .map_err(StepError::Other)?;
+        match effect {
+            Effect::Workdir(dir) => create_owned(&dir, self.user)?,
+            Effect::User(spec) => {
                 self.user = self
                     .users
                     .resolve_user(&spec)
                     .map_err(|e| StepError::Other(format!("USER {spec}: {e}")))?;
             }
-            Instruction::Shell(shell) => self.shell = shell.clone(),
-            Instruction::Copy(args) | Instruction::Add(args) => {
-                let add = matches!(step.instruction, Instruction::Add(_));
-                self.copy(args, step.source.as_ref(), add)?;
-            }
-            Instruction::Run(args) => {
-                self.run(stage, step, args)?;
+            Effect::Copy(copy) => self.copy(copy, step.source.as_ref())?,
+            Effect::Run(run) => {
+                self.run(stage, step, run)?;
                 // A RUN may add users (adduser): later USER and --chown see them.
                 self.users = Users::load(Path::new("/"));
             }
-            // Metadata: nothing to do in a builder chain.
-            Instruction::From(_)
-            | Instruction::Label(_)
-            | Instruction::Maintainer(_)
-            | Instruction::Cmd(_)
-            | Instruction::Entrypoint(_)
-            | Instruction::Expose(_)
-            | Instruction::StopSignal(_)
-            | Instruction::Healthcheck(_)
-            | Instruction::Volume(_) => {}
+            // ARG, ENV, SHELL and metadata: the evaluator's state only.
+            Effect::None => {}
         }
         Ok(())
     }
 
-    fn copy(
-        &mut self,
-        args: &CopyArgs,
-        source: Option<&CopySource>,
-        add: bool,
-    ) -> Result<(), StepError> {
-        let written = self.expand(&args.destination)?;
-        let destination_is_dir = crate::dockerfile::instruction::written_as_directory(&written);
-        let destination = normalize(&self.workdir.join(&written));
-        let owner = match &args.chown {
-            Some(word) => {
-                let spec = self.expand(word)?;
-                self.users
-                    .resolve_chown(&spec)
-                    .map_err(|e| StepError::Other(format!("--chown={spec}: {e}")))?
-            }
+    fn copy(&mut self, copy: CopyPlan, source: Option<&CopySource>) -> Result<(), StepError> {
+        let owner = match &copy.chown {
+            Some(spec) => self
+                .users
+                .resolve_chown(spec)
+                .map_err(|e| StepError::Other(format!("--chown={spec}: {e}")))?,
             None => (0, 0),
         };
-        let chmod =
-            match &args.chmod {
-                Some(word) => {
-                    let mode = self.expand(word)?;
-                    Some(u32::from_str_radix(&mode, 8).map_err(|_| {
-                        StepError::Other(format!("--chmod={mode}: not an octal mode"))
-                    })?)
-                }
-                None => None,
-            };
         let request = CopyRequest {
-            destination: destination.clone(),
-            destination_is_dir,
+            destination: copy.destination.clone(),
+            destination_is_dir: copy.written_as_dir,
             owner,
-            chmod,
-            extract_archives: add,
+            chmod: copy.chmod,
+            extract_archives: copy.add,
         };
         // Every root (the context, or one unpacked export per path) with
         // its matches: Docker counts them all before copying anything.
@@ -535,26 +452,21 @@ impl<'a> Runner<'a> {
             }
             Some(CopySource::Inline) => {}
             Some(CopySource::Context) | None => {
-                if !args.sources.is_empty() {
-                    let sources = args
-                        .sources
-                        .iter()
-                        .map(|s| self.expand(s))
-                        .collect::<Result<Vec<_>, _>>()?;
+                if !copy.sources.is_empty() {
                     let root = SourceRoot {
                         dir: &self.context,
                         ignore: self.ignore.as_ref(),
                     };
-                    let matches = match_sources(&root, &sources)
+                    let matches = match_sources(&root, &copy.sources)
                         .map_err(|e| StepError::Other(e.to_string()))?;
                     roots.push((self.context.clone(), self.ignore.as_ref(), matches));
                 }
             }
         }
-        let names: Vec<&str> = args
-            .heredocs
+        let names: Vec<&str> = copy
+            .files
             .iter()
-            .map(|h| h.name.as_str())
+            .map(|(name, _)| name.as_str())
             .chain(
                 roots
                     .iter()
@@ -564,8 +476,8 @@ impl<'a> Runner<'a> {
         request
             .check_source_count(&names)
             .map_err(|e| StepError::Other(e.to_string()))?;
-        for heredoc in &args.heredocs {
-            self.copy_heredoc(heredoc, &destination, destination_is_dir, owner, chmod)?;
+        for (name, content) in &copy.files {
+            write_heredoc(name, content, &request)?;
         }
         let mut links = HardLinks::default();
         for (dir, ignore, matches) in &roots {
@@ -581,89 +493,29 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    fn copy_heredoc(
-        &self,
-        heredoc: &Heredoc,
-        destination: &Path,
-        is_dir: bool,
-        owner: (u32, u32),
-        chmod: Option<u32>,
-    ) -> Result<(), StepError> {
-        let content = if heredoc.expand {
-            expand_heredoc(&heredoc.content, self.plan.escape, &mut |n| self.lookup(n))
-                .map_err(|e| StepError::Other(e.to_string()))?
-        } else {
-            heredoc.content.clone()
-        };
-        let target = if is_dir || destination.is_dir() {
-            destination.join(&heredoc.name)
-        } else {
-            destination.to_path_buf()
-        };
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| other(parent, e))?;
-        }
-        fs::write(&target, content).map_err(|e| other(&target, e))?;
-        std::os::unix::fs::lchown(&target, Some(owner.0), Some(owner.1))
-            .map_err(|e| other(&target, e))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(chmod.unwrap_or(0o644)))
-            .map_err(|e| other(&target, e))
-    }
-
     /// The argv of a RUN, and a script file to remove afterwards.
-    fn argv(&self, args: &RunArgs) -> Result<(Vec<String>, Option<PathBuf>), StepError> {
-        match &args.command {
-            CommandForm::Exec(words) => Ok((words.clone(), None)),
-            CommandForm::Shell(line) => {
-                let body = |h: &Heredoc| -> Result<String, StepError> {
-                    if h.expand {
-                        expand_heredoc(&h.content, self.plan.escape, &mut |n| self.lookup(n))
-                            .map_err(|e| StepError::Other(e.to_string()))
-                    } else {
-                        Ok(h.content.clone())
-                    }
-                };
-                let single = args.heredocs.len() == 1
-                    && crate::dockerfile::lexer::heredoc_marker(line.trim(), self.plan.escape)
-                        .is_some_and(|m| m.name == args.heredocs[0].name);
-                if single {
-                    let script = body(&args.heredocs[0])?;
-                    if script.starts_with("#!") {
-                        let tmp = self.workspace.tmp();
-                        fs::create_dir_all(&tmp).map_err(|e| other(&tmp, e))?;
-                        let path = tmp.join(format!("run-{}", std::process::id()));
-                        fs::write(&path, script).map_err(|e| other(&path, e))?;
-                        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                            .map_err(|e| other(&path, e))?;
-                        return Ok((vec![path.display().to_string()], Some(path)));
-                    }
-                    let mut argv = self.shell.clone();
-                    argv.push(script);
-                    return Ok((argv, None));
-                }
-                let mut script = line.clone();
-                for h in &args.heredocs {
-                    script.push('\n');
-                    script.push_str(&body(h)?);
-                    script.push_str(&h.name);
-                }
-                let mut argv = self.shell.clone();
-                argv.push(script);
-                Ok((argv, None))
+    fn argv(&self, command: RunCommand) -> Result<(Vec<String>, Option<PathBuf>), StepError> {
+        match command {
+            RunCommand::Argv(argv) => Ok((argv, None)),
+            RunCommand::Script(script) => {
+                let tmp = self.workspace.tmp();
+                fs::create_dir_all(&tmp).map_err(|e| other(&tmp, e))?;
+                let path = tmp.join(format!("run-{}", std::process::id()));
+                fs::write(&path, script).map_err(|e| other(&path, e))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| other(&path, e))?;
+                Ok((vec![path.display().to_string()], Some(path)))
             }
         }
     }
 
-    fn run(&mut self, stage: &ChainStage, step: &Step, args: &RunArgs) -> Result<(), StepError> {
-        let (argv, script) = self.argv(args)?;
+    fn run(&mut self, stage: &ChainStage, step: &Step, run: RunPlan) -> Result<(), StepError> {
+        let (argv, script) = self.argv(run.command)?;
         let Some((program, rest)) = argv.split_first() else {
             return Err(StepError::Other("empty command".into()));
         };
-        let mut env: BTreeMap<String, String> = self.args.clone();
-        env.extend(self.env.clone());
-        env.entry("PATH".into())
-            .or_insert_with(|| DEFAULT_PATH.into());
-        if !self.env_set.iter().any(|k| k == "HOME") {
+        let mut env = run.env;
+        if run.needs_home {
             env.insert("HOME".into(), self.users.home(self.user.0));
         }
         let prefix = format!("[{} {}]", stage.stage.id(), step.line);
@@ -674,7 +526,7 @@ impl<'a> Runner<'a> {
                 .args(rest)
                 .env_clear()
                 .envs(&env)
-                .current_dir(&self.workdir)
+                .current_dir(self.rules.workdir())
                 .uid(self.user.0)
                 .gid(self.user.1)
                 .stdin(Stdio::null())
@@ -746,6 +598,25 @@ fn consumers(export: &crate::plan::Export) -> String {
     list.join(", ")
 }
 
+/// A COPY heredoc: the file named by its delimiter (in the destination
+/// when that is a directory), as `request` says.
+fn write_heredoc(name: &str, content: &str, request: &CopyRequest) -> Result<(), StepError> {
+    let destination = &request.destination;
+    let target = if request.destination_is_dir || destination.is_dir() {
+        destination.join(name)
+    } else {
+        destination.to_path_buf()
+    };
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(|e| other(parent, e))?;
+    }
+    fs::write(&target, content).map_err(|e| other(&target, e))?;
+    let (uid, gid) = request.owner;
+    std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(|e| other(&target, e))?;
+    let mode = request.chmod.unwrap_or(0o644);
+    fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(|e| other(&target, e))
+}
+
 /// Why a step failed.
 #[derive(Debug)]
 enum StepError {
@@ -772,21 +643,6 @@ fn create_owned(dir: &Path, owner: (u32, u32)) -> Result<(), StepError> {
     }
     std::os::unix::fs::lchown(dir, Some(owner.0), Some(owner.1)).map_err(|e| other(dir, e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| other(dir, e))
-}
-
-/// `.` and `..` resolved lexically (`..` stops at `/`).
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            std::path::Component::Normal(part) => out.push(part),
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -839,11 +695,5 @@ mod tests {
                 .unwrap();
         assert_eq!(result["status"], "failed");
         assert!(result["error"].as_str().unwrap().contains("no chain"));
-    }
-
-    #[test]
-    fn paths_normalize_lexically() {
-        assert_eq!(normalize(Path::new("/go/./a/../b")), Path::new("/go/b"));
-        assert_eq!(normalize(Path::new("/../..")), Path::new("/"));
     }
 }

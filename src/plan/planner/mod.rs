@@ -30,7 +30,7 @@ mod waves;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Dockerfile, DockerfileError, InstructionError, Stage, Statement};
+use crate::dockerfile::{Dockerfile, DockerfileError, InstructionError, Stage, Statement};
 use crate::oci::Platform;
 use crate::plan::{BuildPlan, PlanError, PlanRequest, StageRef, Warning};
 use budget::Budget;
@@ -41,7 +41,7 @@ pub use budget::MAX_EXPANSION_BYTES;
 
 /// Parses the request's Dockerfile and plans the build.
 pub fn build_plan(request: &PlanRequest) -> Result<BuildPlan, PlanError> {
-    let file = super::parse(&request.dockerfile)?;
+    let file = crate::dockerfile::parse(&request.dockerfile)?;
     plan_parsed(&file, request)
 }
 

@@ -16,10 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ImageBuildSpec;
 use crate::contract::PLAN_ENV;
+pub use crate::dockerfile::eval::{ArgBinding, ArgOrigin};
 use crate::dockerfile::{DockerfileError, Instruction};
 use crate::schema::{DockerfileSource, DockerfileSourceError, dockerfile_source};
 
-pub use crate::dockerfile::planner::build_plan;
+pub mod planner;
+
+pub use planner::build_plan;
 
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -286,45 +289,6 @@ pub enum CopySource {
         paths: Vec<String>,
         exports: Vec<String>,
     },
-}
-
-/// How a stage's ARG gets its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ArgBinding {
-    pub name: String,
-    pub from: ArgOrigin,
-    /// `buildArg`/`global`: the value; `default`: the word to expand when
-    /// the ARG is reached; `unset`: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-}
-
-impl ArgBinding {
-    /// The value the ARG takes when it is reached (`None`: unset), a
-    /// default word expanded with `expand`.
-    pub fn value<E>(
-        &self,
-        expand: impl FnOnce(&str) -> Result<String, E>,
-    ) -> Result<Option<String>, E> {
-        Ok(match self.from {
-            ArgOrigin::BuildArg | ArgOrigin::Global => self.value.clone(),
-            ArgOrigin::Default => match &self.value {
-                Some(word) => Some(expand(word)?),
-                None => None,
-            },
-            ArgOrigin::Unset => None,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ArgOrigin {
-    BuildArg,
-    Global,
-    Default,
-    Unset,
 }
 
 /// Files a chain or extraction hands to later stages, as one archive.

@@ -14,9 +14,6 @@ use crate::dockerfile::{
 };
 use crate::plan::ArgBinding;
 
-/// Docker's PATH for an image without one (scratch).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// What the walk learnt of one instruction.
 #[derive(Debug, Clone, Default)]
 pub(super) struct StepFacts {
@@ -98,7 +95,7 @@ impl Planner<'_> {
                 }
             }
             Ok(Base::Image { reference, .. }) if reference == "scratch" => {
-                let path = Binding::Set(DEFAULT_PATH.into());
+                let path = Binding::Set(crate::dockerfile::eval::DEFAULT_PATH.into());
                 let scope = Scope {
                     env: BTreeMap::from([("PATH".into(), path)]),
                     ..Scope::default()
