@@ -1,26 +1,16 @@
 //! The final image's recipe: the final stage evaluated where the base's
 //! filesystem and environment are (the probe pod; an empty root for
-//! scratch), because the assemble pod that follows it has neither.
+//! scratch), because the assemble pod that follows it has neither; and the
+//! assemble spec made from it. The workspace files it reads and writes are
+//! [`crate::contract`]'s.
 //!
-//! Workspace files (`/.slimforge/` in every pod):
-//! - `results/probe.json`: the [`FinalRecipe`] the probe wrote;
-//! - `exports/<export-id>.tar`: the archives a layer's `exports` name;
-//! - `exports/snapshot.tar`: the runtime pod's snapshot layer;
-//! - `context/`: the build context (`--context` overrides);
-//! - `tmp/`: the assemble pod's scratch space (removed after each layer);
-//! - `results/assemble.json`: the assemble result (the controller's `--result`).
-//!
-//! Rules (Docker's): ARG values come from the plan's bindings; ENV expands
-//! with the environment before it and merges by key; WORKDIR is taken
-//! relative to the previous one; a COPY/ADD destination is made absolute
-//! against WORKDIR, is a directory when written with a trailing `/` (or
-//! `.`, `..`), for several sources or when it is a directory in the base,
-//! and lands where the base's symlinks lead; `--chown` names come from the
-//! base's /etc/passwd and /etc/group; shell-form CMD/ENTRYPOINT run through
-//! the current SHELL; ENTRYPOINT clears a CMD not set in the same stage.
-//! A WORKDIR the base lacks is a layer of its own: the directory, 0755,
-//! owned by the USER set before it (root when none: the base's own USER is
-//! not known here). Not done: SHELL is not recorded in the config.
+//! The Dockerfile's rules are [`crate::dockerfile::eval`]'s. What is done
+//! here with their results: a COPY/ADD destination lands where the base's
+//! symlinks lead, and is a directory too when the base has one there;
+//! `--chown` names come from the base's /etc/passwd and /etc/group; a
+//! WORKDIR the base lacks is a layer of its own: the directory, 0755, owned
+//! by the USER set before it (root when none: the base's own USER is not
+//! known here). Not done: SHELL is not recorded in the config.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! The objects of one build generation, built from the ImageBuild and its
-//! plan: the workspace claim and the pods of DESIGN.md's data flow. Pure:
-//! the same inputs give the same objects, byte for byte.
+//! plan: the workspace claim and the pods of the data flow in
+//! docs/architecture.md. Pure: the same inputs give the same objects, byte
+//! for byte.
 
 use std::collections::BTreeMap;
 

@@ -39,16 +39,15 @@
 //!   process), a `#!` heredoc script of a RUN, a runtime chain's snapshot
 //!   state (`snapshot-<chain>`).
 //!
-//! Rules applied (Docker's, unless said otherwise):
-//! - the environment starts as this process's (the image's ENV); ENV words
-//!   expand with it, ARG values are visible to expansion and to RUN, and an
-//!   ENV of the same name wins over an ARG; ARGs are per stage, ENV, WORKDIR,
-//!   USER and SHELL carry over to the next stage of the chain;
-//! - WORKDIR is expanded, taken relative to the previous one (initially this
-//!   process's cwd, the image's WORKDIR); the directories it creates are
-//!   0755 and owned by the current RUN user (as BuildKit does: `USER app`
-//!   then `WORKDIR /app` gives app a place to write); existing ones are
-//!   left alone;
+//! Rules applied: the Dockerfile's are [`crate::dockerfile::eval`]'s (the
+//! same evaluator as the final image's recipe); here, on the real
+//! filesystem (Docker's, unless said otherwise):
+//! - the image's ENV is this process's, less the pods' own variables
+//!   ([`crate::contract::POD_ENV`]); its WORKDIR is this process's cwd (or
+//!   `$SLIMFORGE_WORKDIR`);
+//! - the directories a WORKDIR creates are 0755 and owned by the current
+//!   RUN user (as BuildKit does: `USER app` then `WORKDIR /app` gives app a
+//!   place to write); existing ones are left alone;
 //! - COPY/ADD sources are relative to the context (or the export's root),
 //!   never leave it, may be globs; a directory source copies its contents;
 //!   more than one thing to copy (every glob match of every source, and
@@ -68,18 +67,14 @@
 //! - RUN runs as the Dockerfile's USER (name or `uid[:gid]` through
 //!   /etc/passwd, a uid not found there gets gid 0), else the whoami user,
 //!   with no supplementary groups (std drops them when it switches user as
-//!   root), env = ARGs + current environment + PATH defaulted when unset +
-//!   HOME from /etc/passwd (`/` when none) unless ENV set HOME (the
-//!   Dockerfile's, or the image's: a HOME in this process's environment
-//!   other than root's passwd home); non-UTF-8 variables are dropped; every
-//!   step is announced on stderr as `[stage LINE] instruction`, a RUN's
-//!   output follows line by line with the same prefix, the last 40 lines
-//!   are kept for the failure report; output of processes a RUN leaves in
-//!   the background is not waited for beyond 2 s (and, the helper being
-//!   PID 1 in the pod, such orphans are not reaped);
-//! - a RUN heredoc follows [`RunArgs`]: a command that is one heredoc runs
-//!   its body through SHELL (or, starting with `#!`, as a script file in
-//!   `tmp/`); otherwise line, bodies and terminators go to SHELL together.
+//!   root), with the evaluator's environment and HOME from /etc/passwd
+//!   (`/` when none) unless the image or an ENV set HOME; non-UTF-8
+//!   variables are dropped; every step is announced on stderr as `[stage
+//!   LINE] instruction`, a RUN's output follows line by line with the same
+//!   prefix, the last 40 lines are kept for the failure report; output of
+//!   processes a RUN leaves in the background is not waited for beyond 2 s
+//!   (and, the helper being PID 1 in the pod, such orphans are not reaped);
+//! - a `#!` RUN heredoc is written as a script file in `tmp/` and run.
 //!
 //! Not done yet: ADD of zstd-compressed tars (Docker extracts them; here
 //! they are copied as files), `--chown` on ADD-extracted archives (archive
