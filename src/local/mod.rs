@@ -114,19 +114,17 @@ async fn run(
     let git_credentials_dir = check_references(manifest, options, workdir)?;
     let lock = lock::lock_build(shell.podman(), &ib.name_any(), &shell.progress).await?;
     shell.hold(lock);
-    let auth = credentials::auth_file(options.push_secret.as_deref())?;
-    let auth_dir = match &auth {
-        Some(file) => Some(credentials::private_auth_dir(workdir, file)?),
-        None => None,
-    };
-    // The push credentials found here go to the assemble pod, as a
-    // spec.output.pushSecret would in a cluster, named or not.
-    if auth.is_some() && ib.spec.output.push_secret.is_none() {
-        ib.spec.output.push_secret = Some("local-push-credentials".into());
-    }
+    let (auth, auth_dir) = push_credentials(&mut ib, options, workdir)?;
     let settings = Settings {
-        helper_image: helper_image(shell, &ib, &validated, options, auth.as_deref(), workdir)
-            .await?,
+        helper_image: helper_image(
+            shell,
+            &ib,
+            validated.as_ref(),
+            options,
+            auth.as_deref(),
+            workdir,
+        )
+        .await?,
         ..Settings::default()
     };
     announce(shell, &ib, validated.as_ref());
@@ -143,6 +141,25 @@ async fn run(
     let timeline = shell.timeline();
     shell.progress.timeline(&timeline);
     outcome(decision.status, timeline)
+}
+
+/// The push credentials (`--push-secret`, else the usual auth file) and
+/// their private copy's directory for the assemble pod. They go to it as a
+/// `spec.output.pushSecret` would in a cluster, named in the spec or not.
+fn push_credentials(
+    ib: &mut ImageBuild,
+    options: &BuildOptions,
+    workdir: &Path,
+) -> Result<(Option<PathBuf>, Option<PathBuf>), LocalError> {
+    let Some(auth) = credentials::auth_file(options.push_secret.as_deref())? else {
+        return Ok((None, None));
+    };
+    let auth_dir = credentials::private_auth_dir(workdir, &auth)?;
+    ib.spec
+        .output
+        .push_secret
+        .get_or_insert_with(|| "local-push-credentials".into());
+    Ok((Some(auth), Some(auth_dir)))
 }
 
 /// The spec checked and its Dockerfile planned; `None` for a git context,
@@ -213,7 +230,7 @@ fn check_references(
 async fn helper_image(
     shell: &PodmanShell,
     ib: &ImageBuild,
-    validated: &Option<Validated>,
+    validated: Option<&Validated>,
     options: &BuildOptions,
     auth: Option<&Path>,
     workdir: &Path,
