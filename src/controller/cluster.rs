@@ -1,6 +1,7 @@
-//! The Kubernetes shell: reads what exists (dereference), hands it to the
-//! pure core, and carries the decision out: children created and deleted,
-//! status applied server-side under one field manager, events recorded.
+//! The Kubernetes shell: the driver's [`Shell`] on the API server (reads
+//! what exists, creates and deletes children), one [`pass`] per reconcile,
+//! then the status applied server-side under one field manager, events
+//! recorded and metrics observed.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -10,17 +11,17 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::reconcile::{Decision, Observed, PodPhase, PodState, Waiting, reconcile};
+use super::driver::{Created, Shell, pass};
+use super::pods::UnitIdentity;
+use super::reconcile::{Decision, Observed, PodPhase, PodState, Waiting};
 use super::status::{BuildState, Reason, conditions};
-use super::{
-    ATTEMPT_LABEL, BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings,
-    UNIT_LABEL,
-};
+use super::{BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
 use crate::controller::metrics::Metrics;
 
@@ -51,91 +52,26 @@ pub struct Context {
     pub in_flight: Mutex<BTreeSet<String>>,
 }
 
-/// One reconcile of one ImageBuild.
+/// One reconcile of one ImageBuild: one driver pass, then its status,
+/// events and metrics.
 pub async fn reconcile_build(
     object: Arc<DeserializeGuard<ImageBuild>>,
     context: Arc<Context>,
 ) -> Result<Action, ClusterError> {
     let ib = match &object.0 {
         Ok(ib) => ib,
-        Err(invalid) => {
-            // A malformed object: say so on it, never break the watch.
-            let name = invalid.metadata.name.clone().unwrap_or_default();
-            let namespace = invalid
-                .metadata
-                .namespace
-                .clone()
-                .ok_or(ClusterError::NoNamespace)?;
-            let generation = invalid.metadata.generation.unwrap_or(1);
-            let status = ImageBuildStatus {
-                phase: Some(Phase::Failed),
-                observed_generation: Some(generation),
-                conditions: conditions(
-                    &[],
-                    generation,
-                    BuildState::Failed,
-                    Reason::InvalidSpec,
-                    &format!(
-                        "the ImageBuild does not match its schema: {}",
-                        invalid.error
-                    ),
-                    Timestamp::now(),
-                ),
-                ..ImageBuildStatus::default()
-            };
-            let api: Api<ImageBuild> = Api::namespaced(context.client.clone(), &namespace);
-            patch_status(&api, &name, &status).await?;
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return report_malformed(invalid, &context).await,
     };
     let namespace = ib.namespace().ok_or(ClusterError::NoNamespace)?;
-    let name = ib.name_any();
-    let client = context.client.clone();
-    let observed = dereference(&client, ib, &namespace).await?;
-    let now = Timestamp::now();
-    let mut decision = reconcile(ib, &observed, &context.settings, now);
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-    for pod in &decision.delete_pods {
-        delete(&pods, "Pod", pod).await?;
-    }
-    for claim in &decision.delete_claims {
-        delete(&claims, "PersistentVolumeClaim", claim).await?;
-    }
-    if let Some(claim) = &decision.create_claim {
-        create(&claims, "PersistentVolumeClaim", claim).await?;
-    }
-    for pod in &decision.create_pods {
-        match pods.create(&PostParams::default(), pod).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(kube::Error::Api(status))
-                if status.code == 403 && status.message.contains("PodSecurity") =>
-            {
-                // The namespace's Pod Security level: the core says what that means.
-                let observed = Observed {
-                    forbidden: Some(status.message.clone()),
-                    ..observed.clone()
-                };
-                decision = reconcile(ib, &observed, &context.settings, now);
-                break;
-            }
-            Err(source) => {
-                return Err(ClusterError::Kube {
-                    action: "creating",
-                    kind: "Pod",
-                    name: pod.name_any(),
-                    source,
-                });
-            }
-        }
-    }
-
-    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &namespace);
+    let mut shell = ClusterShell {
+        client: context.client.clone(),
+        namespace: namespace.clone(),
+    };
+    let decision = pass(&mut shell, ib, &context.settings, Timestamp::now()).await?;
     let previous = ib.status.clone().unwrap_or_default();
     if previous != decision.status {
-        patch_status(&api, &name, &decision.status).await?;
+        let api: Api<ImageBuild> = Api::namespaced(context.client.clone(), &namespace);
+        patch_status(&api, &ib.name_any(), &decision.status).await?;
     }
     record(&context, ib, &decision).await;
     observe_metrics(&context, ib, &previous, &decision);
@@ -143,6 +79,40 @@ pub async fn reconcile_build(
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// A malformed object: say so on it (Failed, `InvalidSpec`), never break
+/// the watch.
+async fn report_malformed(
+    invalid: &InvalidObject,
+    context: &Context,
+) -> Result<Action, ClusterError> {
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let namespace = invalid
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(ClusterError::NoNamespace)?;
+    let generation = invalid.metadata.generation.unwrap_or(1);
+    let status = ImageBuildStatus {
+        phase: Some(Phase::Failed),
+        observed_generation: Some(generation),
+        conditions: conditions(
+            &[],
+            generation,
+            BuildState::Failed,
+            Reason::InvalidSpec,
+            &format!(
+                "the ImageBuild does not match its schema: {}",
+                invalid.error
+            ),
+            Timestamp::now(),
+        ),
+        ..ImageBuildStatus::default()
+    };
+    let api: Api<ImageBuild> = Api::namespaced(context.client.clone(), &namespace);
+    patch_status(&api, &name, &status).await?;
+    Ok(Action::await_change())
 }
 
 /// Requeue after an error: a short pause, not a storm.
@@ -153,6 +123,60 @@ pub fn error_policy(
 ) -> Action {
     tracing::warn!(%error, "reconcile failed");
     Action::requeue(Duration::from_secs(15))
+}
+
+/// The driver's [`Shell`] on the API server: one namespace's pods and claims.
+struct ClusterShell {
+    client: Client,
+    namespace: String,
+}
+
+impl Shell for ClusterShell {
+    type Error = ClusterError;
+
+    async fn observe(&mut self, ib: &ImageBuild) -> Result<Observed, ClusterError> {
+        dereference(&self.client, ib, &self.namespace).await
+    }
+
+    async fn create_claim(&mut self, claim: &PersistentVolumeClaim) -> Result<(), ClusterError> {
+        create(&self.claims(), "PersistentVolumeClaim", claim).await
+    }
+
+    async fn delete_claim(&mut self, name: &str) -> Result<(), ClusterError> {
+        delete(&self.claims(), "PersistentVolumeClaim", name).await
+    }
+
+    async fn create_pod(&mut self, pod: &Pod) -> Result<Created, ClusterError> {
+        match self.pods().create(&PostParams::default(), pod).await {
+            Ok(_) => Ok(Created::Done),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Created::Done),
+            Err(kube::Error::Api(status))
+                if status.code == 403 && status.message.contains("PodSecurity") =>
+            {
+                Ok(Created::Forbidden(status.message.clone()))
+            }
+            Err(source) => Err(ClusterError::Kube {
+                action: "creating",
+                kind: "Pod",
+                name: pod.name_any(),
+                source,
+            }),
+        }
+    }
+
+    async fn delete_pod(&mut self, name: &str) -> Result<(), ClusterError> {
+        delete(&self.pods(), "Pod", name).await
+    }
+}
+
+impl ClusterShell {
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
 }
 
 /// What exists: the build's pods and claims, and whether what it names is there.
@@ -273,13 +297,7 @@ where
 
 /// A pod as the core sees it.
 pub fn pod_state(pod: &Pod) -> Option<PodState> {
-    let labels = pod.labels();
-    let generation = labels.get(GENERATION_LABEL)?.parse().ok()?;
-    let unit = labels.get(UNIT_LABEL)?.parse().ok()?;
-    let attempt = labels
-        .get(ATTEMPT_LABEL)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(0);
+    let identity = UnitIdentity::from_metadata(pod.meta())?;
     let status = pod.status.clone().unwrap_or_default();
     let phase = match status.phase.as_deref() {
         Some("Running") => PodPhase::Running,
@@ -349,9 +367,9 @@ pub fn pod_state(pod: &Pod) -> Option<PodState> {
     };
     Some(PodState {
         name: pod.name_any(),
-        generation,
-        unit,
-        attempt,
+        generation: identity.generation,
+        unit: identity.unit,
+        attempt: identity.attempt,
         phase,
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         started,

@@ -1,10 +1,12 @@
 //! The operator: a pure reconcile core ([`reconcile`]) that decides, from an
 //! ImageBuild and what exists, which objects to create or delete and what
-//! the status says; pure builders for those objects ([`pods`]); and the
-//! shells that carry the decisions out (Kubernetes, and the local podman
-//! runner in [`crate::local`]).
+//! the status says; pure builders for those objects ([`pods`]); one pass of
+//! observe → reconcile → apply ([`driver`]); and the shells that carry the
+//! decisions out (Kubernetes in [`cluster`], and the local podman runner in
+//! [`crate::local`]).
 
 pub mod cluster;
+pub mod driver;
 pub mod metrics;
 pub mod pods;
 pub mod rbac;

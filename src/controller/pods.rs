@@ -178,6 +178,80 @@ pub fn build_units(ib: &ImageBuild, plan: &BuildPlan) -> Vec<Unit> {
     units
 }
 
+/// Who a pod is within its build: written onto the pod by
+/// [`BuildObjects::pod`] and read back by both shells (the Kubernetes one
+/// from the API, the local one from the pod it hands to podman), so that
+/// the labels' names and formats live in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitIdentity {
+    /// The ImageBuild generation the pod was made for.
+    pub generation: i64,
+    /// [`Unit::n`].
+    pub unit: usize,
+    /// Which attempt of the unit (0 first, more after an eviction).
+    pub attempt: u32,
+    /// [`UnitKind::role`].
+    pub role: String,
+    /// [`Unit::name`]: the stage it runs (an annotation: stage names are
+    /// not label values).
+    pub stage: String,
+}
+
+impl UnitIdentity {
+    /// The identity of `unit`'s pod for `generation`, attempt `attempt`.
+    pub fn of(unit: &Unit, generation: i64, attempt: u32) -> Self {
+        UnitIdentity {
+            generation,
+            unit: unit.n,
+            attempt,
+            role: unit.kind.role().to_string(),
+            stage: unit.name.clone(),
+        }
+    }
+
+    /// The generation, role, unit and attempt labels.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (GENERATION_LABEL.to_string(), self.generation.to_string()),
+            (ROLE_LABEL.to_string(), self.role.clone()),
+            (UNIT_LABEL.to_string(), self.unit.to_string()),
+            (ATTEMPT_LABEL.to_string(), self.attempt.to_string()),
+        ])
+    }
+
+    /// The stage annotation.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(STAGE_ANNOTATION.to_string(), self.stage.clone())])
+    }
+
+    /// The identity written on a pod, `None` when its generation or unit
+    /// label is missing or malformed (not a pod of ours). A missing attempt
+    /// is the first, a missing role or stage empty.
+    pub fn from_metadata(meta: &ObjectMeta) -> Option<Self> {
+        let labels = meta.labels.as_ref()?;
+        let generation = labels.get(GENERATION_LABEL)?.parse().ok()?;
+        let unit = labels.get(UNIT_LABEL)?.parse().ok()?;
+        let attempt = labels
+            .get(ATTEMPT_LABEL)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
+        let role = labels.get(ROLE_LABEL).cloned().unwrap_or_default();
+        let stage = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(STAGE_ANNOTATION))
+            .cloned()
+            .unwrap_or_default();
+        Some(UnitIdentity {
+            generation,
+            unit,
+            attempt,
+            role,
+            stage,
+        })
+    }
+}
+
 /// `<ib>-g<generation>-<n>`, and `-r<attempt>` for a retried pod.
 pub fn pod_name(build: &str, generation: i64, n: usize, attempt: u32) -> String {
     if attempt == 0 {
@@ -243,15 +317,14 @@ impl BuildObjects<'_> {
         ])
     }
 
-    /// The metadata of `unit`'s pod: its role, unit and attempt labels and
-    /// its stage name.
+    /// The metadata of `unit`'s pod: its [`UnitIdentity`] as labels and
+    /// annotations.
     fn pod_metadata(&self, unit: &Unit, attempt: u32) -> ObjectMeta {
+        let identity = UnitIdentity::of(unit, self.generation, attempt);
         let mut labels = self.labels(unit.kind.role());
-        labels.insert(UNIT_LABEL.to_string(), unit.n.to_string());
-        labels.insert(ATTEMPT_LABEL.to_string(), attempt.to_string());
-        let annotations = BTreeMap::from([(STAGE_ANNOTATION.to_string(), unit.name.clone())]);
+        labels.extend(identity.labels());
         let name = pod_name(&self.name(), self.generation, unit.n, attempt);
-        self.metadata(name, labels, annotations)
+        self.metadata(name, labels, identity.annotations())
     }
 
     /// The generation's workspace claim: the spec's size, class and access
@@ -1124,5 +1197,37 @@ spec:
         assert_eq!(os_arch("linux/arm64/v8"), ("linux".into(), "arm64".into()));
         assert_eq!(os_arch(""), ("linux".into(), "amd64".into()));
         assert_eq!(os_arch("windows"), ("windows".into(), "amd64".into()));
+    }
+
+    #[test]
+    fn a_pods_unit_identity_reads_back_from_its_metadata() {
+        let ib = git_build();
+        let pod = context_pod(&ib, &Settings::default());
+        let identity = UnitIdentity::from_metadata(&pod.metadata).expect("our pod");
+        assert_eq!(identity, UnitIdentity::of(&context_unit(), 2, 1));
+        assert_eq!(identity.role, "context");
+        assert_eq!(identity.stage, CONTEXT_STAGE);
+    }
+
+    #[test]
+    fn a_pod_without_generation_or_unit_has_no_identity_and_attempt_defaults_to_zero() {
+        let identity = UnitIdentity::of(&context_unit(), 3, 0);
+        let mut labels = identity.labels();
+        labels.remove(ATTEMPT_LABEL);
+        let meta = |labels: BTreeMap<String, String>| ObjectMeta {
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        };
+        let read = UnitIdentity::from_metadata(&meta(labels.clone())).expect("identity");
+        assert_eq!((read.generation, read.unit, read.attempt), (3, 0, 0));
+        assert_eq!(read.stage, "");
+        for required in [GENERATION_LABEL, UNIT_LABEL] {
+            let mut partial = labels.clone();
+            partial.remove(required);
+            assert_eq!(UnitIdentity::from_metadata(&meta(partial)), None);
+        }
+        labels.insert(UNIT_LABEL.into(), "one".into());
+        assert_eq!(UnitIdentity::from_metadata(&meta(labels)), None);
+        assert_eq!(UnitIdentity::from_metadata(&ObjectMeta::default()), None);
     }
 }

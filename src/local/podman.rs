@@ -7,6 +7,8 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use tokio::process::Command;
 
+use crate::controller::reconcile::Waiting;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PodmanError {
     #[error("running podman {args}: {source}")]
@@ -179,6 +181,48 @@ fn parse_time(text: &str) -> Option<Timestamp> {
     format!("{date}T{time}{offset}").parse().ok()
 }
 
+/// The directory of podman's `workdir "/src" does not exist on container …`.
+pub fn missing_workdir(error: &str) -> Option<&str> {
+    let (_, rest) = error.split_once("workdir \"")?;
+    let (dir, rest) = rest.split_once('"')?;
+    rest.starts_with(" does not exist").then_some(dir)
+}
+
+/// A kube play failure that is a pull failure, as the kubelet would report it.
+pub fn pull_failure(error: &str) -> Option<Waiting> {
+    let lower = error.to_lowercase();
+    let pull = [
+        "initializing source",
+        "pulling image",
+        "manifest unknown",
+        "reading manifest",
+        "invalid reference format",
+        "repository name must",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle));
+    if !pull {
+        return None;
+    }
+    let reason =
+        if lower.contains("invalid reference format") || lower.contains("repository name must") {
+            "InvalidImageName"
+        } else {
+            "ErrImagePull"
+        };
+    Some(Waiting {
+        container: String::new(),
+        reason: reason.into(),
+        message: tail(error, 3),
+    })
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +233,33 @@ mod tests {
         assert_eq!(t.to_string(), "2026-11-27T22:13:08.548037323Z");
         assert_eq!(parse_time("0001-01-01 00:00:00 +0000 UTC"), None);
         assert!(parse_time("2026-11-27T22:13:08Z").is_some());
+    }
+
+    #[test]
+    fn a_missing_working_dir_is_read_from_podmans_error() {
+        let error = "Error: workdir \"/src\" does not exist on container abc";
+        assert_eq!(missing_workdir(error), Some("/src"));
+        assert_eq!(missing_workdir("workdir \"/src\" is fine"), None);
+        assert_eq!(missing_workdir("no such image"), None);
+    }
+
+    #[test]
+    fn a_play_failure_that_is_a_pull_failure_waits_as_the_kubelet_would() {
+        let pull = pull_failure("a\nb\nError: initializing source docker://x: manifest unknown");
+        let pull = pull.expect("a pull failure");
+        assert_eq!(pull.reason, "ErrImagePull");
+        assert_eq!(
+            pull.message,
+            "a\nb\nError: initializing source docker://x: manifest unknown"
+        );
+        let name = pull_failure("invalid reference format").expect("a pull failure");
+        assert_eq!(name.reason, "InvalidImageName");
+        assert_eq!(pull_failure("the container exited"), None);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("1\n2\n3", 2), "2\n3");
+        assert_eq!(tail("1", 5), "1");
     }
 }

@@ -151,3 +151,26 @@ pub fn local_config_map(config_map: &ConfigMap, name: &str) -> ConfigMap {
     local.metadata.uid = None;
     local
 }
+
+/// podman ignores `runAsNonRoot`; a pod that asks for it must name a non-root uid.
+pub fn non_root_refusal(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let pod_security = spec.security_context.clone().unwrap_or_default();
+    for container in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
+        let security = container.security_context.clone().unwrap_or_default();
+        let non_root = security.run_as_non_root.or(pod_security.run_as_non_root);
+        let uid = security.run_as_user.or(pod_security.run_as_user);
+        if non_root == Some(true) && uid.is_none_or(|u| u == 0) {
+            return Some(format!(
+                "container {} has runAsNonRoot but no non-root runAsUser",
+                container.name
+            ));
+        }
+    }
+    None
+}
