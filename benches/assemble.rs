@@ -214,7 +214,7 @@ fn machine_line() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
+        .map(std::num::NonZero::get)
         .unwrap_or(1);
     let mem_gib = fs::read_to_string("/proc/meminfo")
         .ok()

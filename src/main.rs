@@ -416,7 +416,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(image = %builder, error = %e, "builder image size unknown")
+                            tracing::warn!(image = %builder, error = %e, "builder image size unknown");
                         }
                     }
                 }

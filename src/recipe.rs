@@ -133,7 +133,7 @@ pub fn image_environment(
 }
 
 /// Evaluates the plan's final image against `base`.
-pub fn evaluate(plan: &BuildPlan, base: &BaseView) -> Result<FinalRecipe, RecipeError> {
+pub fn evaluate(plan: &BuildPlan, base: &BaseView<'_>) -> Result<FinalRecipe, RecipeError> {
     let mut evaluation = Evaluation::new(plan, base);
     match &plan.final_image {
         FinalImage::Assemble(assemble) => {

@@ -289,7 +289,7 @@ fn operator_image_from_a_host_binary_is_scratch_with_the_binary_and_ca_bundle_on
         "config: {process:#}"
     );
     assert!(
-        process.get("Cmd").is_none_or(|c| c.is_null()),
+        process.get("Cmd").is_none_or(serde_json::Value::is_null),
         "no Cmd expected: {process:#}"
     );
     let labels = &process["Labels"];

@@ -1229,9 +1229,8 @@ fn hostile_dockerfiles_are_refused_naming_the_line() {
         .unwrap();
         ib.spec.dockerfile = Some(text.clone());
         let settings = slimforge::controller::Settings::default();
-        let invalid = match slimforge::controller::reconcile::validate(&ib, &settings, None) {
-            Ok(_) => panic!("{what}: the controller accepted it"),
-            Err(invalid) => invalid,
+        let Err(invalid) = slimforge::controller::reconcile::validate(&ib, &settings, None) else {
+            panic!("{what}: the controller accepted it");
         };
         assert_eq!(invalid.reason, "InvalidDockerfile", "{what}");
         let message = want.trim_start_matches("error: ");

@@ -138,7 +138,7 @@ fn a_privileged_ephemeral_container_fails_baseline() {
                     "allowPrivilegeEscalation": false,
                     "capabilities": {"drop": ["ALL"]},
                 },
-            }])
+            }]);
         },
         &[(
             Control::PrivilegedContainers,
@@ -156,7 +156,7 @@ fn a_host_path_volume_fails_baseline() {
             p["spec"]["volumes"]
                 .as_array_mut()
                 .unwrap()
-                .push(json!({"name": "host", "hostPath": {"path": "/"}}))
+                .push(json!({"name": "host", "hostPath": {"path": "/"}}));
         },
         &[(Control::HostPathVolumes, "spec.volumes[1].hostPath")],
         &[(Control::VolumeTypes, "spec.volumes[1].hostPath")],
@@ -171,7 +171,7 @@ fn a_volume_type_outside_the_list_fails_restricted_only() {
             p["spec"]["volumes"]
                 .as_array_mut()
                 .unwrap()
-                .push(json!({"name": "share", "nfs": {"server": "nas", "path": "/x"}}))
+                .push(json!({"name": "share", "nfs": {"server": "nas", "path": "/x"}}));
         },
         &[],
         &[(Control::VolumeTypes, "spec.volumes[1].nfs")],
@@ -223,7 +223,7 @@ fn adding_sys_admin_fails_baseline() {
         "SYS_ADMIN",
         |p| {
             p["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"] =
-                json!(["SYS_ADMIN"])
+                json!(["SYS_ADMIN"]);
         },
         &[(
             Control::Capabilities,
@@ -273,7 +273,7 @@ fn a_missing_drop_all_fails_restricted_only() {
         "dropping some",
         |p| {
             p["spec"]["containers"][0]["securityContext"]["capabilities"]["drop"] =
-                json!(["NET_RAW"])
+                json!(["NET_RAW"]);
         },
         &[],
         &[(
@@ -295,7 +295,7 @@ fn unconfined_seccomp_fails_baseline_at_either_level() {
         "container Unconfined",
         |p| {
             p["spec"]["containers"][0]["securityContext"]["seccompProfile"] =
-                json!({"type": "Unconfined"})
+                json!({"type": "Unconfined"});
         },
         &[(
             Control::Seccomp,
@@ -461,7 +461,7 @@ fn an_unsafe_sysctl_fails_baseline() {
             p["spec"]["securityContext"]["sysctls"] = json!([
                 {"name": "net.ipv4.tcp_syncookies", "value": "1"},
                 {"name": "kernel.msgmax", "value": "65536"},
-            ])
+            ]);
         },
         &[(Control::Sysctls, "spec.securityContext.sysctls[1].name")],
         &[],
@@ -545,7 +545,7 @@ fn apparmor_unconfined_fails_baseline_as_field_or_annotation() {
         "AppArmor annotation unconfined",
         |p| {
             p["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/main"] =
-                json!("unconfined")
+                json!("unconfined");
         },
         &[(
             Control::AppArmor,

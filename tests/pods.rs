@@ -120,7 +120,7 @@ fn the_assemble_pod_is_restricted() {
     assert!(
         pod["spec"]["initContainers"]
             .as_array()
-            .is_none_or(|i| i.is_empty())
+            .is_none_or(std::vec::Vec::is_empty)
     );
     let main = &pod["spec"]["containers"][0]["securityContext"];
     assert_eq!(main["runAsNonRoot"], true);

@@ -95,7 +95,7 @@ impl Workspace {
             image,
             chain,
             &RunOptions {
-                args: extra.iter().map(|s| s.to_string()).collect(),
+                args: extra.iter().map(std::string::ToString::to_string).collect(),
                 ..RunOptions::default()
             },
         )
@@ -170,7 +170,7 @@ impl Workspace {
             image,
             chain,
             &RunOptions {
-                args: extra.iter().map(|s| s.to_string()).collect(),
+                args: extra.iter().map(std::string::ToString::to_string).collect(),
                 ..RunOptions::default()
             },
         )

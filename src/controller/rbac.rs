@@ -28,7 +28,11 @@ impl From<Rule> for PolicyRule {
         PolicyRule {
             api_groups: Some(vec![rule.api_group.to_string()]),
             resources: Some(vec![rule.resource.to_string()]),
-            verbs: rule.verbs.iter().map(|v| v.to_string()).collect(),
+            verbs: rule
+                .verbs
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             ..PolicyRule::default()
         }
     }

@@ -710,7 +710,7 @@ impl<'a> Pass<'a> {
     /// number of times, and a disruption past the retries is the failure.
     fn retry_or_find_failure(
         &self,
-        planned: &Planned,
+        planned: &Planned<'_>,
         decision: &mut Decision,
     ) -> Option<(Reason, String)> {
         if self.now >= planned.deadline {
@@ -733,7 +733,7 @@ impl<'a> Pass<'a> {
     }
 
     /// A new attempt for each disrupted pod that has retries left.
-    fn retry_disrupted_pods(&self, planned: &Planned, decision: &mut Decision) {
+    fn retry_disrupted_pods(&self, planned: &Planned<'_>, decision: &mut Decision) {
         for (unit, pod) in planned.with_pods() {
             if pod.phase != PodPhase::Failed
                 || !is_disruption(pod)
@@ -760,7 +760,7 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn disrupted_past_retries(&self, planned: &Planned) -> Option<(Reason, String)> {
+    fn disrupted_past_retries(&self, planned: &Planned<'_>) -> Option<(Reason, String)> {
         let (unit, pod) = planned.with_pods().find(|(_, p)| {
             p.phase == PodPhase::Failed
                 && is_disruption(p)
@@ -782,7 +782,7 @@ impl<'a> Pass<'a> {
     fn end_on_failure(
         &self,
         failure: Option<(Reason, String)>,
-        planned: &Planned,
+        planned: &Planned<'_>,
         decision: &mut Decision,
     ) -> ControlFlow<()> {
         let Some((reason, message)) = failure else {
@@ -800,7 +800,11 @@ impl<'a> Pass<'a> {
     }
 
     /// The assembly done: the image is there, or its report is unreadable.
-    fn end_when_assembled(&self, planned: &Planned, decision: &mut Decision) -> ControlFlow<()> {
+    fn end_when_assembled(
+        &self,
+        planned: &Planned<'_>,
+        decision: &mut Decision,
+    ) -> ControlFlow<()> {
         let assembled = planned
             .units
             .last()
@@ -846,7 +850,7 @@ impl<'a> Pass<'a> {
     /// The workspace claim, and a pod for each unit whose dependencies are
     /// done. A ReadWriteOnce build starts one pod until it is scheduled;
     /// the rest follow it to its node.
-    fn start_ready_pods(&self, planned: &Planned, decision: &mut Decision) {
+    fn start_ready_pods(&self, planned: &Planned<'_>, decision: &mut Decision) {
         let name = self.ib.meta().name.clone().unwrap_or_default();
         let current_claim = claim_name(&name, self.generation);
         if !self
@@ -891,7 +895,7 @@ impl<'a> Pass<'a> {
 
     /// A build under way: pending or running, how far it got, and when to
     /// look again (soon, and no later than the deadline).
-    fn report_progress(&self, planned: &Planned, decision: &mut Decision) {
+    fn report_progress(&self, planned: &Planned<'_>, decision: &mut Decision) {
         let running = !planned.latest.is_empty() || !decision.create_pods.is_empty();
         decision.status.phase = Some(if running {
             Phase::Running
@@ -1014,7 +1018,7 @@ fn image_status(outcome: AssembleResult) -> ImageStatus {
 }
 
 /// The node every pod of a ReadWriteOnce build runs on: the first scheduled pod's.
-fn pin_node(objects: &BuildObjects, latest: &BTreeMap<usize, &PodState>) -> Option<String> {
+fn pin_node(objects: &BuildObjects<'_>, latest: &BTreeMap<usize, &PodState>) -> Option<String> {
     if !objects.pinned() {
         return None;
     }

@@ -59,7 +59,7 @@ pub struct LocalPodInputs<'a> {
 }
 
 /// The cluster's pod, changed for podman as [`LOCAL_DIFFERENCES`] lists.
-pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs) -> Pod {
+pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs<'_>) -> Pod {
     let mut local = pod.clone();
     let name = local.metadata.name.as_deref().unwrap_or_default();
     let helper_volume = format!("{name}-helper");
@@ -86,7 +86,7 @@ pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs) -> Pod {
 /// One volume of the cluster's pod as podman gets it: the helper's
 /// emptyDir under `helper_volume`, Secrets from host paths, the context
 /// ConfigMap under its per-build name.
-fn localise_volume(volume: &mut Volume, helper_volume: &str, inputs: &LocalPodInputs) {
+fn localise_volume(volume: &mut Volume, helper_volume: &str, inputs: &LocalPodInputs<'_>) {
     match volume.name.as_str() {
         "helper" => volume.name = helper_volume.to_string(),
         "push-secret" => *volume = host_directory("push-secret", inputs.auth_dir, AUTH_MOUNT),

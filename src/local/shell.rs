@@ -353,7 +353,11 @@ impl PodmanShell {
         let Some(pod) = self.pods.get_mut(name) else {
             return;
         };
-        if !pod.play.as_ref().is_some_and(|p| p.is_finished()) {
+        if !pod
+            .play
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+        {
             return;
         }
         let Some(play) = pod.play.take() else {

@@ -43,7 +43,7 @@ pub struct ParallelGzip<W: Write> {
 impl<W: Write> ParallelGzip<W> {
     pub fn new(inner: W) -> Self {
         let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(1)
             .min(8);
         let (jobs, queue) = sync_channel::<Job>(threads);

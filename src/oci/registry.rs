@@ -746,7 +746,10 @@ fn oci_detail(e: &OciDistributionError) -> String {
             if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) =>
         {
             let status = e.status().unwrap_or_default();
-            let url = e.url().map(|u| u.to_string()).unwrap_or_default();
+            let url = e
+                .url()
+                .map(std::string::ToString::to_string)
+                .unwrap_or_default();
             format!(
                 "the registry refused the request: HTTP {status} from {url} (no credentials for it were given, or they lack the right)"
             )

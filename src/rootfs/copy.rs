@@ -82,7 +82,7 @@ pub struct Match {
 }
 
 /// Every match of every source under `root`; a source without any is an error.
-pub fn match_sources(root: &SourceRoot, sources: &[String]) -> Result<Vec<Match>, FsError> {
+pub fn match_sources(root: &SourceRoot<'_>, sources: &[String]) -> Result<Vec<Match>, FsError> {
     let mut matches = Vec::new();
     for source in sources {
         let found = match_source(root.dir, source, root.ignore)?;
@@ -102,7 +102,7 @@ pub fn match_sources(root: &SourceRoot, sources: &[String]) -> Result<Vec<Match>
 /// already), linking files to their hard links' copies in `links`; returns
 /// how many entries were written.
 pub fn copy_matches(
-    root: &SourceRoot,
+    root: &SourceRoot<'_>,
     matches: &[Match],
     request: &CopyRequest,
     links: &mut HardLinks,
@@ -142,7 +142,7 @@ pub fn copy_matches(
 
 /// One COPY/ADD of `sources` from one root: matched, counted, copied.
 pub fn copy(
-    root: &SourceRoot,
+    root: &SourceRoot<'_>,
     sources: &[String],
     request: &CopyRequest,
 ) -> Result<usize, FsError> {
@@ -189,7 +189,7 @@ pub fn match_source(
                     continue;
                 };
                 let mut names: Vec<String> = entries
-                    .filter_map(|e| e.ok())
+                    .filter_map(std::result::Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .filter(|n| glob_match(part, n))
                     .collect();
@@ -328,7 +328,7 @@ fn ensure_dir(dir: &Path, owner: (u32, u32), chmod: Option<u32>) -> Result<(), F
 
 /// The contents of the matched directory into `dest`, `.dockerignore` applied.
 fn copy_tree(
-    root: &SourceRoot,
+    root: &SourceRoot<'_>,
     found: &Match,
     dest: &Path,
     request: &CopyRequest,
@@ -676,7 +676,10 @@ mod tests {
             dir: context,
             ignore,
         };
-        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let sources: Vec<String> = sources
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         copy(
             &root,
             &sources,

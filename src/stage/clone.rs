@@ -205,7 +205,7 @@ fn fetch_and_checkout(
     // Every cause, outermost first: the top message alone says too little.
     let text = |e: gix::Error| {
         let mut causes: Vec<String> = Vec::new();
-        for cause in e.iter_errors().map(|c| c.to_string()) {
+        for cause in e.iter_errors().map(std::string::ToString::to_string) {
             if !causes.contains(&cause) {
                 causes.push(cause);
             }

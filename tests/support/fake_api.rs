@@ -62,7 +62,9 @@ pub struct Fake(pub Arc<Mutex<World>>);
 
 impl Fake {
     pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn object(

@@ -24,7 +24,9 @@ pub fn k8s_tool(args: &[&str], stdin: Option<&Value>) -> Value {
         "{} is missing: run scripts/install-deps",
         python.display()
     );
-    let input = stdin.map(|v| v.to_string()).unwrap_or_default();
+    let input = stdin
+        .map(std::string::ToString::to_string)
+        .unwrap_or_default();
     let out = super::run_with_stdin(
         Command::new(&python)
             .arg(repo("tests/support/k8s.py"))

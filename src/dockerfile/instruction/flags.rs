@@ -115,7 +115,7 @@ mod tests {
     };
 
     fn words(flags: &[&str]) -> Vec<String> {
-        flags.iter().map(|f| f.to_string()).collect()
+        flags.iter().map(std::string::ToString::to_string).collect()
     }
 
     #[test]

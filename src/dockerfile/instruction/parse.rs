@@ -110,7 +110,7 @@ fn suggest_keyword(word: &str) -> Option<String> {
         .iter()
         .filter(|k| crate::dockerfile::within_edits(word, k, 2))
         .min_by_key(|k| crate::dockerfile::edit_distance(word, k))
-        .map(|k| k.to_string())
+        .map(std::string::ToString::to_string)
 }
 
 fn one_string(rest: &str, usage: &str) -> Result<String, InstructionError> {
