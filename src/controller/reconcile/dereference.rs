@@ -1,0 +1,245 @@
+//! The pass's first steps: keep a finished build, retire older
+//! generations, dereference the context, validate once, wait for what is
+//! missing, plan the pods.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use jiff::SignedDuration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::pod_results::{clone_outcome, stage_status};
+use super::validate::{Invalid, plan_spec, validate_spec};
+use super::{
+    Decision, Dockerfile, Inputs, MISSING_RETRY, Pass, Planned, PodPhase, PodState, expire, warning,
+};
+use crate::api::{ImageBuildStatus, Phase, SourceStatus};
+use crate::controller::pods::{BuildObjects, CONTEXT_UNIT, build_units, context_unit};
+use crate::controller::status::{BuildState, Reason};
+
+impl<'a> Pass<'a> {
+    /// A finished build is never rebuilt: only its TTL is left to keep.
+    pub(super) fn keep_finished_build(&self, decision: &mut Decision) -> ControlFlow<()> {
+        if !self.same_generation || !self.previous.phase.is_some_and(Phase::is_terminal) {
+            return ControlFlow::Continue(());
+        }
+        decision.status = self.previous.clone();
+        expire(self.ib, self.observed, &self.previous, self.now, decision);
+        for pod in self
+            .observed
+            .pods
+            .iter()
+            .filter(|p| !p.phase.is_done() && !p.deleting)
+        {
+            decision.delete_pods.push(pod.name.clone());
+        }
+        ControlFlow::Break(())
+    }
+
+    /// Older generations go first; the new build waits until their pods are
+    /// gone, so a late push of the old build can't move the tag. Returns
+    /// whether any of their pods is left.
+    pub(super) fn retire_old_generations(&self, decision: &mut Decision) -> bool {
+        let mut old_generation_left = false;
+        for pod in self
+            .observed
+            .pods
+            .iter()
+            .filter(|p| p.generation != self.generation)
+        {
+            old_generation_left = true;
+            if !pod.deleting {
+                decision.delete_pods.push(pod.name.clone());
+            }
+        }
+        for (claim, claim_generation) in &self.observed.claims {
+            if *claim_generation != self.generation {
+                decision.delete_claims.push(claim.clone());
+            }
+        }
+        old_generation_left
+    }
+
+    /// This generation's status before the steps fill it in.
+    pub(super) fn fresh_status(&self) -> ImageBuildStatus {
+        ImageBuildStatus {
+            observed_generation: Some(self.generation),
+            start_time: Some(Time(self.start)),
+            conditions: self.previous.conditions.clone(),
+            ..ImageBuildStatus::default()
+        }
+    }
+
+    /// Where the Dockerfile comes from: a git context is cloned first (its
+    /// commit goes in the status), the others were read by the shell.
+    pub(super) fn dereference(&self, status: &mut ImageBuildStatus) -> Dockerfile {
+        if self.ib.spec.context.git.is_none() {
+            return Dockerfile::Known(self.observed.dockerfile_from_context.clone());
+        }
+        let context_pod = self
+            .observed
+            .pods
+            .iter()
+            .filter(|p| p.generation == self.generation && p.unit == CONTEXT_UNIT)
+            .max_by_key(|p| p.attempt)
+            .filter(|p| p.phase == PodPhase::Succeeded);
+        match context_pod.map(clone_outcome) {
+            None => Dockerfile::Cloning,
+            Some(Err(message)) => Dockerfile::CloneFailed(message),
+            Some(Ok(outcome)) => {
+                status.source = Some(SourceStatus {
+                    commit: outcome.commit,
+                });
+                Dockerfile::Known(outcome.dockerfile)
+            }
+        }
+    }
+
+    /// The spec checked once, and the Dockerfile planned if it is known; an
+    /// invalid build fails here.
+    pub(super) fn validate(
+        &self,
+        dockerfile: Dockerfile,
+        decision: &mut Decision,
+    ) -> ControlFlow<(), Inputs> {
+        match self.inputs(dockerfile) {
+            Ok(inputs) => ControlFlow::Continue(inputs),
+            Err(invalid) => {
+                self.fail(decision, invalid.reason, &invalid.message);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    pub(super) fn inputs(&self, dockerfile: Dockerfile) -> Result<Inputs, Invalid> {
+        let dockerfile = match dockerfile {
+            Dockerfile::CloneFailed(message) => {
+                return Err(Invalid {
+                    reason: Reason::ContextFailed,
+                    message,
+                });
+            }
+            Dockerfile::Cloning => None,
+            Dockerfile::Known(text) => Some(text),
+        };
+        let timeout = validate_spec(self.ib, self.settings)?;
+        let plan = match dockerfile {
+            None => None,
+            Some(text) => Some(plan_spec(self.ib, timeout, text.as_deref())?.plan),
+        };
+        Ok(Inputs { timeout, plan })
+    }
+
+    /// The namespace's Pod Security level rejected a pod: the build can't
+    /// go on until someone changes the namespace.
+    pub(super) fn refuse_if_forbidden(&self, decision: &mut Decision) -> ControlFlow<()> {
+        let Some(message) = &self.observed.forbidden else {
+            return ControlFlow::Continue(());
+        };
+        let message = format!(
+            "the namespace's Pod Security level rejects the build pods (they need `baseline`): {message}"
+        );
+        self.fail(decision, Reason::PodSecurityForbidden, &message);
+        ControlFlow::Break(())
+    }
+
+    /// A Secret or ConfigMap the build needs is missing: pending, looked
+    /// for again every [`MISSING_RETRY`], reported once.
+    pub(super) fn wait_for_missing_references(&self, decision: &mut Decision) -> ControlFlow<()> {
+        let missing = &self.observed.missing;
+        if missing.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let message = missing
+            .iter()
+            .map(|(field, what)| format!("{field}: {what}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let reason = if missing.iter().any(|(f, _)| f.contains("configMap")) {
+            Reason::ConfigMapNotFound
+        } else {
+            Reason::SecretNotFound
+        };
+        decision.status.phase = Some(Phase::Pending);
+        decision.status.conditions = self.conditions(BuildState::Failed, reason, &message);
+        if self.previous.phase != Some(Phase::Pending) || !self.same_generation {
+            decision.events.push(warning(reason, &message));
+        }
+        decision.requeue_after = Some(MISSING_RETRY);
+        ControlFlow::Break(())
+    }
+
+    /// The previous generation's pods are still going.
+    pub(super) fn wait_for_old_generation(
+        &self,
+        old_generation_left: bool,
+        decision: &mut Decision,
+    ) -> ControlFlow<()> {
+        if !old_generation_left {
+            return ControlFlow::Continue(());
+        }
+        decision.status.phase = Some(Phase::Pending);
+        decision.status.conditions = self.conditions(
+            BuildState::InProgress,
+            Reason::StoppingPreviousBuild,
+            "waiting for the previous generation's pods to be deleted",
+        );
+        decision.requeue_after = Some(Duration::from_secs(2));
+        ControlFlow::Break(())
+    }
+
+    /// The pods the build needs (only the context pod until the clone is
+    /// done), the deadline, and what exists of each pod, in the status.
+    pub(super) fn plan<'p>(
+        &'p self,
+        inputs: &'p Inputs,
+        status: &mut ImageBuildStatus,
+    ) -> Planned<'p> {
+        let plan = inputs.plan.as_ref();
+        let units = match plan {
+            Some(plan) => build_units(self.ib, plan),
+            None => vec![context_unit()],
+        };
+        let deadline =
+            self.start + SignedDuration::try_from(inputs.timeout).unwrap_or(SignedDuration::MAX);
+        let objects = BuildObjects {
+            ib: self.ib,
+            plan,
+            settings: self.settings,
+            generation: self.generation,
+            deadline_seconds: (deadline.duration_since(self.now).as_secs()).max(1),
+        };
+        let planned = Planned {
+            units,
+            objects,
+            latest: self.latest_attempts(),
+            deadline,
+            timeout: inputs.timeout,
+        };
+        status.stages = planned
+            .with_pods()
+            .map(|(unit, pod)| stage_status(unit, pod))
+            .collect();
+        planned
+    }
+
+    /// The latest attempt of each unit of this generation.
+    pub(super) fn latest_attempts(&self) -> BTreeMap<usize, &'a PodState> {
+        let mut latest: BTreeMap<usize, &PodState> = BTreeMap::new();
+        for pod in self
+            .observed
+            .pods
+            .iter()
+            .filter(|p| p.generation == self.generation)
+        {
+            let newer = latest
+                .get(&pod.unit)
+                .is_none_or(|p| p.attempt < pod.attempt);
+            if newer {
+                latest.insert(pod.unit, pod);
+            }
+        }
+        latest
+    }
+}
