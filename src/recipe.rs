@@ -20,7 +20,7 @@ use crate::contract::{
     ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT, RecipeLayer, SNAPSHOT_LAYER,
 };
 use crate::dockerfile::eval::{CopyPlan, DEFAULT_PATH, Effect, Evaluator, image_env};
-use crate::plan::{BuildPlan, CopySource, FinalImage, PlanLoadError, Step};
+use crate::plan::{BuildPlan, Chain, CopySource, FinalImage, PlanLoadError, RuntimePlan, Step};
 use crate::rootfs::FsError;
 use crate::rootfs::resolve::{
     BaseDirectoryEntry, add_directories, is_dir, resolve, resolve_destination,
@@ -140,12 +140,7 @@ pub fn evaluate(plan: &BuildPlan, base: &BaseView<'_>) -> Result<FinalRecipe, Re
             evaluation.stage(&assemble.steps, false)?;
         }
         FinalImage::Runtime(runtime) => {
-            let chain = plan.chain(&runtime.chain).ok_or_else(|| {
-                RecipeError::InvalidPlan(format!(
-                    "the final image's chain `{}` is not in the plan",
-                    runtime.chain
-                ))
-            })?;
+            let chain = runtime_chain(plan, runtime)?;
             // Files come from the snapshot; the stages give the config.
             for stage in &chain.stages {
                 evaluation.stage(&stage.steps, true)?;
@@ -348,17 +343,22 @@ pub struct AssembleOutput {
     pub ca_bundle: Option<PathBuf>,
 }
 
+/// The chain a runtime final image is the snapshot of.
+fn runtime_chain<'p>(plan: &'p BuildPlan, runtime: &RuntimePlan) -> Result<&'p Chain, RecipeError> {
+    plan.chain(&runtime.chain).ok_or_else(|| {
+        RecipeError::InvalidPlan(format!(
+            "the final image's chain `{}` is not in the plan",
+            runtime.chain
+        ))
+    })
+}
+
 /// The base of the plan's final image (an image reference or `scratch`) and its platform.
 pub fn final_base(plan: &BuildPlan) -> Result<(String, String), RecipeError> {
     match &plan.final_image {
         FinalImage::Assemble(assemble) => Ok((assemble.base.clone(), assemble.platform.clone())),
         FinalImage::Runtime(runtime) => {
-            let chain = plan.chain(&runtime.chain).ok_or_else(|| {
-                RecipeError::InvalidPlan(format!(
-                    "the final image's chain `{}` is not in the plan",
-                    runtime.chain
-                ))
-            })?;
+            let chain = runtime_chain(plan, runtime)?;
             Ok((runtime.base.clone(), chain.platform.clone()))
         }
     }
