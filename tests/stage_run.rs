@@ -671,10 +671,11 @@ fn an_inline_context_with_nested_paths_is_copied_and_removed_and_the_plan_comes_
     let plan = ws.plan(&format!(
         "FROM {busybox} AS b\n\
          COPY . /src/\n\
-         RUN id -u > /tmp/uid\n\
+         RUN id -u > /tmp/uid && (env | grep ^SLIMFORGE_ || true) > /tmp/plumbing\n\
          FROM {busybox}\n\
          COPY --from=b /src /src\n\
-         COPY --from=b /tmp/uid /uid\n"
+         COPY --from=b /tmp/uid /uid\n\
+         COPY --from=b /tmp/plumbing /plumbing\n"
     ));
     // A whoami file in a place of its own (each chain pod has one).
     std::fs::create_dir(ws.path("helper")).unwrap();
@@ -713,6 +714,9 @@ fn an_inline_context_with_nested_paths_is_copied_and_removed_and_the_plan_comes_
     );
     assert_eq!(src["src/cmd/x"].mode, 0o755);
     assert_eq!(ws.export("b-2")["tmp/uid"].text(), "65534\n");
+    // The pod's own variables (the plan, the context) are not the image's:
+    // RUN does not see them.
+    assert_eq!(ws.export("b-3")["tmp/plumbing"].text(), "");
     // The materialised context is gone; the shared directories are 1777.
     assert_eq!(ws.scratch_left(), Vec::<String>::new());
     for dir in ["exports", "results", "tmp"] {
