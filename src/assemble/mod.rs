@@ -1,0 +1,262 @@
+//! The assemble step: base (or scratch) + new layers + config changes →
+//! an image pushed to a registry. Base layers never pass through here when
+//! the registry can mount them, and never touch the disk when it can't.
+//!
+//! - `spec`: [`AssembleSpec`], what the step is asked to do.
+//! - `layers`: the new layers checked and written; `copy_layer`: a COPY/ADD
+//!   layer with Docker's rules.
+//! - `push`: the base's blobs and the extra tags in the target repository.
+
+mod copy_layer;
+mod layers;
+mod push;
+mod spec;
+
+pub use self::spec::{AssembleSpec, CopyLayerSpec, DirectorySpec, LayerSpec};
+
+use std::path::PathBuf;
+
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+use self::layers::{base_directories, plan_layers, write_layers};
+use self::push::{PARALLEL_BLOBS, tag_references, transfer_base_blobs};
+use crate::contract::AssembleResult;
+use crate::oci::Platform;
+use crate::oci::config::{self, AddedLayer, ConfigError};
+use crate::oci::layer::{self, LayerError};
+use crate::oci::registry::{
+    self, DOCKER_MANIFEST, OCI_MANIFEST, Registry, RegistryError, RegistryOptions,
+};
+
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    #[error("spec {path}: {detail}")]
+    Spec { path: PathBuf, detail: String },
+    #[error("spec: {0}")]
+    Invalid(String),
+    #[error("layers[{index}]: {source}")]
+    Layer {
+        index: usize,
+        #[source]
+        source: LayerError,
+    },
+    #[error("layers[{index}] ({created_by}): {detail}")]
+    Copy {
+        index: usize,
+        created_by: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("base {reference}: {detail}")]
+    Base { reference: String, detail: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Runs the whole assembly and pushes the result.
+pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleError> {
+    let platform: Platform = match &spec.platform {
+        Some(p) => p
+            .parse()
+            .map_err(|detail| AssembleError::Invalid(format!("platform: {detail}")))?,
+        None => Platform::default(),
+    };
+    let target = registry::parse_reference(&spec.target)?;
+    if target.digest().is_some() {
+        return Err(AssembleError::Invalid(format!(
+            "target `{}` must be a tag, not a digest",
+            spec.target
+        )));
+    }
+    let extra_tags = tag_references(&target, &spec.additional_tags)?;
+    let base = match spec.base.trim() {
+        "scratch" => None,
+        other => Some(registry::parse_reference(other)?),
+    };
+    let plans = plan_layers(spec)?;
+    let base_dirs = base_directories(spec)?;
+
+    let options = RegistryOptions {
+        insecure: spec.insecure,
+        ca_bundle: spec.ca_bundle.clone(),
+        auth_file: spec.auth.clone(),
+    };
+    let mut references = vec![&target];
+    references.extend(base.as_ref());
+    let registry = Registry::connect(&options, &references).await?;
+    registry
+        .authorize_push(&target, &base.iter().collect::<Vec<_>>())
+        .await?;
+
+    let scratch = spec.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| AssembleError::Io(format!("{}: {e}", scratch.display())))?;
+    let work = tempfile::Builder::new()
+        .prefix("slimforge-assemble-")
+        .tempdir_in(&scratch)
+        .map_err(|e| {
+            AssembleError::Io(format!("temporary directory in {}: {e}", scratch.display()))
+        })?;
+    // New layers are written while the base's blobs move registry-side.
+    let layers_written = write_layers(plans, base_dirs, work.path());
+
+    let base_part = async {
+        let Some(base) = &base else {
+            return Ok::<_, AssembleError>((
+                None,
+                config::scratch_config(&platform),
+                Vec::new(),
+                OCI_MANIFEST.to_string(),
+            ));
+        };
+        let pinned = registry.resolve(base, &platform).await?;
+        tracing::info!(base = %base, digest = %pinned.digest, "base pinned");
+        let manifest: Value =
+            serde_json::from_slice(&pinned.bytes).map_err(|e| AssembleError::Base {
+                reference: base.to_string(),
+                detail: format!("manifest is not JSON: {e}"),
+            })?;
+        let config_digest =
+            manifest["config"]["digest"]
+                .as_str()
+                .ok_or_else(|| AssembleError::Base {
+                    reference: base.to_string(),
+                    detail: "manifest has no config".into(),
+                })?;
+        let config_bytes = registry
+            .blob_bytes(&pinned.reference, config_digest)
+            .await?;
+        let config: Value =
+            serde_json::from_slice(&config_bytes).map_err(|e| AssembleError::Base {
+                reference: base.to_string(),
+                detail: format!("config is not JSON: {e}"),
+            })?;
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        transfer_base_blobs(&registry, &pinned.reference, &target, &layers).await?;
+        Ok((
+            Some(pinned.reference.to_string()),
+            config,
+            layers,
+            pinned.media_type,
+        ))
+    };
+    let (written, base_part) = tokio::join!(layers_written, base_part);
+    let written = written?;
+    let (base_pinned, mut image_config, mut manifest_layers, base_media_type) = base_part?;
+
+    let docker = base_media_type == DOCKER_MANIFEST;
+    let (manifest_type, config_type, layer_type) = if docker {
+        (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER)
+    } else {
+        (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER)
+    };
+
+    let added: Vec<AddedLayer> = written
+        .iter()
+        .map(|(_, digests, created_by)| AddedLayer {
+            diff_id: digests.diff_id.clone(),
+            created_by: created_by.clone(),
+        })
+        .collect();
+    let created = config::rfc3339(layer::source_date_epoch());
+    config::apply(&mut image_config, &spec.config, &added, &created)?;
+    let config_bytes = serde_json::to_vec(&image_config)
+        .map_err(|e| AssembleError::Io(format!("serialising the config: {e}")))?;
+    let config_digest = registry::sha256_digest(&config_bytes);
+
+    // The config depends on the layers' diffIDs, not on their upload: all go at once.
+    let push_layers = futures::stream::iter(written.iter().map(Ok)).try_for_each_concurrent(
+        PARALLEL_BLOBS,
+        |(path, digests, _)| {
+            let registry = &registry;
+            let target = &target;
+            async move {
+                if !registry.blob_exists(target, &digests.digest).await? {
+                    registry
+                        .push_file(target, path, &digests.digest, digests.size)
+                        .await?;
+                }
+                Ok::<_, AssembleError>(())
+            }
+        },
+    );
+    let push_config = async {
+        if !registry.blob_exists(&target, &config_digest).await? {
+            registry
+                .push_bytes(&target, &config_bytes, &config_digest)
+                .await?;
+        }
+        Ok::<_, AssembleError>(())
+    };
+    futures::try_join!(push_layers, push_config)?;
+
+    manifest_layers.extend(written.iter().map(|(_, digests, _)| {
+        json!({"mediaType": layer_type, "digest": digests.digest, "size": digests.size})
+    }));
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": config_digest, "size": config_bytes.len()},
+        "layers": manifest_layers,
+    });
+    // The digest is of these exact bytes; nothing re-serialises them.
+    let manifest_bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| AssembleError::Io(format!("serialising the manifest: {e}")))?;
+    let digest = registry::sha256_digest(&manifest_bytes);
+    for reference in std::iter::once(&target).chain(&extra_tags) {
+        registry
+            .push_manifest(reference, &manifest_bytes, manifest_type)
+            .await?;
+        tracing::info!(reference = %reference, %digest, "pushed");
+    }
+
+    let size_bytes = config_bytes.len() as u64
+        + manifest_layers
+            .iter()
+            .map(|l| l["size"].as_u64().unwrap_or_default())
+            .sum::<u64>();
+    Ok(AssembleResult {
+        reference: format!("{}@{digest}", registry::repository_name(&target)),
+        digest,
+        size_bytes,
+        layers: written.into_iter().map(|(_, d, _)| d).collect(),
+        base: base_pinned,
+        builder_image: None,
+        builder_size_bytes: None,
+    })
+}
+
+/// The compressed size of `image` for `platform` (config and layers), as its
+/// registry says: only the manifest is read.
+pub async fn compressed_size(
+    image: &str,
+    platform: &str,
+    options: &RegistryOptions,
+) -> Result<u64, AssembleError> {
+    let reference = registry::parse_reference(image)?;
+    let platform: Platform = platform
+        .parse()
+        .map_err(|e| AssembleError::Invalid(format!("platform `{platform}`: {e}")))?;
+    let registry = Registry::connect(options, &[&reference]).await?;
+    let manifest = registry.resolve(&reference, &platform).await?;
+    let value: Value =
+        serde_json::from_slice(&manifest.bytes).map_err(|e| AssembleError::Base {
+            reference: image.to_string(),
+            detail: format!("manifest: {e}"),
+        })?;
+    let size = |v: &Value| v["size"].as_u64().unwrap_or(0);
+    Ok(size(&value["config"])
+        + value["layers"]
+            .as_array()
+            .map(|layers| layers.iter().map(size).sum())
+            .unwrap_or(0))
+}

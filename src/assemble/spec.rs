@@ -1,0 +1,179 @@
+//! What the assemble step is asked to do: [`AssembleSpec`] and its layers and
+//! directories, as read (YAML or JSON) by [`AssembleSpec::load`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::AssembleError;
+use crate::contract::InlineFile;
+use crate::oci::config::ConfigChanges;
+
+/// What the assemble step is asked to do (YAML or JSON).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssembleSpec {
+    /// Base image reference, or `scratch`.
+    pub base: String,
+    /// For a multi-platform base; also the platform of a scratch image.
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub layers: Vec<LayerSpec>,
+    #[serde(default)]
+    pub config: ConfigChanges,
+    pub target: String,
+    #[serde(default)]
+    pub additional_tags: Vec<String>,
+    #[serde(default)]
+    pub insecure: bool,
+    /// dockerconfigjson for every registry involved.
+    pub auth: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM).
+    pub ca_bundle: Option<PathBuf>,
+    /// The base's directories as the probe found them (`/tmp: {mode: "1777"}`):
+    /// parents of new files that are listed here keep the base's mode and owner.
+    #[serde(default)]
+    pub base_directories: BTreeMap<String, DirectorySpec>,
+    /// Scratch space for layers and unpacked exports (the assemble pod's
+    /// root filesystem is read-only); default: the system's temp directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectorySpec {
+    /// Octal mode, e.g. `1777`.
+    pub mode: String,
+    /// Numeric `uid:gid`, default `0:0`.
+    pub owner: Option<String>,
+}
+
+/// One layer: files from disk at a destination, a ready tar, or a COPY.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LayerSpec {
+    pub source: Option<PathBuf>,
+    pub destination: Option<String>,
+    /// Numeric `uid:gid`.
+    pub owner: Option<String>,
+    /// Octal mode, e.g. `0755`.
+    pub chmod: Option<String>,
+    /// A tar (plain or gzip), taken as is: e.g. a snapshot diff with whiteouts.
+    pub tar: Option<PathBuf>,
+    /// The history entry, e.g. the Dockerfile instruction.
+    pub created_by: Option<String>,
+    /// A Dockerfile COPY/ADD with Docker's rules; `owner` and `chmod` apply.
+    pub copy: Option<CopyLayerSpec>,
+}
+
+/// COPY/ADD onto an image that is not on this disk: sources matched (globs,
+/// `.dockerignore`) in a directory or inside export archives, copied with
+/// Docker's rules (a directory copies its contents, a file into a directory
+/// keeps its name, several sources need a directory), modes kept unless
+/// `chmod`, owners `owner` (default 0:0), no parents but the base's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyLayerSpec {
+    /// The directory `sources` are relative to (the build context); its
+    /// `.dockerignore` applies.
+    pub root: Option<PathBuf>,
+    /// Export archives (gzip tars named by matched path, see
+    /// `stage::run`): `sources[i]` is matched inside `archives[i]`.
+    #[serde(default)]
+    pub archives: Vec<PathBuf>,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Inline files (heredocs), mode 0644 unless `chmod`.
+    #[serde(default)]
+    pub files: Vec<InlineFile>,
+    /// Absolute in the image, symlinks of the base already resolved.
+    pub destination: String,
+    /// Written as a directory (trailing `/`, several sources) or one in the
+    /// base. With nothing to copy, the layer is that directory alone (WORKDIR).
+    #[serde(default)]
+    pub destination_is_dir: bool,
+    /// ADD: local tar archives from `root` are extracted.
+    #[serde(default)]
+    pub extract: bool,
+}
+
+impl AssembleSpec {
+    /// Reads a spec; relative paths in it are taken from the spec's directory.
+    pub fn load(path: &Path) -> Result<Self, AssembleError> {
+        let spec_error = |detail: String| AssembleError::Spec {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| spec_error(e.to_string()))?;
+        // YAML is a superset of JSON: one parser for both.
+        let mut spec: Self = serde_yaml::from_str(&text).map_err(|e| spec_error(e.to_string()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for layer in &mut spec.layers {
+            layer.source.as_mut().map(resolve);
+            layer.tar.as_mut().map(resolve);
+            if let Some(copy) = &mut layer.copy {
+                copy.root.as_mut().map(resolve);
+                copy.archives.iter_mut().for_each(resolve);
+            }
+        }
+        spec.work_dir.as_mut().map(resolve);
+        spec.auth.as_mut().map(resolve);
+        spec.ca_bundle.as_mut().map(resolve);
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> AssembleSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+    #[test]
+    fn spec_reads_the_documented_fields() {
+        let spec = spec(
+            r#"
+base: 127.0.0.1:5000/busybox:latest
+platform: linux/amd64
+layers:
+  - source: out/app
+    destination: /app
+    owner: "0:0"
+    chmod: "0755"
+  - tar: snapshot.tar
+config:
+  entrypoint: ["/app"]
+  cmd: ["--help"]
+  env: ["KEY=value"]
+  user: "65532"
+  workingDir: /
+  exposedPorts: ["8080/tcp"]
+  labels: {org.opencontainers.image.source: "https://example.com/repo"}
+  stopSignal: SIGTERM
+  volumes: ["/data"]
+  healthcheck: {test: ["CMD", "/app", "--health"]}
+target: 127.0.0.1:5000/goapp:v1
+additionalTags: [latest]
+insecure: true
+auth: /path/to/config.json
+"#,
+        );
+        assert_eq!(spec.layers.len(), 2);
+        assert_eq!(spec.config.user.as_deref(), Some("65532"));
+        assert_eq!(spec.additional_tags, ["latest"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_yaml::from_str::<AssembleSpec>("base: scratch\ntarget: x/y\nbse: 1\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("bse"), "{err}");
+    }
+}
