@@ -2,7 +2,7 @@
 //! `kubectl`'s default field validation: the apiVersion this slimforge
 //! serves, no unknown field, and every value of the type, format and enum
 //! the CRD's schema gives. The CRD's CEL rules have their twins in
-//! [`crate::controller::reconcile::validate`], which local builds run too;
+//! [`crate::controller::reconcile::validate()`], which local builds run too;
 //! the one every reader of a spec needs, where the Dockerfile comes from,
 //! is here ([`dockerfile_source`]).
 

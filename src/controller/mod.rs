@@ -1,4 +1,4 @@
-//! The operator: a pure reconcile core ([`reconcile`]) that decides, from an
+//! The operator: a pure reconcile core ([`reconcile`](mod@reconcile)) that decides, from an
 //! ImageBuild and what exists, which objects to create or delete and what
 //! the status says; pure builders for those objects ([`pods`]); one pass of
 //! observe → reconcile → apply ([`driver`]); and the shells that carry the

@@ -308,7 +308,7 @@ fn create_file(path: &Path, content: &[u8], mode: u32) -> Result<(), ContextErro
         .map_err(io_err(path))
 }
 
-/// `context-<chain>`, see [`super::scratch_name`].
+/// `context-<chain>`, see [`crate::contract::scratch_name`].
 fn scratch_name(chain: &str) -> String {
     crate::contract::scratch_name("context", chain)
 }
