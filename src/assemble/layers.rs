@@ -209,10 +209,8 @@ pub(super) async fn write_layers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assemble::spec::tests::spec;
 
-    fn spec(yaml: &str) -> AssembleSpec {
-        serde_yaml::from_str(yaml).unwrap()
-    }
     #[test]
     fn layer_needs_exactly_one_kind() {
         let both =

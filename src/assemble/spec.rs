@@ -130,12 +130,14 @@ impl AssembleSpec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn spec(yaml: &str) -> AssembleSpec {
+    /// A spec from YAML (the assemble tests' fixtures).
+    pub(in crate::assemble) fn spec(yaml: &str) -> AssembleSpec {
         serde_yaml::from_str(yaml).unwrap()
     }
+
     #[test]
     fn spec_reads_the_documented_fields() {
         let spec = spec(
