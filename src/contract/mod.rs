@@ -4,9 +4,9 @@
 //! Both sides use these names and types; nothing else spells them.
 //!
 //! Workspace (a volume mounted at [`WORKSPACE_MOUNT`] in every pod):
-//! - `context/`: the build context, when a context pod or the local runner
-//!   put it there (else it comes from [`CONTEXT_ENV`]);
-//! - [`SOURCE_DIR`]`/`: a git context's checkout;
+//! - `context/`: the build context when [`CONTEXT_ENV`] gives none (the
+//!   helper's default);
+//! - [`SOURCE_DIR`]`/`: a git context's checkout (the context pod's);
 //! - `whoami`: the image user's `uid:gid`, written by a chain pod's init
 //!   container (`stage whoami`);
 //! - `exports/<export-id>.tar` ([`export_archive`]): what later stages copy
