@@ -234,9 +234,12 @@ CMD ["cat", "/srv/one.txt", "/srv/two.txt"]
         .iter()
         .find(|r| r.0 == "two")
         .expect("stage two's interval");
+    // Run one after the other they would not overlap at all. `kube play`
+    // starts the pods one after the other, about a second apart when the
+    // machine is busy, so a full 3 s overlap is not to be expected.
     let overlap = one.2.min(two.2) - one.1.max(two.1);
     assert!(
-        overlap >= 2.0,
+        overlap >= 1.0,
         "the two 3 s stages overlapped {overlap:.1}s (one {one:?}, two {two:?}); build wall time {wall:.1}s"
     );
     let printed = podman_run_for(&last_line(&out), 1.0);
