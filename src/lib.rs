@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod assemble;
+pub mod cache;
 pub mod contract;
 pub mod controller;
 pub mod dockerfile;
