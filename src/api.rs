@@ -64,6 +64,34 @@ pub struct ImageBuildSpec {
     pub pod_template: Option<PodTemplate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<Workspace>,
+    /// The stage cache (on unless `enabled: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// The stage cache: chains whose inputs a registry entry already has are
+/// not run again; a build whose every input is unchanged starts no pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Look entries up and write them (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Where entries go: a repository on the output image's registry
+    /// (default `<output repository>/cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Run every chain as if nothing were cached, as `docker build
+    /// --no-cache` does; the fresh entries are written all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+}
+
+impl ImageBuildSpec {
+    /// The cache is used unless the spec turns it off.
+    pub fn cache_enabled(&self) -> bool {
+        self.cache.as_ref().and_then(|c| c.enabled).unwrap_or(true)
+    }
 }
 
 /// Where the build context comes from: exactly one of these.
@@ -220,6 +248,9 @@ pub struct ImageBuildStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// Why this build ran: `FirstBuild`, `SpecChanged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_reason: Option<String>,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +284,12 @@ pub struct StageStatus {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Taken from the cache: no pod ran (`pod` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<bool>,
+    /// The stage's cache key (`sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
 }
 
 /// The pushed image.
@@ -280,6 +317,13 @@ pub struct ImageStatus {
     /// The layers this build added, by digest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<String>,
+    /// The base the image was assembled on, by digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Every input equal to an earlier build's: the image is that build's,
+    /// found in the cache, and no pod ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

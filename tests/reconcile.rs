@@ -5,6 +5,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use slimforge::api::{ImageBuild, Phase};
+use slimforge::cache::entry::{CachedExport, ChainEntry, ImageEntry};
+use slimforge::cache::lookup::CacheView;
 use slimforge::controller::reconcile::{Decision, Observed, PodPhase, PodState, Waiting};
 use slimforge::controller::status::{READY, RECONCILING, STALLED, find};
 use slimforge::controller::{ATTEMPT_LABEL, GENERATION_LABEL, Settings, UNIT_LABEL, reconcile};
@@ -42,6 +44,10 @@ struct World {
     now: Timestamp,
     settings: Settings,
     created: Vec<String>,
+    /// What the cache answers (nothing cached, unless a test says).
+    cache: CacheView,
+    /// The cache's answer as the shell kept it, once asked.
+    asked: Option<CacheView>,
 }
 
 impl World {
@@ -57,6 +63,8 @@ impl World {
                 ..Settings::default()
             },
             created: Vec::new(),
+            cache: CacheView::default(),
+            asked: None,
         }
     }
 
@@ -65,6 +73,7 @@ impl World {
             pods: self.pods.clone(),
             claims: self.claims.clone(),
             missing: self.missing.clone(),
+            cache: self.asked.clone(),
             ..Observed::default()
         }
     }
@@ -72,7 +81,12 @@ impl World {
     /// One reconcile, its decision carried out: pods created start Pending
     /// on node-a, deleted ones vanish, the status is written.
     fn step(&mut self) -> Decision {
-        let decision = reconcile(&self.ib, &self.observed(), &self.settings, self.now);
+        let mut decision = reconcile(&self.ib, &self.observed(), &self.settings, self.now);
+        if decision.lookup.take().is_some() {
+            // The shell's part: answer, keep the answer, decide again.
+            self.asked = Some(self.cache.clone());
+            decision = reconcile(&self.ib, &self.observed(), &self.settings, self.now);
+        }
         if let Some(claim) = &decision.create_claim {
             let generation = label(claim.meta(), GENERATION_LABEL).parse().unwrap();
             self.claims
@@ -882,4 +896,154 @@ fn argocd_health_follows_the_build() {
     let (status, message) = argocd_health(&stalled.ib);
     assert_eq!(status, "Degraded");
     assert!(message.contains("spec.output.pushSecret"), "{message}");
+}
+
+/// The cache's answer for the seed: the keys of its one chain and of the
+/// image, and entries for those `hit`.
+fn seed_cache(chain_hit: bool, image_hit: bool) -> CacheView {
+    let chain_key = format!("sha256:{}", "c".repeat(64));
+    let image_key = format!("sha256:{}", "i".repeat(64));
+    let mut view = CacheView {
+        repository: "registry.example/team/goapp/cache".into(),
+        ..CacheView::default()
+    };
+    view.keys.units.insert("builder".into(), chain_key.clone());
+    view.keys.image = image_key.clone();
+    if chain_hit {
+        view.hits.insert(
+            "builder".into(),
+            ChainEntry {
+                key: chain_key,
+                chain: "builder".into(),
+                result: serde_json::json!({"status": "succeeded", "exports": ["builder-0"]}),
+                exports: vec![CachedExport {
+                    id: "builder-0".into(),
+                    digest: format!("sha256:{}", "e".repeat(64)),
+                    size: 1234,
+                }],
+            },
+        );
+    }
+    if image_hit {
+        view.image = Some(ImageEntry {
+            key: image_key,
+            image: serde_json::from_str(ASSEMBLED).unwrap(),
+        });
+    }
+    view
+}
+
+fn env_of(pod: &Pod, name: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+#[test]
+fn the_cache_is_asked_once_before_any_pod_and_not_when_it_is_off() {
+    let mut world = World::new(image_build(SEED));
+    let first = reconcile(&world.ib, &world.observed(), &world.settings, world.now);
+    let request = first.lookup.as_ref().expect("the core asks the cache first");
+    assert!(first.create_pods.is_empty() && first.create_claim.is_none());
+    assert_eq!(request.output, "registry.example/team/goapp:v1");
+    assert_eq!(request.secrets, ["regcred"]);
+    world.step();
+    world.step();
+    assert!(
+        reconcile(&world.ib, &world.observed(), &world.settings, world.now)
+            .lookup
+            .is_none(),
+        "asked once"
+    );
+    let mut off = World::new(image_build(&SEED.replace(
+        "  timeout: 10m",
+        "  cache: {enabled: false}\n  timeout: 10m",
+    )));
+    let decision = reconcile(&off.ib, &off.observed(), &off.settings, off.now);
+    assert!(decision.lookup.is_none());
+    assert_eq!(decision.create_pods.len(), 1);
+    off.step();
+    assert_eq!(off.created, ["goapp-g1-1"]);
+}
+
+#[test]
+fn an_image_the_cache_has_succeeds_without_a_pod() {
+    let mut world = World::new(image_build(SEED));
+    world.cache = seed_cache(true, true);
+    let decision = world.step();
+    assert!(decision.create_pods.is_empty());
+    assert!(decision.create_claim.is_none());
+    assert_eq!(world.phase(), Phase::Succeeded);
+    let status = world.ib.status.clone().unwrap();
+    let image = status.image.unwrap();
+    assert!(image.cached);
+    assert!(image.digest.starts_with("sha256:0123456789ab"));
+    assert!(world.ready().2.contains("no pod ran"), "{}", world.ready().2);
+    assert!(world.created.is_empty());
+}
+
+#[test]
+fn a_cached_chain_runs_no_pod_and_is_restored_for_the_assembly() {
+    let mut world = World::new(image_build(SEED));
+    world.cache = seed_cache(true, false);
+    world.step();
+    // Wave one: the probe and the restore pod, no chain pod.
+    world.step();
+    let roles: Vec<String> = world.created.clone();
+    assert_eq!(roles.len(), 2, "{roles:?}");
+    let status = world.ib.status.clone().unwrap();
+    let builder = status.stages.iter().find(|s| s.name == "builder").unwrap();
+    assert_eq!(builder.cached, Some(true));
+    assert_eq!(builder.pod, "");
+    assert_eq!(builder.phase, "Succeeded");
+    let restore = world
+        .pods
+        .iter()
+        .find(|p| status.stages.iter().any(|s| s.pod == p.name && s.name == "restore"))
+        .expect("a restore pod")
+        .unit;
+    let probe = world
+        .pods
+        .iter()
+        .find(|p| status.stages.iter().any(|s| s.pod == p.name && s.name == "probe"))
+        .expect("the probe")
+        .unit;
+    world.finish(probe, PodPhase::Succeeded, "{}");
+    assert!(
+        world.step().create_pods.is_empty(),
+        "the assembly waits for the restore"
+    );
+    world.finish(restore, PodPhase::Succeeded, "{}");
+    let decision = world.step();
+    let assemble = decision.create_pods.first().expect("the assembly");
+    // It stores the image's entry, not the chain the cache had.
+    let store: serde_json::Value =
+        serde_json::from_str(&env_of(assemble, "SLIMFORGE_CACHE").unwrap()).unwrap();
+    assert_eq!(store["units"], serde_json::json!({}));
+    assert_eq!(store["image"], format!("sha256:{}", "i".repeat(64)));
+    assert_eq!(store["repository"], "registry.example/team/goapp/cache");
+}
+
+#[test]
+fn a_chain_that_ran_is_stored_by_the_assembly() {
+    let mut world = World::new(image_build(SEED));
+    world.cache = seed_cache(false, false);
+    world.step();
+    world.step();
+    world.finish(1, PodPhase::Succeeded, r#"{"status":"succeeded"}"#);
+    world.finish(2, PodPhase::Succeeded, "{}");
+    let decision = world.step();
+    let store: serde_json::Value =
+        serde_json::from_str(&env_of(&decision.create_pods[0], "SLIMFORGE_CACHE").unwrap())
+            .unwrap();
+    assert_eq!(
+        store["units"]["builder"],
+        format!("sha256:{}", "c".repeat(64))
+    );
+    let status = world.ib.status.clone().unwrap();
+    let builder = status.stages.iter().find(|s| s.name == "builder").unwrap();
+    assert_eq!(builder.cached, Some(false));
 }

@@ -51,6 +51,11 @@ pub const CONTEXT_ENV: &str = "SLIMFORGE_CONTEXT";
 /// The image's WorkingDir, for a chain started elsewhere because its
 /// runtime would not create a missing one (podman's `kube play`).
 pub const WORKDIR_ENV: &str = "SLIMFORGE_WORKDIR";
+/// What the assemble pod writes to the cache after its push
+/// ([`CacheStore`], JSON).
+pub const CACHE_STORE_ENV: &str = "SLIMFORGE_CACHE";
+/// What the restore pod restores (JSON, see [`crate::cache`]).
+pub const RESTORE_ENV: &str = "SLIMFORGE_RESTORE";
 /// The variables above: the pods' plumbing, never part of a RUN's or the
 /// image's environment.
 pub const POD_ENV: [&str; 3] = [PLAN_ENV, CONTEXT_ENV, WORKDIR_ENV];
@@ -158,4 +163,20 @@ pub fn scratch_name(prefix: &str, chain: &str) -> String {
     use sha2::Digest as _;
     let hash = hex::encode(sha2::Sha256::digest(chain.as_bytes()));
     format!("{prefix}-{safe}-{}", &hash[..8])
+}
+
+/// The entries the assemble pod writes once the image is pushed: one per
+/// chain or extraction that ran (its exports and result are in the
+/// workspace), and the image's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStore {
+    /// `registry/repository`.
+    pub repository: String,
+    /// Chain or extraction id → key.
+    #[serde(default)]
+    pub units: std::collections::BTreeMap<String, String>,
+    /// The image's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }

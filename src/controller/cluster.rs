@@ -3,7 +3,7 @@
 //! then the status applied server-side under one field manager, events
 //! recorded and metrics observed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,9 @@ use super::reconcile::{Decision, Observed, PodPhase, PodState, Waiting};
 use super::status::{BuildState, Reason, conditions};
 use super::{BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
+use crate::cache::lookup::{CacheView, LookupRequest, look_up};
 use crate::controller::metrics::Metrics;
+use crate::oci::registry::RegistryOptions;
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "slimforge";
@@ -50,7 +52,17 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Builds in flight, for the gauge (namespace/name, never a label).
     pub in_flight: Mutex<BTreeSet<String>>,
+    /// The cache's answer for each build in flight, asked for once.
+    pub cache_views: CacheViews,
 }
+
+/// The cache's answers by build (uid and generation). A build that ends
+/// drops its own; the map never holds more than [`MAX_CACHE_VIEWS`].
+pub type CacheViews = Arc<Mutex<BTreeMap<(String, i64), CacheView>>>;
+
+/// Builds in flight whose cache view is kept; past it, the oldest go (and
+/// are looked up again if their build is still going).
+const MAX_CACHE_VIEWS: usize = 4096;
 
 /// One reconcile of one ImageBuild: one driver pass, then its status,
 /// events and metrics.
@@ -66,8 +78,12 @@ pub async fn reconcile_build(
     let mut shell = ClusterShell {
         client: context.client.clone(),
         namespace: namespace.clone(),
+        cache_views: context.cache_views.clone(),
     };
     let decision = pass(&mut shell, ib, &context.settings, Timestamp::now()).await?;
+    if decision.status.phase.is_some_and(Phase::is_terminal) {
+        lock(&context.cache_views).remove(&build_key(ib));
+    }
     let previous = ib.status.clone().unwrap_or_default();
     if previous != decision.status {
         let api: Api<ImageBuild> = Api::namespaced(context.client.clone(), &namespace);
@@ -129,13 +145,25 @@ pub fn error_policy(
 struct ClusterShell {
     client: Client,
     namespace: String,
+    cache_views: CacheViews,
+}
+
+/// A build's key in [`CacheViews`].
+fn build_key(ib: &ImageBuild) -> (String, i64) {
+    (ib.uid().unwrap_or_default(), ib.meta().generation.unwrap_or(1))
+}
+
+fn lock(views: &CacheViews) -> std::sync::MutexGuard<'_, BTreeMap<(String, i64), CacheView>> {
+    views.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shell for ClusterShell {
     type Error = ClusterError;
 
     async fn observe(&mut self, ib: &ImageBuild) -> Result<Observed, ClusterError> {
-        dereference(&self.client, ib, &self.namespace).await
+        let mut observed = dereference(&self.client, ib, &self.namespace).await?;
+        observed.cache = lock(&self.cache_views).get(&build_key(ib)).cloned();
+        Ok(observed)
     }
 
     async fn create_claim(&mut self, claim: &PersistentVolumeClaim) -> Result<(), ClusterError> {
@@ -167,6 +195,61 @@ impl Shell for ClusterShell {
     async fn delete_pod(&mut self, name: &str) -> Result<(), ClusterError> {
         delete(&self.pods(), "Pod", name).await
     }
+
+    /// With the credentials of the Secrets the request names (read here,
+    /// held in memory for this lookup only, never logged) and the context
+    /// ConfigMap.
+    async fn look_up(
+        &mut self,
+        ib: &ImageBuild,
+        request: &LookupRequest,
+    ) -> Result<CacheView, ClusterError> {
+        let mut configs = Vec::new();
+        for name in &request.secrets {
+            let secret =
+                get_optional::<Secret>(&self.client, &self.namespace, "Secret", name).await?;
+            let data = secret.and_then(|s| s.data).unwrap_or_default();
+            if let Some(config) = data.get(".dockerconfigjson") {
+                configs.push(config.0.clone());
+            }
+        }
+        let config_map = match &ib.spec.context.config_map {
+            Some(context) => {
+                get_optional::<ConfigMap>(&self.client, &self.namespace, "ConfigMap", &context.name)
+                    .await?
+            }
+            None => None,
+        };
+        let options = RegistryOptions {
+            insecure: request.insecure,
+            auth_json: merged_docker_configs(&configs),
+            ..RegistryOptions::default()
+        };
+        let view = look_up(request, &options, config_map.as_ref()).await;
+        let mut views = lock(&self.cache_views);
+        while views.len() >= MAX_CACHE_VIEWS {
+            views.pop_first();
+        }
+        views.insert(build_key(ib), view.clone());
+        Ok(view)
+    }
+}
+
+/// One dockerconfigjson with the `auths` of all of `configs`, the first
+/// one's entry winning for a registry several name; `None` for none.
+fn merged_docker_configs(configs: &[Vec<u8>]) -> Option<String> {
+    let mut auths = serde_json::Map::new();
+    for config in configs {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(config) else {
+            continue;
+        };
+        if let Some(entries) = value.get("auths").and_then(|a| a.as_object()) {
+            for (registry, entry) in entries {
+                auths.entry(registry.clone()).or_insert_with(|| entry.clone());
+            }
+        }
+    }
+    (!auths.is_empty()).then(|| json!({ "auths": auths }).to_string())
 }
 
 impl ClusterShell {

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use super::Settings;
 use super::reconcile::{Decision, Observed, reconcile};
 use crate::api::{ImageBuild, Phase};
+use crate::cache::lookup::{CacheView, LookupRequest};
 
 /// How a pod creation went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,16 @@ pub trait Shell {
 
     /// Deletes a pod (one that is gone already is no error).
     async fn delete_pod(&mut self, name: &str) -> Result<(), Self::Error>;
+
+    /// Answers the core's cache lookup for this build. The shell keeps the
+    /// answer and hands it back in every later [`Observed::cache`] of the
+    /// same build. A registry that can't be asked is an answer
+    /// ([`CacheView::unavailable`]), not an error.
+    async fn look_up(
+        &mut self,
+        ib: &ImageBuild,
+        request: &LookupRequest,
+    ) -> Result<CacheView, Self::Error>;
 }
 
 /// One observe → reconcile → apply, at `now`; returns the decision carried
@@ -61,8 +72,12 @@ pub async fn pass<S: Shell>(
     settings: &Settings,
     now: Timestamp,
 ) -> Result<Decision, S::Error> {
-    let observed = shell.observe(ib).await?;
-    let decision = reconcile(ib, &observed, settings, now);
+    let mut observed = shell.observe(ib).await?;
+    let mut decision = reconcile(ib, &observed, settings, now);
+    if let Some(request) = decision.lookup.take() {
+        observed.cache = Some(shell.look_up(ib, &request).await?);
+        decision = reconcile(ib, &observed, settings, now);
+    }
     match apply(shell, &decision).await? {
         Created::Done => Ok(decision),
         Created::Forbidden(message) => {
@@ -220,6 +235,15 @@ spec:
         async fn delete_pod(&mut self, name: &str) -> Result<(), String> {
             self.calls.push(format!("delete pod {name}"));
             Ok(())
+        }
+
+        async fn look_up(
+            &mut self,
+            _ib: &ImageBuild,
+            _request: &LookupRequest,
+        ) -> Result<CacheView, String> {
+            self.calls.push("look up".into());
+            Ok(CacheView::default())
         }
     }
 

@@ -102,6 +102,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
         settings: options.settings,
         metrics,
         in_flight: Default::default(),
+        cache_views: Default::default(),
     });
     // One Controller per namespace (each with its own watches, which a
     // namespaced Role allows), sharing the context: one recorder, one set of metrics.

@@ -20,7 +20,7 @@ pub struct LocalDifference {
 pub const LOCAL_DIFFERENCES: &[LocalDifference] = &[
     LocalDifference {
         path: "spec.hostNetwork",
-        why: "the assemble pod pushes to a registry on loopback and the context pod clones from a git server there: host network (all others run with --network none)",
+        why: "the assemble pod pushes to a registry on loopback, the restore pod reads the cache there, and the context pod clones from a git server there: host network (all others run with --network none)",
     },
     LocalDifference {
         path: "spec.volumes[push-secret]",
@@ -66,7 +66,7 @@ pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs<'_>) -> Pod {
     let Some(spec) = local.spec.as_mut() else {
         return local;
     };
-    if is_assemble(spec) || is_context(spec) {
+    if is_assemble(spec) || is_context(spec) || is_restore(spec) {
         spec.host_network = Some(true);
     }
     for volume in spec.volumes.iter_mut().flatten() {
@@ -132,6 +132,10 @@ pub fn uses_host_network(pod: &Pod) -> bool {
 
 fn is_assemble(spec: &PodSpec) -> bool {
     main_container_is(spec, "assemble")
+}
+
+fn is_restore(spec: &PodSpec) -> bool {
+    main_container_is(spec, "restore")
 }
 
 fn is_context(spec: &PodSpec) -> bool {

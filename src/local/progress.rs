@@ -8,6 +8,7 @@ use std::time::Instant;
 use jiff::Timestamp;
 
 use crate::api::{ImageBuildStatus, human_size};
+use crate::cache::lookup::CacheView;
 use crate::controller::reconcile::{PodPhase, PodState};
 
 /// When a pod of the build was created, started and finished.
@@ -75,6 +76,25 @@ impl Progress {
         }
     }
 
+    /// What the cache had: a line per cached chain, the whole image when
+    /// it had that, or why it could not be used.
+    pub fn cache(&self, view: &CacheView) {
+        if let Some(error) = &view.error {
+            self.line(&format!("cache          not used: {error}"));
+            return;
+        }
+        for (id, entry) in &view.hits {
+            self.line(&format!("{id:<14} cached ({})", short_key(&entry.key)));
+        }
+        if let Some(image) = &view.image {
+            self.line(&format!(
+                "image          cached ({}): {}",
+                short_key(&image.key),
+                image.image.reference
+            ));
+        }
+    }
+
     /// When each pod's main container ran, from the build's start.
     pub fn timeline(&self, timeline: &[PodTiming]) {
         for pod in timeline {
@@ -86,6 +106,12 @@ impl Progress {
             }
         }
     }
+}
+
+/// `sha256:0123456789ab…` → `0123456789ab`.
+fn short_key(key: &str) -> &str {
+    let hex = key.trim_start_matches("sha256:");
+    &hex[..hex.len().min(12)]
 }
 
 /// The line `slimforge build` prints about the reduction.

@@ -17,11 +17,13 @@ use super::podman::{ContainerState, Podman, PodmanError, missing_workdir, pull_f
 use super::pods::{LocalPodInputs, local_pod, non_root_refusal, uses_host_network};
 use super::progress::{PodTiming, Progress};
 use crate::api::ImageBuild;
+use crate::cache::lookup::{CacheView, LookupRequest, look_up};
 use crate::contract::{ASSEMBLE_RESULT, CONTEXT_RESULT, PROBE_RESULT, chain_result};
 use crate::controller::GENERATION_LABEL;
 use crate::controller::driver::{Created, Shell};
 use crate::controller::pods::UnitIdentity;
 use crate::controller::reconcile::{Observed, PodPhase, PodState};
+use crate::oci::registry::RegistryOptions;
 
 /// A `kube play` running in the background: podman's output, or its error.
 type Play = JoinHandle<Result<String, PodmanError>>;
@@ -72,6 +74,8 @@ pub(super) struct PodmanShell {
     claims: Vec<(String, i64)>,
     /// Every volume to remove at the end.
     volumes: Vec<String>,
+    /// The cache's answer, once asked.
+    cache: Option<CacheView>,
 }
 
 impl Shell for PodmanShell {
@@ -84,6 +88,7 @@ impl Shell for PodmanShell {
             pods,
             claims: self.claims.clone(),
             dockerfile_from_context: self.inputs.dockerfile_from_context.clone(),
+            cache: self.cache.clone(),
             ..Observed::default()
         })
     }
@@ -124,6 +129,23 @@ impl Shell for PodmanShell {
         self.remove_pod(name).await;
         Ok(())
     }
+
+    /// With the push credentials' copy, as the assemble pod gets them.
+    async fn look_up(
+        &mut self,
+        _ib: &ImageBuild,
+        request: &LookupRequest,
+    ) -> Result<CacheView, LocalError> {
+        let options = RegistryOptions {
+            insecure: request.insecure,
+            auth_file: self.inputs.auth_dir.as_ref().map(|d| d.join("config.json")),
+            ..RegistryOptions::default()
+        };
+        let view = look_up(request, &options, self.inputs.context_config_map.as_ref()).await;
+        self.progress.cache(&view);
+        self.cache = Some(view.clone());
+        Ok(view)
+    }
 }
 
 impl PodmanShell {
@@ -138,6 +160,7 @@ impl PodmanShell {
             pods: BTreeMap::new(),
             claims: Vec::new(),
             volumes: Vec::new(),
+            cache: None,
         }
     }
 

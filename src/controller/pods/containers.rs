@@ -229,7 +229,7 @@ pub(super) fn helper_volume() -> Volume {
 }
 
 /// A Secret of type `kubernetes.io/dockerconfigjson` as `config.json`.
-fn docker_config_volume(name: &str, secret: &str) -> Volume {
+pub(super) fn docker_config_volume(name: &str, secret: &str) -> Volume {
     Volume {
         name: name.to_string(),
         secret: Some(SecretVolumeSource {

@@ -12,6 +12,7 @@
 //! - `context_pod`: the git build's context pod, which clones the repository.
 //! - `security`: the restricted and stage security contexts.
 
+mod cache;
 mod containers;
 mod context_pod;
 #[cfg(test)]

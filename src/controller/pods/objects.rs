@@ -18,6 +18,7 @@ use super::containers::{env_var, helper_volume, read_only_mount};
 use super::security::{restricted_pod_security, runtime_default_pod_security};
 use super::units::{Unit, UnitIdentity, UnitKind};
 use crate::api::ImageBuild;
+use crate::cache::lookup::CacheView;
 use crate::contract::{CONTEXT_ENV, CONTEXT_MOUNT, PLAN_ENV, SOURCE_DIR, WORKSPACE_MOUNT};
 use crate::controller::{
     BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL, Settings,
@@ -50,6 +51,9 @@ pub struct BuildObjects<'a> {
     pub generation: i64,
     /// Seconds for `activeDeadlineSeconds`.
     pub deadline_seconds: i64,
+    /// The cache's answer: what the restore pod restores, what the
+    /// assembly stores.
+    pub cache: Option<&'a CacheView>,
 }
 
 impl BuildObjects<'_> {
@@ -162,7 +166,7 @@ impl BuildObjects<'_> {
                 context_mounts.push(read_only_mount("context", CONTEXT_MOUNT));
             }
         }
-        let assemble = matches!(unit.kind, UnitKind::Assemble);
+        let assemble = matches!(unit.kind, UnitKind::Assemble | UnitKind::Restore { .. });
         let (init, main) = match &unit.kind {
             UnitKind::Chain { id, runtime } => {
                 self.chain_containers(unit, id, *runtime, env, context_mounts)
@@ -171,7 +175,13 @@ impl BuildObjects<'_> {
             UnitKind::Probe => self.probe_containers(unit, env),
             UnitKind::Context => return self.context_pod(unit, attempt, node),
             UnitKind::Assemble => {
+                env.extend(self.cache_store(plan));
                 let (container, secrets) = self.assemble_container(plan, env, context_mounts);
+                volumes.extend(secrets);
+                (Vec::new(), container)
+            }
+            UnitKind::Restore { ids } => {
+                let (container, secrets) = self.restore_container(ids);
                 volumes.extend(secrets);
                 (Vec::new(), container)
             }

@@ -45,6 +45,9 @@ pub enum UnitKind {
     Probe,
     /// Builds and pushes the final image.
     Assemble,
+    /// Puts the exports of cached chains and extractions back on the
+    /// workspace, from the cache repository, for the units that copy them.
+    Restore { ids: Vec<String> },
 }
 
 impl UnitKind {
@@ -56,6 +59,7 @@ impl UnitKind {
             UnitKind::Extraction { .. } => "extraction",
             UnitKind::Probe => "probe",
             UnitKind::Assemble => "assemble",
+            UnitKind::Restore { .. } => "restore",
         }
     }
 

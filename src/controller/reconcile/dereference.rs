@@ -9,14 +9,23 @@ use std::time::Duration;
 use jiff::SignedDuration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::cache::{cached_stage_status, take_cached};
 use super::pod_results::{clone_outcome, stage_status};
 use super::validate::{Invalid, plan_spec, validate_spec};
 use super::{
     Decision, Dockerfile, Inputs, MISSING_RETRY, Pass, Planned, PodPhase, PodState, expire, warning,
 };
 use crate::api::{ImageBuildStatus, Phase, SourceStatus};
-use crate::controller::pods::{BuildObjects, CONTEXT_UNIT, build_units, context_unit};
+use crate::cache::lookup::CacheView;
+use crate::controller::pods::{
+    BuildObjects, CONTEXT_UNIT, Unit, UnitKind, build_units, context_unit,
+};
 use crate::controller::status::{BuildState, Reason};
+
+/// `status.buildReason` of a resource's first build.
+const BUILD_REASON_FIRST: &str = "FirstBuild";
+/// `status.buildReason` of a build for a changed spec.
+const BUILD_REASON_SPEC: &str = "SpecChanged";
 
 impl<'a> Pass<'a> {
     /// A finished build is never rebuilt: only its TTL is left to keep.
@@ -63,10 +72,16 @@ impl<'a> Pass<'a> {
 
     /// This generation's status before the steps fill it in.
     pub(super) fn fresh_status(&self) -> ImageBuildStatus {
+        let build_reason = match (self.same_generation, self.previous.observed_generation) {
+            (true, _) => self.previous.build_reason.clone(),
+            (false, None) => Some(BUILD_REASON_FIRST.to_string()),
+            (false, Some(_)) => Some(BUILD_REASON_SPEC.to_string()),
+        };
         ImageBuildStatus {
             observed_generation: Some(self.generation),
             start_time: Some(Time(self.start)),
             conditions: self.previous.conditions.clone(),
+            build_reason,
             ..ImageBuildStatus::default()
         }
     }
@@ -194,12 +209,18 @@ impl<'a> Pass<'a> {
     pub(super) fn plan<'p>(
         &'p self,
         inputs: &'p Inputs,
+        cache: Option<&'p CacheView>,
         status: &mut ImageBuildStatus,
     ) -> Planned<'p> {
         let plan = inputs.plan.as_ref();
-        let units = match plan {
+        let mut units = match plan {
             Some(plan) => build_units(self.ib, plan),
             None => vec![context_unit()],
+        };
+        let latest = self.latest_attempts();
+        let cached = match cache {
+            Some(view) => take_cached(&mut units, view, &latest),
+            None => BTreeMap::new(),
         };
         let deadline =
             self.start + SignedDuration::try_from(inputs.timeout).unwrap_or(SignedDuration::MAX);
@@ -209,17 +230,30 @@ impl<'a> Pass<'a> {
             settings: self.settings,
             generation: self.generation,
             deadline_seconds: (deadline.duration_since(self.now).as_secs()).max(1),
+            cache,
         };
         let planned = Planned {
             units,
+            cached,
             objects,
-            latest: self.latest_attempts(),
+            latest,
             deadline,
             timeout: inputs.timeout,
         };
+        let key = |unit: &Unit| match &unit.kind {
+            UnitKind::Chain { id, .. } | UnitKind::Extraction { id } => {
+                cache.and_then(|c| c.key(id))
+            }
+            _ => None,
+        };
         status.stages = planned
-            .with_pods()
-            .map(|(unit, pod)| stage_status(unit, pod))
+            .units
+            .iter()
+            .filter_map(|unit| match (planned.cached.get(&unit.n), planned.latest.get(&unit.n)) {
+                (Some(k), _) => Some(cached_stage_status(unit, k)),
+                (None, Some(pod)) => Some(stage_status(unit, pod, key(unit))),
+                (None, None) => None,
+            })
             .collect();
         planned
     }

@@ -7,6 +7,7 @@
 //! `dereference` and `decide` are the steps of one pass; `pod_results`
 //! reads what the pods report.
 
+mod cache;
 mod decide;
 mod dereference;
 mod pod_results;
@@ -28,6 +29,7 @@ use super::Settings;
 use super::pods::{BuildObjects, Unit};
 use super::status::Reason;
 use crate::api::{ImageBuild, ImageBuildStatus};
+use crate::cache::lookup::{CacheView, LookupRequest};
 use crate::plan::BuildPlan;
 
 /// The largest plan that travels in an environment variable (Linux caps one
@@ -132,6 +134,8 @@ pub struct Observed {
     pub dockerfile_from_context: Option<String>,
     /// The API refused a pod because of the namespace's Pod Security level.
     pub forbidden: Option<String>,
+    /// The cache's answer to the decision's [`Decision::lookup`].
+    pub cache: Option<CacheView>,
 }
 
 /// What to do now.
@@ -144,6 +148,9 @@ pub struct Decision {
     pub status: ImageBuildStatus,
     pub requeue_after: Option<Duration>,
     pub events: Vec<BuildEvent>,
+    /// Ask the cache, then decide again with its answer in
+    /// [`Observed::cache`]; nothing else in this decision is to be done.
+    pub lookup: Option<LookupRequest>,
 }
 
 /// An event for the ImageBuild (the Kubernetes shell records them).
@@ -229,8 +236,10 @@ impl<'a> Pass<'a> {
         self.refuse_if_forbidden(decision)?;
         self.wait_for_missing_references(decision)?;
         self.wait_for_old_generation(old_generation_left, decision)?;
+        let cache = self.consult_cache(&inputs, decision)?;
         // plan
-        let planned = self.plan(&inputs, &mut decision.status);
+        let planned = self.plan(&inputs, cache, &mut decision.status);
+        self.end_when_image_cached(cache, &planned, decision)?;
         // decide
         let failure = self.retry_or_find_failure(&planned, decision);
         self.end_on_failure(failure, &planned, decision)?;
@@ -264,6 +273,8 @@ struct Inputs {
 /// attempt of each that exists.
 struct Planned<'a> {
     units: Vec<Unit>,
+    /// Units the cache had, done without a pod: their keys.
+    cached: BTreeMap<usize, String>,
     objects: BuildObjects<'a>,
     latest: BTreeMap<usize, &'a PodState>,
     deadline: Timestamp,
@@ -272,9 +283,11 @@ struct Planned<'a> {
 
 impl Planned<'_> {
     fn succeeded(&self, unit: &usize) -> bool {
-        self.latest
-            .get(unit)
-            .is_some_and(|p| p.phase == PodPhase::Succeeded)
+        self.cached.contains_key(unit)
+            || self
+                .latest
+                .get(unit)
+                .is_some_and(|p| p.phase == PodPhase::Succeeded)
     }
 
     /// Each unit with a pod, and its latest pod.

@@ -25,6 +25,8 @@ pub(super) fn image_status(outcome: AssembleResult) -> ImageStatus {
         builder_image: outcome.builder_image,
         builder_size_bytes: outcome.builder_size_bytes.map(|b| b as i64),
         layers: outcome.layers.into_iter().map(|l| l.digest).collect(),
+        base: outcome.base,
+        cached: false,
         reference: outcome.reference,
         digest: outcome.digest,
     }
@@ -164,8 +166,10 @@ pub(super) fn failure_message(unit: &Unit, pod: &PodState) -> String {
     message
 }
 
-pub(super) fn stage_status(unit: &Unit, pod: &PodState) -> StageStatus {
+pub(super) fn stage_status(unit: &Unit, pod: &PodState, key: Option<&str>) -> StageStatus {
     StageStatus {
+        cached: key.map(|_| false),
+        cache_key: key.map(str::to_string),
         name: unit.name.clone(),
         pod: pod.name.clone(),
         phase: pod.phase.as_str().into(),

@@ -1,0 +1,183 @@
+//! The cache step: ask the shell for the build's [`CacheView`] once a plan
+//! exists, then take from it what is cached. A chain or extraction the
+//! cache has and that has no pod yet is done without one; a restore pod
+//! puts its exports back on the workspace for whatever still runs and
+//! copies them. When the cache has the whole image, and the output's tags
+//! point at it already, the build succeeds without any pod.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::pod_results::image_status;
+use super::{Decision, Inputs, Pass, Planned, PodState, notice};
+use crate::api::{ImageBuildStatus, Phase, StageStatus, human_size};
+use crate::cache::lookup::{CacheView, ContextRef, LookupRequest};
+use crate::controller::pods::{Unit, UnitKind};
+use crate::controller::status::{BuildState, Reason};
+
+impl Pass<'_> {
+    /// The view the shell found, or a request for one (the shell answers
+    /// it and runs the pass again). `None`: the cache is off, or there is
+    /// no plan yet.
+    pub(super) fn consult_cache(
+        &self,
+        inputs: &Inputs,
+        decision: &mut Decision,
+    ) -> ControlFlow<(), Option<&CacheView>> {
+        let Some(plan) = &inputs.plan else {
+            return ControlFlow::Continue(None);
+        };
+        if !self.ib.spec.cache_enabled() {
+            return ControlFlow::Continue(None);
+        }
+        if let Some(view) = &self.observed.cache {
+            return ControlFlow::Continue(Some(view));
+        }
+        decision.lookup = Some(self.lookup_request(plan, &decision.status));
+        decision.status.phase = Some(Phase::Pending);
+        ControlFlow::Break(())
+    }
+
+    fn lookup_request(
+        &self,
+        plan: &crate::plan::BuildPlan,
+        status: &ImageBuildStatus,
+    ) -> LookupRequest {
+        let spec = &self.ib.spec;
+        let context = &spec.context;
+        let context = if let Some(files) = &context.inline {
+            ContextRef::Inline(files.clone())
+        } else if let Some(config_map) = &context.config_map {
+            ContextRef::ConfigMap(config_map.clone())
+        } else if let Some(git) = &context.git {
+            let commit = status.source.as_ref().map(|s| s.commit.as_str());
+            ContextRef::Opaque(format!(
+                "git {} {}",
+                commit.unwrap_or_default(),
+                git.sub_path.as_deref().unwrap_or_default()
+            ))
+        } else {
+            ContextRef::None
+        };
+        let template = spec.pod_template.clone().unwrap_or_default();
+        let secrets = spec
+            .output
+            .push_secret
+            .iter()
+            .cloned()
+            .chain(template.image_pull_secrets.iter().map(|s| s.name.clone()))
+            .collect();
+        let cache = spec.cache.clone().unwrap_or_default();
+        LookupRequest {
+            plan: plan.clone(),
+            context,
+            output: spec.output.image.clone(),
+            additional_tags: spec.output.additional_tags.clone(),
+            repository: cache.repository,
+            insecure: spec.output.insecure,
+            secrets,
+            no_cache: cache.no_cache,
+        }
+    }
+
+    /// The whole image is cached and already where the output says: the
+    /// build is done, and no pod ran.
+    pub(super) fn end_when_image_cached(
+        &self,
+        view: Option<&CacheView>,
+        planned: &Planned<'_>,
+        decision: &mut Decision,
+    ) -> ControlFlow<()> {
+        let Some(entry) = view.and_then(|v| v.image.as_ref()) else {
+            return ControlFlow::Continue(());
+        };
+        if !planned.latest.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let message = format!(
+            "every input is unchanged: {} ({}) is the cached image, and no pod ran",
+            entry.image.reference,
+            human_size(entry.image.size_bytes)
+        );
+        let status = &mut decision.status;
+        status.image = Some(crate::api::ImageStatus {
+            cached: true,
+            ..image_status(entry.image.clone())
+        });
+        status.phase = Some(Phase::Succeeded);
+        status.completion_time = Some(Time(self.now));
+        status.conditions = self.conditions(BuildState::Succeeded, Reason::Succeeded, &message);
+        decision.events.push(notice(Reason::Succeeded, message));
+        decision.requeue_after = super::ttl_requeue(self.ib, self.now, self.now);
+        ControlFlow::Break(())
+    }
+}
+
+/// Marks the units the cache has (and that have no pod) as cached, and
+/// adds the restore pod when a unit that still runs copies from one of
+/// them. Returns the cached units' numbers and keys.
+pub(super) fn take_cached(
+    units: &mut Vec<Unit>,
+    view: &CacheView,
+    latest: &BTreeMap<usize, &PodState>,
+) -> BTreeMap<usize, String> {
+    let mut cached = BTreeMap::new();
+    for unit in units.iter() {
+        let id = match &unit.kind {
+            UnitKind::Chain { id, runtime: false } | UnitKind::Extraction { id } => id,
+            _ => continue,
+        };
+        if let (Some(entry), false) = (view.hits.get(id), latest.contains_key(&unit.n)) {
+            cached.insert(unit.n, entry.key.clone());
+        }
+    }
+    let restored: Vec<String> = units
+        .iter()
+        .filter(|u| !cached.contains_key(&u.n))
+        .flat_map(|u| u.depends_on.iter())
+        .filter(|n| cached.contains_key(n))
+        .filter_map(|n| units.iter().find(|u| u.n == *n))
+        .filter_map(|u| match &u.kind {
+            UnitKind::Chain { id, .. } | UnitKind::Extraction { id } => Some(id.clone()),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if restored.is_empty() {
+        return cached;
+    }
+    let n = units.iter().map(|u| u.n).max().unwrap_or(0) + 1;
+    for unit in units.iter_mut().filter(|u| !cached.contains_key(&u.n)) {
+        if unit.depends_on.iter().any(|d| cached.contains_key(d)) {
+            unit.depends_on.retain(|d| !cached.contains_key(d));
+            unit.depends_on.push(n);
+        }
+    }
+    let restore = Unit {
+        n,
+        kind: UnitKind::Restore { ids: restored },
+        depends_on: Vec::new(),
+        name: "restore".into(),
+        image: String::new(),
+        from_line: None,
+    };
+    // Before the assembly, which stays last.
+    let at = units.len().saturating_sub(1);
+    units.insert(at, restore);
+    cached
+}
+
+/// A unit the cache had: done, with no pod.
+pub(super) fn cached_stage_status(unit: &Unit, key: &str) -> StageStatus {
+    StageStatus {
+        name: unit.name.clone(),
+        pod: String::new(),
+        phase: "Succeeded".into(),
+        cached: Some(true),
+        cache_key: Some(key.to_string()),
+        ..StageStatus::default()
+    }
+}
