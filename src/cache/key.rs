@@ -1,0 +1,389 @@
+//! The cache keys of a plan: one per chain and extraction, one for the
+//! final image. A key is a SHA-256 over everything that decides what the
+//! unit produces, and over nothing else: what only moves lines (a comment,
+//! a blank line) or what the unit never sees (a build arg it does not
+//! declare, a context file it does not copy) leaves it as it was.
+//!
+//! Every input is fed to the hash as a length-prefixed field, and every
+//! list with its count first, so no two different inputs give the same
+//! bytes. A unit that copies from another takes that unit's key, not its
+//! id: the id names files, the key says what they are.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+
+use super::FORMAT;
+use super::context::ContextIndex;
+use crate::dockerfile::Instruction;
+use crate::dockerfile::expand_word;
+use crate::dockerfile::instruction::is_remote;
+use crate::plan::{BuildPlan, Chain, ChainRole, CopySource, Export, Extraction, FinalImage, Step};
+
+/// The base of an empty root: no image, so no digest.
+const SCRATCH: &str = "scratch";
+
+/// What the build context is, where keys are computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextIdentity<'a> {
+    /// No context: a step that reads one cannot be keyed.
+    None,
+    /// Its files: a step's key covers the ones its sources may read.
+    Index(&'a ContextIndex),
+    /// A context whose files are not known here (a git context not yet
+    /// cloned): the string (`git <commit> <subPath>`) stands for all of
+    /// it, in the key of every step that reads it.
+    Opaque(String),
+}
+
+/// Everything keys are computed from.
+#[derive(Debug, Clone)]
+pub struct KeyInputs<'a> {
+    pub plan: &'a BuildPlan,
+    /// Image as the plan writes it (`Chain::image`, `Extraction::image`,
+    /// the final base) → its manifest digest (`sha256:…`) for the plan's
+    /// platform. A tag moves; the digest is what the unit runs on.
+    pub digests: &'a BTreeMap<String, String>,
+    pub context: ContextIdentity<'a>,
+}
+
+/// The keys of one plan, each `sha256:<hex>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// Chain or extraction id → its key.
+    pub units: BTreeMap<String, String>,
+    /// The final image's.
+    pub image: String,
+}
+
+/// Why a key could not be computed honestly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("no digest for image `{image}`")]
+    MissingDigest { image: String },
+    #[error("line {line}: {keyword} reads the build context, but the build has none")]
+    NoContext { line: usize, keyword: &'static str },
+    #[error("line {line}: ADD {url}: a remote source's content is not known, so it is not cached")]
+    RemoteSource { line: usize, url: String },
+    #[error("`{unit}` copies from `{dependency}`, which is not in the plan")]
+    UnknownUnit { unit: String, dependency: String },
+    #[error("chain `{0}` copies from itself through other chains")]
+    Cycle(String),
+}
+
+/// The keys of every chain, extraction and of the final image.
+pub fn keys(inputs: &KeyInputs<'_>) -> Result<Keys, KeyError> {
+    keys_with_format(inputs, FORMAT)
+}
+
+/// [`keys`] under another [`FORMAT`] (the tests show it is in every key).
+fn keys_with_format(inputs: &KeyInputs<'_>, format: &str) -> Result<Keys, KeyError> {
+    let mut keyer = Keyer {
+        inputs,
+        format,
+        units: BTreeMap::new(),
+        visiting: BTreeSet::new(),
+    };
+    let plan = inputs.plan;
+    // Waves are an order in which every dependency comes first; units a
+    // wave leaves out are keyed too (a dependency is keyed when first met).
+    let ids = plan
+        .waves
+        .iter()
+        .flatten()
+        .cloned()
+        .chain(plan.chains.iter().map(|c| c.id.clone()))
+        .chain(plan.extractions.iter().map(|e| e.id.clone()));
+    for id in ids {
+        keyer.unit(&id, &id)?;
+    }
+    let image = keyer.image()?;
+    Ok(Keys {
+        units: keyer.units,
+        image,
+    })
+}
+
+struct Keyer<'a, 'i> {
+    inputs: &'a KeyInputs<'i>,
+    format: &'a str,
+    units: BTreeMap<String, String>,
+    /// Chains being keyed: met again, the plan has a cycle.
+    visiting: BTreeSet<String>,
+}
+
+impl Keyer<'_, '_> {
+    /// The key of chain or extraction `id`, which `by` copies from.
+    fn unit(&mut self, id: &str, by: &str) -> Result<String, KeyError> {
+        if let Some(key) = self.units.get(id) {
+            return Ok(key.clone());
+        }
+        let plan = self.inputs.plan;
+        let key = if let Some(chain) = plan.chain(id) {
+            if !self.visiting.insert(id.to_string()) {
+                return Err(KeyError::Cycle(id.to_string()));
+            }
+            let key = self.chain(chain);
+            self.visiting.remove(id);
+            key?
+        } else if let Some(extraction) = plan.extraction(id) {
+            self.extraction(extraction)?
+        } else {
+            return Err(KeyError::UnknownUnit {
+                unit: by.to_string(),
+                dependency: id.to_string(),
+            });
+        };
+        self.units.insert(id.to_string(), key.clone());
+        Ok(key)
+    }
+
+    /// What every key starts with: the format, the kind of unit, and the
+    /// platform the build is for (`TARGETPLATFORM` and friends, and which
+    /// image of an index runs).
+    fn start(&self, kind: &str) -> Hasher {
+        let mut h = Hasher::default();
+        h.str(self.format);
+        h.str(kind);
+        h.str(&self.inputs.plan.platform);
+        h
+    }
+
+    /// A chain: its root image by digest, its platform (`FROM
+    /// --platform`), its role (a runtime chain is snapshotted, a builder
+    /// exports), the escape character (how the helper reads its words),
+    /// each stage's name and steps, and what it exports.
+    fn chain(&mut self, chain: &Chain) -> Result<String, KeyError> {
+        let mut h = self.start("chain");
+        h.str(&chain.platform);
+        h.str(&self.digest(&chain.image)?);
+        h.str(match chain.role {
+            ChainRole::Builder => "builder",
+            ChainRole::Runtime => "runtime",
+        });
+        h.str(&self.inputs.plan.escape.to_string());
+        h.count(chain.stages.len());
+        for stage in &chain.stages {
+            h.opt(stage.stage.name.as_deref());
+            self.steps(&mut h, Some(&chain.id), &stage.steps)?;
+        }
+        exports(&mut h, &chain.exports, true);
+        Ok(h.finish())
+    }
+
+    /// An extraction: the image by digest and the paths it exports.
+    fn extraction(&mut self, extraction: &Extraction) -> Result<String, KeyError> {
+        let mut h = self.start("extraction");
+        h.str(&extraction.platform);
+        h.str(&self.digest(&extraction.image)?);
+        exports(&mut h, &extraction.exports, false);
+        Ok(h.finish())
+    }
+
+    /// The final image: its base by digest, the target's name, and either
+    /// the assembled stage (its steps, as a chain's) or the runtime
+    /// chain's key and the stage it ends with.
+    fn image(&mut self) -> Result<String, KeyError> {
+        let plan = self.inputs.plan;
+        let mut h = self.start("image");
+        let (base, _) = plan.final_base();
+        h.str(&self.digest(base)?);
+        h.opt(plan.target.name.as_deref());
+        match &plan.final_image {
+            FinalImage::Assemble(a) => {
+                h.str("assemble");
+                h.str(&a.platform);
+                h.str(&plan.escape.to_string());
+                h.opt(a.stage.name.as_deref());
+                self.steps(&mut h, None, &a.steps)?;
+            }
+            FinalImage::Runtime(r) => {
+                h.str("runtime");
+                h.str(&self.unit(&r.chain, "the final image")?);
+                h.opt(r.stage.name.as_deref());
+            }
+        }
+        Ok(h.finish())
+    }
+
+    /// Steps of a stage run by chain `own` (`None`: the assembly): each
+    /// instruction as parsed (no line numbers in it, so moving it changes
+    /// nothing), its ARG bindings (how build args reach a key: only the
+    /// ARGs the stage declares are there) and what its COPY/ADD reads.
+    fn steps(&mut self, h: &mut Hasher, own: Option<&str>, steps: &[Step]) -> Result<(), KeyError> {
+        h.count(steps.len());
+        for step in steps {
+            h.json(&step.instruction);
+            h.json(&step.args);
+            match &step.source {
+                None => h.str("none"),
+                Some(CopySource::Inline) => h.str("inline"),
+                Some(CopySource::Context) => {
+                    h.str("context");
+                    self.context(h, step)?;
+                }
+                Some(CopySource::Stage {
+                    chain,
+                    stage,
+                    paths,
+                    exports: _,
+                }) => {
+                    if own == Some(chain.as_str()) {
+                        // An earlier stage of this chain: its steps are in
+                        // this key already.
+                        h.str("own stage");
+                    } else {
+                        h.str("stage");
+                        let by = own.unwrap_or("the final image");
+                        h.str(&self.unit(chain, by)?);
+                    }
+                    h.str(stage);
+                    h.list(paths);
+                }
+                Some(CopySource::Image {
+                    extraction,
+                    image: _,
+                    paths,
+                    exports: _,
+                }) => {
+                    h.str("image");
+                    let by = own.unwrap_or("the final image");
+                    h.str(&self.unit(extraction, by)?);
+                    h.list(paths);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The context files a COPY/ADD may read: their digest, or the opaque
+    /// context's identity.
+    fn context(&self, h: &mut Hasher, step: &Step) -> Result<(), KeyError> {
+        let (keyword, sources, add) = match &step.instruction {
+            Instruction::Copy(args) => ("COPY", args.sources.as_slice(), false),
+            Instruction::Add(args) => ("ADD", args.sources.as_slice(), true),
+            // Not a copy, yet it reads the context: all of it.
+            other => (other.keyword(), &[][..], false),
+        };
+        if add && let Some(source) = sources.iter().find(|s| is_remote(s)) {
+            // The parser refuses these; a plan from elsewhere may not.
+            return Err(KeyError::RemoteSource {
+                line: step.line,
+                url: source.clone(),
+            });
+        }
+        let escape = self.inputs.plan.escape;
+        let mut words: Vec<String> = sources
+            .iter()
+            .map(|word| {
+                if word.contains('$') {
+                    // Expanded in the pod with values not known here:
+                    // `digest_for` takes the whole context for it.
+                    return word.clone();
+                }
+                // No variable: the expansion (quotes, escapes) is the
+                // helper's whatever the environment.
+                expand_word(word, escape, &mut |_| None).unwrap_or_else(|_| ".".to_string())
+            })
+            .collect();
+        if add && let Some(source) = words.iter().find(|s| is_remote(s)) {
+            return Err(KeyError::RemoteSource {
+                line: step.line,
+                url: source.clone(),
+            });
+        }
+        if words.is_empty() {
+            words.push(".".to_string());
+        }
+        match &self.inputs.context {
+            ContextIdentity::None => {
+                return Err(KeyError::NoContext {
+                    line: step.line,
+                    keyword,
+                });
+            }
+            ContextIdentity::Index(index) => {
+                h.str("files");
+                h.str(&index.digest_for(&words));
+            }
+            ContextIdentity::Opaque(identity) => {
+                h.str("opaque");
+                h.str(identity);
+            }
+        }
+        Ok(())
+    }
+
+    /// An image's digest, or `scratch` for none.
+    fn digest(&self, image: &str) -> Result<String, KeyError> {
+        if image == SCRATCH {
+            return Ok(SCRATCH.to_string());
+        }
+        self.inputs
+            .digests
+            .get(image)
+            .cloned()
+            .ok_or_else(|| KeyError::MissingDigest {
+                image: image.to_string(),
+            })
+    }
+}
+
+/// What a unit hands on: each export's id (what consumers and the cache
+/// entry's layers are named by), the stage it is taken at, its path.
+fn exports(h: &mut Hasher, exports: &[Export], with_stage: bool) {
+    h.count(exports.len());
+    for export in exports {
+        h.str(&export.id);
+        if with_stage {
+            h.opt(export.stage.as_deref());
+        }
+        h.str(&export.path);
+    }
+}
+
+/// SHA-256 over length-prefixed fields.
+#[derive(Default)]
+struct Hasher(Sha256);
+
+impl Hasher {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    fn str(&mut self, text: &str) {
+        self.bytes(text.as_bytes());
+    }
+
+    fn count(&mut self, n: usize) {
+        self.bytes(&(n as u64).to_le_bytes());
+    }
+
+    fn opt(&mut self, text: Option<&str>) {
+        match text {
+            Some(text) => {
+                self.bytes(b"some");
+                self.str(text);
+            }
+            None => self.bytes(b"none"),
+        }
+    }
+
+    fn list(&mut self, items: &[String]) {
+        self.count(items.len());
+        for item in items {
+            self.str(item);
+        }
+    }
+
+    /// Plan types as their JSON (serde's field order is fixed).
+    fn json(&mut self, value: &impl serde::Serialize) {
+        let text = serde_json::to_string(value).expect("plan types serialise");
+        self.str(&text);
+    }
+
+    fn finish(self) -> String {
+        format!("sha256:{}", hex::encode(self.0.finalize()))
+    }
+}
