@@ -269,3 +269,222 @@ fn parse_ignore(text: Option<&str>) -> io::Result<Option<DockerIgnore>> {
     text.map(|t| DockerIgnore::parse(t).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)))
         .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(files: &[(&str, &str)]) -> ContextIndex {
+        ContextIndex::from_entries(
+            files
+                .iter()
+                .map(|(path, text)| (path.to_string(), INLINE_FILE_MODE, text.as_bytes())),
+        )
+        .unwrap()
+    }
+
+    fn base() -> ContextIndex {
+        index(&[
+            (".dockerignore", "*.log\n"),
+            ("main.go", "package main"),
+            ("util.go", "package main // util"),
+            ("README.md", "read me"),
+            ("debug.log", "noise"),
+            ("src/app/main.go", "package app"),
+            ("src/lib.rs", "fn lib() {}"),
+            ("docs/guide.md", "guide"),
+        ])
+    }
+
+    fn digest(index: &ContextIndex, sources: &[&str]) -> String {
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        index.digest_for(&sources)
+    }
+
+    /// The digest of `sources` before and after `path` is changed.
+    fn sees_change(sources: &[&str], path: &str) -> bool {
+        let before = base();
+        let mut after = before.clone();
+        after.entries.insert(
+            path.to_string(),
+            Entry::File {
+                mode: 0o644,
+                sha256: "changed".into(),
+            },
+        );
+        digest(&before, sources) != digest(&after, sources)
+    }
+
+    #[test]
+    fn ignored_files_are_not_indexed_and_directories_are_implied() {
+        let index = base();
+        assert!(!index.entries().contains_key("debug.log"));
+        assert!(index.entries().contains_key(".dockerignore"));
+        assert_eq!(index.entries()["src"], Entry::Dir { mode: 0o755 });
+        assert_eq!(index.entries()["src/app"], Entry::Dir { mode: 0o755 });
+        assert!(matches!(
+            index.entries()["main.go"],
+            Entry::File { mode: 0o644, .. }
+        ));
+        let written = ContextIndex::from_entries([
+            ("./a/b".to_string(), 0o644, &b"x"[..]),
+            ("/c".to_string(), 0o644, &b"y"[..]),
+        ])
+        .unwrap();
+        let keys: Vec<&str> = written.entries().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a", "a/b", "c"]);
+    }
+
+    #[test]
+    fn a_bad_dockerignore_is_an_error() {
+        let bad = ContextIndex::from_entries([(".dockerignore".to_string(), 0o644, &b"!\n"[..])]);
+        assert_eq!(bad.unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn the_whole_context_for_dot_and_slash() {
+        for source in [".", "./", "/", ".."] {
+            assert!(sees_change(&[source], "README.md"), "{source}");
+            assert!(sees_change(&[source], "src/app/main.go"), "{source}");
+        }
+        assert_eq!(digest(&base(), &["."]), digest(&base(), &["/"]));
+    }
+
+    #[test]
+    fn a_directory_source_takes_what_is_below_it() {
+        assert!(sees_change(&["src"], "src/app/main.go"));
+        assert!(sees_change(&["src/"], "src/lib.rs"));
+        assert!(sees_change(&["./src/app/"], "src/app/new.go"));
+        assert!(!sees_change(&["src"], "main.go"));
+        assert!(!sees_change(&["src/app"], "src/lib.rs"));
+        assert!(!sees_change(&["src"], "srcx"));
+    }
+
+    #[test]
+    fn a_glob_matches_one_component() {
+        assert!(sees_change(&["*.go"], "main.go"));
+        assert!(sees_change(&["*.go"], "util.go"));
+        assert!(!sees_change(&["*.go"], "src/app/main.go"));
+        assert!(!sees_change(&["*.go"], "README.md"));
+        assert!(sees_change(&["src/*/main.go"], "src/app/main.go"));
+        assert!(sees_change(&["[mu]*.go"], "util.go"));
+        assert!(!sees_change(&["m?in.go"], "util.go"));
+    }
+
+    #[test]
+    fn a_file_below_a_matching_directory_is_read() {
+        // `s*` matches the directory `src`: COPY takes all of it.
+        assert!(sees_change(&["s*"], "src/app/main.go"));
+        assert!(sees_change(&["src/a*"], "src/app/deep/file"));
+        assert!(!sees_change(&["d*"], "src/app/main.go"));
+    }
+
+    #[test]
+    fn a_variable_takes_the_whole_context() {
+        assert!(sees_change(&["$SRC"], "docs/guide.md"));
+        assert!(sees_change(&["main.go", "${DIR}/x"], "README.md"));
+        assert!(!sees_change(&["main.go"], "README.md"));
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_takes_the_whole_context() {
+        let mut index = base();
+        index.entries.insert(
+            "lib".into(),
+            Entry::Symlink {
+                target: "src".into(),
+            },
+        );
+        let mut changed = index.clone();
+        changed.entries.insert(
+            "src/lib.rs".into(),
+            Entry::File {
+                mode: 0o644,
+                sha256: "changed".into(),
+            },
+        );
+        for source in ["lib/lib.rs", "lib", "l*/*.rs"] {
+            assert_ne!(
+                digest(&index, &[source]),
+                digest(&changed, &[source]),
+                "{source}"
+            );
+        }
+        assert_eq!(digest(&index, &["docs"]), digest(&changed, &["docs"]));
+    }
+
+    #[test]
+    fn modes_and_symlink_targets_count() {
+        let a = ContextIndex::from_entries([("run.sh".to_string(), 0o644, &b"x"[..])]).unwrap();
+        let b = ContextIndex::from_entries([("run.sh".to_string(), 0o755, &b"x"[..])]).unwrap();
+        assert_ne!(digest(&a, &["run.sh"]), digest(&b, &["run.sh"]));
+        let link = |target: &str| {
+            let mut index = a.clone();
+            index.entries.insert(
+                "bin".into(),
+                Entry::Symlink {
+                    target: target.into(),
+                },
+            );
+            digest(&index, &["."])
+        };
+        assert_ne!(link("run.sh"), link("other.sh"));
+    }
+
+    #[test]
+    fn dockerignore_exceptions_keep_the_directories_they_walk() {
+        let index = index(&[
+            (".dockerignore", "docs\n!docs/keep.md\n"),
+            ("docs/keep.md", "kept"),
+            ("docs/drop.md", "dropped"),
+        ]);
+        assert!(index.entries().contains_key("docs"));
+        assert!(index.entries().contains_key("docs/keep.md"));
+        assert!(!index.entries().contains_key("docs/drop.md"));
+    }
+
+    #[test]
+    fn from_dir_equals_from_entries() {
+        let files: &[(&str, u32, &str)] = &[
+            (".dockerignore", 0o644, "*.log\n# comment\n"),
+            ("main.go", 0o644, "package main"),
+            ("run.sh", 0o755, "#!/bin/sh\n"),
+            ("debug.log", 0o644, "noise"),
+            ("src/app/main.go", 0o644, "package app"),
+            ("src/app/trace.log", 0o644, "noise"),
+            ("src/lib.rs", 0o600, "fn lib() {}"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (path, mode, text) in files {
+            let path = dir.path().join(path);
+            let parent = path.parent().unwrap();
+            fs::create_dir_all(parent).unwrap();
+            fs::write(&path, text).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        for sub in ["src", "src/app"] {
+            fs::set_permissions(dir.path().join(sub), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let walked = ContextIndex::from_dir(dir.path()).unwrap();
+        let listed = ContextIndex::from_entries(
+            files
+                .iter()
+                .map(|(path, mode, text)| (path.to_string(), *mode, text.as_bytes())),
+        )
+        .unwrap();
+        assert_eq!(walked, listed);
+        // `*.log` is for the root only, as in Docker.
+        assert!(!walked.entries().contains_key("debug.log"));
+        assert!(walked.entries().contains_key("src/app/trace.log"));
+        assert_eq!(digest(&walked, &["."]), digest(&listed, &["."]));
+
+        std::os::unix::fs::symlink("src/lib.rs", dir.path().join("link")).unwrap();
+        let walked = ContextIndex::from_dir(dir.path()).unwrap();
+        assert_eq!(
+            walked.entries()["link"],
+            Entry::Symlink {
+                target: "src/lib.rs".into()
+            }
+        );
+    }
+}
