@@ -297,7 +297,7 @@ mod tests {
     }
 
     fn digest(index: &ContextIndex, sources: &[&str]) -> String {
-        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let sources: Vec<String> = sources.iter().map(ToString::to_string).collect();
         index.digest_for(&sources)
     }
 
