@@ -387,3 +387,273 @@ impl Hasher {
         format!("sha256:{}", hex::encode(self.0.finalize()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::context::INLINE_FILE_MODE;
+    use crate::plan::PlanRequest;
+
+    const DOCKERFILE: &str = "\
+FROM golang:1.22 AS a
+ARG VERSION=1
+ENV MODE=release
+COPY a.txt conf/ /src/
+RUN cat /src/a.txt > /out-a
+
+FROM alpine:3.19 AS b
+COPY src/ /src/
+RUN ls /src > /out-b
+
+FROM alpine:3.19 AS c
+COPY --from=a /out-a /in
+RUN wc -c /in > /out-c
+
+FROM busybox
+ARG FINAL=x
+COPY --from=a /out-a /a
+COPY --from=b /out-b /b
+COPY --from=c /out-c /c
+";
+
+    /// One build's inputs, as plain values a variation edits.
+    #[derive(Clone)]
+    struct Case {
+        dockerfile: String,
+        build_args: BTreeMap<String, String>,
+        platform: Option<String>,
+        digests: BTreeMap<String, String>,
+        files: BTreeMap<String, String>,
+        format: &'static str,
+    }
+
+    fn base() -> Case {
+        let pairs = |list: &[(&str, &str)]| -> BTreeMap<String, String> {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Case {
+            dockerfile: DOCKERFILE.into(),
+            build_args: BTreeMap::new(),
+            platform: None,
+            digests: pairs(&[
+                ("golang:1.22", "sha256:aaaa"),
+                ("alpine:3.19", "sha256:bbbb"),
+                ("busybox", "sha256:cccc"),
+            ]),
+            files: pairs(&[
+                (".dockerignore", "# build noise\n*.log\n"),
+                ("a.txt", "for a"),
+                ("conf/app.ini", "x=1"),
+                ("conf/local.ini", "y=2"),
+                ("src/main.go", "package main"),
+                ("other.txt", "read by nobody"),
+                ("build.log", "ignored"),
+            ]),
+            format: FORMAT,
+        }
+    }
+
+    fn compute(case: &Case) -> Keys {
+        let plan = PlanRequest {
+            dockerfile: case.dockerfile.clone(),
+            build_args: case.build_args.clone(),
+            platform: case.platform.clone(),
+            ..PlanRequest::default()
+        }
+        .plan()
+        .unwrap();
+        let index = ContextIndex::from_entries(
+            case.files
+                .iter()
+                .map(|(path, text)| (path.clone(), INLINE_FILE_MODE, text.as_bytes())),
+        )
+        .unwrap();
+        let inputs = KeyInputs {
+            plan: &plan,
+            digests: &case.digests,
+            context: ContextIdentity::Index(&index),
+        };
+        keys_with_format(&inputs, case.format).unwrap()
+    }
+
+    /// Which of A, B, C and the image a variation must change.
+    struct Changes {
+        a: bool,
+        b: bool,
+        c: bool,
+        image: bool,
+    }
+
+    const NOTHING: Changes = Changes {
+        a: false,
+        b: false,
+        c: false,
+        image: false,
+    };
+    const EVERYTHING: Changes = Changes {
+        a: true,
+        b: true,
+        c: true,
+        image: true,
+    };
+    /// A and all that copies from it.
+    const A: Changes = Changes {
+        a: true,
+        b: false,
+        c: true,
+        image: true,
+    };
+
+    fn set(map: &mut BTreeMap<String, String>, key: &str, value: &str) {
+        map.insert(key.into(), value.into());
+    }
+
+    #[test]
+    fn the_base_case_is_what_the_table_assumes() {
+        let case = base();
+        let keys = compute(&case);
+        let units: Vec<&str> = keys.units.keys().map(String::as_str).collect();
+        assert_eq!(units, ["a", "b", "c"]);
+        for key in keys.units.values().chain([&keys.image]) {
+            assert!(key.starts_with("sha256:") && key.len() == 71, "{key}");
+        }
+        assert_eq!(compute(&case), keys, "keys are deterministic");
+        let distinct: BTreeSet<&String> = keys.units.values().collect();
+        assert_eq!(distinct.len(), 3);
+    }
+
+    #[test]
+    fn each_key_changes_with_what_it_depends_on_and_nothing_else() {
+        type Variation = fn(&mut Case);
+        let table: &[(&str, Variation, Changes)] = &[
+            (
+                "digest of A's base",
+                |c| set(&mut c.digests, "golang:1.22", "sha256:dddd"),
+                A,
+            ),
+            (
+                "platform",
+                |c| c.platform = Some("linux/arm64".into()),
+                EVERYTHING,
+            ),
+            (
+                "ENV value in A",
+                |c| c.dockerfile = c.dockerfile.replace("MODE=release", "MODE=debug"),
+                A,
+            ),
+            (
+                "RUN text in A",
+                |c| c.dockerfile = c.dockerfile.replace("> /out-a", ">> /out-a"),
+                A,
+            ),
+            (
+                "build arg declared in A",
+                |c| set(&mut c.build_args, "VERSION", "2"),
+                A,
+            ),
+            (
+                "build arg declared only in the final stage",
+                |c| set(&mut c.build_args, "FINAL", "y"),
+                Changes {
+                    image: true,
+                    ..NOTHING
+                },
+            ),
+            (
+                "build arg declared nowhere",
+                |c| set(&mut c.build_args, "NOBODY", "1"),
+                NOTHING,
+            ),
+            (
+                "context file A reads",
+                |c| set(&mut c.files, "a.txt", "for a, changed"),
+                A,
+            ),
+            (
+                "context file in a directory A reads",
+                |c| set(&mut c.files, "conf/new.ini", "z=3"),
+                A,
+            ),
+            (
+                "context file B reads",
+                |c| set(&mut c.files, "src/main.go", "package main // changed"),
+                Changes {
+                    b: true,
+                    image: true,
+                    ..NOTHING
+                },
+            ),
+            (
+                "context file read by nobody",
+                |c| set(&mut c.files, "other.txt", "still nobody's"),
+                NOTHING,
+            ),
+            (
+                "ignored context file",
+                |c| set(&mut c.files, "build.log", "more noise"),
+                NOTHING,
+            ),
+            (
+                ".dockerignore excludes a file A copies",
+                |c| set(&mut c.files, ".dockerignore", "*.log\nconf/local.ini\n"),
+                A,
+            ),
+            (
+                ".dockerignore comment",
+                |c| set(&mut c.files, ".dockerignore", "# other words\n*.log\n"),
+                NOTHING,
+            ),
+            (
+                "blank line and comment at the top",
+                |c| c.dockerfile = format!("\n# a comment\n\n{}", c.dockerfile),
+                NOTHING,
+            ),
+            (
+                "comment inside A",
+                |c| c.dockerfile = c.dockerfile.replace("ENV MODE", "# why\nENV MODE"),
+                NOTHING,
+            ),
+            (
+                "digest of the final base",
+                |c| set(&mut c.digests, "busybox", "sha256:eeee"),
+                Changes {
+                    image: true,
+                    ..NOTHING
+                },
+            ),
+            (
+                "path copied from A into C",
+                |c| c.dockerfile = c.dockerfile.replace("/out-a /in", "/out-a /in2"),
+                Changes {
+                    c: true,
+                    image: true,
+                    ..NOTHING
+                },
+            ),
+            ("format", |c| c.format = "slimforge-cache/test", EVERYTHING),
+        ];
+        let before = compute(&base());
+        let mut failures = Vec::new();
+        for (name, vary, want) in table {
+            let mut case = base();
+            vary(&mut case);
+            let after = compute(&case);
+            let changed = |unit: &str| before.units[unit] != after.units[unit];
+            let got = [
+                changed("a"),
+                changed("b"),
+                changed("c"),
+                before.image != after.image,
+            ];
+            let wanted = [want.a, want.b, want.c, want.image];
+            if got != wanted {
+                failures.push(format!(
+                    "{name}: changed [a, b, c, image] = {got:?}, want {wanted:?}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
