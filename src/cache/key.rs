@@ -656,4 +656,156 @@ COPY --from=c /out-c /c
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
+
+    /// A plan of `dockerfile` with the base case's digests and `context`.
+    fn keys_of(dockerfile: &str, context: ContextIdentity<'_>) -> Result<Keys, KeyError> {
+        let plan = PlanRequest {
+            dockerfile: dockerfile.into(),
+            ..PlanRequest::default()
+        }
+        .plan()
+        .unwrap();
+        keys(&KeyInputs {
+            plan: &plan,
+            digests: &base().digests,
+            context,
+        })
+    }
+
+    fn index(files: &[(&str, &str)]) -> ContextIndex {
+        ContextIndex::from_entries(
+            files
+                .iter()
+                .map(|(path, text)| (path.to_string(), INLINE_FILE_MODE, text.as_bytes())),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_image_without_a_digest_is_named() {
+        let err = keys_of(
+            "FROM debian:12 AS d\nRUN true\nFROM busybox\nCOPY --from=d /x /x\n",
+            ContextIdentity::None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::MissingDigest {
+                image: "debian:12".into()
+            }
+        );
+        assert!(err.to_string().contains("debian:12"));
+        // `scratch` needs none.
+        keys_of("FROM scratch\nENV A=1\n", ContextIdentity::None).unwrap();
+    }
+
+    #[test]
+    fn reading_a_context_that_is_not_there_is_an_error() {
+        let err = keys_of("FROM busybox\nCOPY a /a\n", ContextIdentity::None).unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::NoContext {
+                line: 2,
+                keyword: "COPY"
+            }
+        );
+    }
+
+    #[test]
+    fn an_opaque_context_is_in_every_key_that_reads_it() {
+        let dockerfile = "FROM alpine:3.19 AS a\nCOPY x /x\nRUN true\nFROM alpine:3.19 AS b\nRUN true\nFROM busybox\nCOPY --from=a /x /x\nCOPY --from=b /etc /etc\n";
+        let one = keys_of(dockerfile, ContextIdentity::Opaque("git abc sub".into())).unwrap();
+        let two = keys_of(dockerfile, ContextIdentity::Opaque("git def sub".into())).unwrap();
+        assert_ne!(one.units["a"], two.units["a"]);
+        assert_eq!(one.units["b"], two.units["b"]);
+        assert_ne!(one.image, two.image);
+    }
+
+    #[test]
+    fn source_words_are_matched_as_the_helper_expands_them() {
+        let before = index(&[("a.txt", "1"), ("other", "1")]);
+        let after = index(&[("a.txt", "2"), ("other", "1")]);
+        let quoted = "FROM busybox\nCOPY \"a.txt\" /f\n";
+        let image = |context| {
+            keys_of(quoted, ContextIdentity::Index(context))
+                .unwrap()
+                .image
+        };
+        assert_ne!(image(&before), image(&after));
+        // A variable's value is not known here: every file counts.
+        let variable = "FROM busybox\nARG NAME=other\nCOPY ${NAME} /f\n";
+        let image = |context| {
+            keys_of(variable, ContextIdentity::Index(context))
+                .unwrap()
+                .image
+        };
+        assert_ne!(image(&before), image(&after));
+    }
+
+    #[test]
+    fn remote_adds_are_refused_by_the_parser_and_not_keyed() {
+        let refused = PlanRequest {
+            dockerfile: "FROM busybox\nADD https://example.com/x.tar /x\n".into(),
+            ..PlanRequest::default()
+        }
+        .plan();
+        assert!(refused.is_err());
+        // A plan from elsewhere that has one anyway.
+        let mut plan = PlanRequest {
+            dockerfile: "FROM busybox\nADD x.tar /x\n".into(),
+            ..PlanRequest::default()
+        }
+        .plan()
+        .unwrap();
+        let FinalImage::Assemble(assemble) = &mut plan.final_image else {
+            panic!("an assembly: {plan:?}");
+        };
+        let Instruction::Add(args) = &mut assemble.steps[0].instruction else {
+            panic!("an ADD: {:?}", assemble.steps[0]);
+        };
+        args.sources = vec!["https://example.com/x.tar".into()];
+        let context = index(&[("x.tar", "")]);
+        let err = keys(&KeyInputs {
+            plan: &plan,
+            digests: &base().digests,
+            context: ContextIdentity::Index(&context),
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::RemoteSource {
+                line: 2,
+                url: "https://example.com/x.tar".into()
+            }
+        );
+    }
+
+    #[test]
+    fn extractions_and_runtime_chains_are_keyed() {
+        let dockerfile = "FROM alpine:3.19\nCOPY --from=golang:1.22 /usr/local/go/bin/go /bin/go\nRUN go version\n";
+        let mut digests = base().digests;
+        let compute = |digests: &BTreeMap<String, String>| {
+            let plan = PlanRequest {
+                dockerfile: dockerfile.into(),
+                ..PlanRequest::default()
+            }
+            .plan()
+            .unwrap();
+            assert!(matches!(plan.final_image, FinalImage::Runtime(_)));
+            keys(&KeyInputs {
+                plan: &plan,
+                digests,
+                context: ContextIdentity::None,
+            })
+            .unwrap()
+        };
+        let before = compute(&digests);
+        assert_eq!(before.units.len(), 2, "{:?}", before.units);
+        digests.insert("golang:1.22".into(), "sha256:ffff".into());
+        let after = compute(&digests);
+        for (id, key) in &before.units {
+            assert_ne!(key, &after.units[id], "{id}");
+        }
+        assert_ne!(before.image, after.image);
+    }
 }
