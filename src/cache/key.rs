@@ -87,15 +87,12 @@ fn keys_with_format(inputs: &KeyInputs<'_>, format: &str) -> Result<Keys, KeyErr
     let plan = inputs.plan;
     // Waves are an order in which every dependency comes first; units a
     // wave leaves out are keyed too (a dependency is keyed when first met).
-    let ids = plan
-        .waves
-        .iter()
-        .flatten()
-        .cloned()
-        .chain(plan.chains.iter().map(|c| c.id.clone()))
-        .chain(plan.extractions.iter().map(|e| e.id.clone()));
-    for id in ids {
-        keyer.unit(&id, &id)?;
+    for id in plan.waves.iter().flatten() {
+        keyer.unit(id, "the plan's waves")?;
+    }
+    let rest = plan.chains.iter().map(|c| &c.id);
+    for id in rest.chain(plan.extractions.iter().map(|e| &e.id)) {
+        keyer.unit(id, id)?;
     }
     let image = keyer.image()?;
     Ok(Keys {
