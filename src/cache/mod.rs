@@ -14,6 +14,7 @@
 //! or reads the blobs where they are. An entry whose blobs the registry has
 //! collected is a miss, never a failure.
 
+pub mod context;
 pub mod entry;
 pub mod key;
 pub mod lookup;

@@ -159,23 +159,7 @@ pub fn match_source(
     source: &str,
     ignore: Option<&DockerIgnore>,
 ) -> Result<Vec<Match>, FsError> {
-    let parts: Vec<String> = Path::new(source)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    // `..` never leaves the root.
-    let mut clean: Vec<String> = Vec::new();
-    for part in parts {
-        if part == ".." {
-            clean.pop();
-        } else {
-            clean.push(part);
-        }
-    }
+    let clean = source_parts(source);
     let excluded = |rel: &str| ignore.is_some_and(|i| i.is_excluded(rel));
     let mut current = vec![Match {
         disk: root.to_path_buf(),
@@ -191,7 +175,7 @@ pub fn match_source(
                 let mut names: Vec<String> = entries
                     .filter_map(std::result::Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| glob_match(part, n))
+                    .filter(|n| part_matches(part, n))
                     .collect();
                 names.sort();
                 for name in names {
@@ -216,6 +200,34 @@ pub fn match_source(
         .filter(|m| m.rel.is_empty() || !excluded(&m.rel) || is_dir_with_exceptions(m, ignore))
         .collect();
     Ok(found)
+}
+
+/// A source's path components as COPY walks them: `.`, `/` and empty
+/// components dropped, `..` resolved without leaving the root (so `.`,
+/// `./`, `/` and `..` are no components: the whole root).
+pub fn source_parts(source: &str) -> Vec<String> {
+    let mut clean: Vec<String> = Vec::new();
+    for component in Path::new(source).components() {
+        match component {
+            Component::Normal(p) => clean.push(p.to_string_lossy().into_owned()),
+            Component::ParentDir => {
+                clean.pop();
+            }
+            _ => {}
+        }
+    }
+    clean
+}
+
+/// Whether one component of a source (from [`source_parts`]) names the
+/// directory entry `name`: a glob with [`glob_match`], else literally
+/// (its `\` escapes removed).
+pub fn part_matches(part: &str, name: &str) -> bool {
+    if has_glob(part) {
+        glob_match(part, name)
+    } else {
+        unescape(part) == name
+    }
 }
 
 /// Where `rel` is on disk under `root`, its symlinks resolved inside `root`.
