@@ -48,7 +48,7 @@ pub struct KeyInputs<'a> {
 }
 
 /// The keys of one plan, each `sha256:<hex>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     /// Chain or extraction id → its key.
     pub units: BTreeMap<String, String>,
