@@ -402,6 +402,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         insecure: spec.insecure,
                         ca_bundle: spec.ca_bundle.clone(),
                         auth_file,
+                        auth_json: None,
                     };
                     match slimforge::assemble::compressed_size(&builder, &platform, &options).await
                     {

@@ -89,6 +89,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         insecure: spec.insecure,
         ca_bundle: spec.ca_bundle.clone(),
         auth_file: spec.auth.clone(),
+        auth_json: None,
     };
     let mut references = vec![&target];
     references.extend(base.as_ref());
