@@ -233,6 +233,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         base: base_pinned,
         builder_image: None,
         builder_size_bytes: None,
+        cache_warnings: Vec::new(),
     })
 }
 

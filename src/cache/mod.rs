@@ -14,6 +14,8 @@
 //! or reads the blobs where they are. An entry whose blobs the registry has
 //! collected is a miss, never a failure.
 
+pub mod entry;
+
 /// The version of everything a key covers that is not in its inputs: the
 /// helper's export format, the key's own layout. Bumped, every key changes.
 pub const FORMAT: &str = "slimforge-cache/1";

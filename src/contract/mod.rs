@@ -51,9 +51,11 @@ pub const CONTEXT_ENV: &str = "SLIMFORGE_CONTEXT";
 /// The image's WorkingDir, for a chain started elsewhere because its
 /// runtime would not create a missing one (podman's `kube play`).
 pub const WORKDIR_ENV: &str = "SLIMFORGE_WORKDIR";
+/// The `slimforge cache restore` spec's JSON, when no `--spec` file is given.
+pub const RESTORE_ENV: &str = "SLIMFORGE_RESTORE";
 /// The variables above: the pods' plumbing, never part of a RUN's or the
 /// image's environment.
-pub const POD_ENV: [&str; 3] = [PLAN_ENV, CONTEXT_ENV, WORKDIR_ENV];
+pub const POD_ENV: [&str; 4] = [PLAN_ENV, CONTEXT_ENV, WORKDIR_ENV, RESTORE_ENV];
 
 /// The build context, in the workspace.
 pub const CONTEXT_DIR: &str = "context";
@@ -86,7 +88,12 @@ pub fn chain_result(chain: &str) -> String {
 
 /// An export's archive, in the workspace: `exports/<export-id>.tar`.
 pub fn export_archive(id: &str) -> String {
-    format!("{EXPORTS_DIR}/{id}.tar")
+    format!("{EXPORTS_DIR}/{}", export_file_name(id))
+}
+
+/// An export's archive's file name in [`EXPORTS_DIR`]: `<export-id>.tar`.
+pub fn export_file_name(id: &str) -> String {
+    format!("{id}.tar")
 }
 
 /// The workspace as one pod sees it: its files by their role.
