@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::Digest as _;
 use slimforge::cache::entry::{
     self, CONFIG_MEDIA_TYPE, ChainEntry, EXPORT_ANNOTATION, EntryKind, LAYER_MEDIA_TYPE,
@@ -482,5 +482,157 @@ async fn credentials_given_as_bytes_reach_a_private_registry() {
         entry::lookup_chain(&anonymous, &repository, &key)
             .await
             .is_err()
+    );
+}
+
+/// Runs `slimforge assemble --spec` on `spec` (written into `dir`, so its
+/// relative paths are taken from there); the result JSON when it succeeded.
+fn assemble_in(dir: &Path, spec: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let spec_path = dir.join("spec.yaml");
+    std::fs::write(&spec_path, serde_yaml::to_string(spec).unwrap()).unwrap();
+    let result = dir.join("result.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .args(["assemble", "--spec"])
+        .arg(&spec_path)
+        .arg("--result")
+        .arg(&result)
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&std::fs::read(result).unwrap()).unwrap())
+}
+
+/// A workspace with one chain's result and export, and a file for the image.
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("results")).unwrap();
+    std::fs::create_dir_all(dir.path().join("exports")).unwrap();
+    std::fs::write(
+        dir.path().join("results/builder.json"),
+        r#"{"status":"succeeded","exports":["builder-1"]}"#,
+    )
+    .unwrap();
+    export_tar(&dir.path().join("exports"), "builder-1.tar", 7, 50_000);
+    std::fs::write(dir.path().join("hello.txt"), "hello\n").unwrap();
+    dir
+}
+
+fn cached_assembly(target: &str, repository: &str, chain_key: &str, image_key: &str) -> Value {
+    json!({
+        "base": "scratch",
+        "layers": [{"source": "hello.txt", "destination": "/hello.txt"}],
+        "target": target,
+        "insecure": true,
+        "cache": {
+            "repository": repository,
+            "chains": [{
+                "key": chain_key,
+                "chain": "builder",
+                "result": "results/builder.json",
+                "exports": [{"id": "builder-1", "path": "exports/builder-1.tar"}],
+            }],
+            "image": {"key": image_key},
+        },
+    })
+}
+
+#[tokio::test]
+async fn an_assembly_stores_its_chains_and_its_image_in_the_cache() {
+    let registry = Registry::start();
+    let dir = workspace();
+    let repository = format!("{}/app/cache", registry.addr());
+    let (chain_key, image_key) = (key("assembly chain"), key("assembly image"));
+    let spec = cached_assembly(
+        &registry.image("app", "v1"),
+        &repository,
+        &chain_key,
+        &image_key,
+    );
+    let result = assemble_in(dir.path(), &spec).unwrap();
+    assert!(result.get("cacheWarnings").is_none(), "{result}");
+
+    let client = connect(&registry, insecure()).await.unwrap();
+    let chain = entry::lookup_chain(&client, &repository, &chain_key)
+        .await
+        .unwrap()
+        .expect("the chain is cached");
+    assert_eq!(chain.chain, "builder");
+    assert_eq!(
+        chain.result,
+        json!({"status": "succeeded", "exports": ["builder-1"]})
+    );
+    assert_eq!(chain.exports.len(), 1);
+    assert_eq!(
+        chain.exports[0].digest,
+        sha256_file(&dir.path().join("exports/builder-1.tar"))
+    );
+    let image = entry::lookup_image(&client, &repository, &image_key)
+        .await
+        .unwrap()
+        .expect("the image is cached");
+    assert_eq!(image.image.reference, result["reference"].as_str().unwrap());
+    assert_eq!(image.image.digest, result["digest"].as_str().unwrap());
+    assert!(image.image.cache_warnings.is_empty());
+}
+
+#[tokio::test]
+async fn an_assembly_whose_cache_cannot_be_written_succeeds_with_warnings() {
+    let registry = Registry::start();
+    let dir = workspace();
+    let (chain_key, image_key) = (key("warn chain"), key("warn image"));
+
+    // Nothing listens on the cache's registry.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!("{}/app/cache", closed.local_addr().unwrap());
+    drop(closed);
+    let target = registry.image("app", "v1");
+    let spec = cached_assembly(&target, &unreachable, &chain_key, &image_key);
+    let result = assemble_in(dir.path(), &spec).unwrap();
+    let warnings = result["cacheWarnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].as_str().unwrap().contains(&unreachable),
+        "{warnings:?}"
+    );
+    // The image was pushed all the same.
+    let pushed = skopeo_inspect_raw(result["reference"].as_str().unwrap());
+    assert_eq!(pushed["layers"].as_array().unwrap().len(), 1);
+
+    // A registry that refuses the push (no credentials for it) and a chain
+    // whose result file is missing: one warning each, the image pushed.
+    let private = Registry::start_htpasswd("carol", "pw");
+    let refusing = format!("{}/app/cache", private.addr());
+    let mut spec = cached_assembly(&target, &refusing, &chain_key, &image_key);
+    spec["cache"]["chains"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"key": key("lost"), "chain": "lost", "result": "results/lost.json"}));
+    let result = assemble_in(dir.path(), &spec).unwrap();
+    let warnings: Vec<&str> = result["cacheWarnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings[0].contains("chain builder"), "{warnings:?}");
+    assert!(warnings[1].contains("chain lost") && warnings[1].contains("lost.json"));
+    assert!(warnings[2].contains("the image"), "{warnings:?}");
+    assert!(
+        warnings.iter().all(|w| w.contains(&refusing)),
+        "{warnings:?}"
+    );
+    let client = connect(&registry, insecure()).await.unwrap();
+    assert_eq!(
+        entry::lookup_chain(
+            &client,
+            &format!("{}/app/cache", registry.addr()),
+            &chain_key
+        )
+        .await
+        .unwrap(),
+        None
     );
 }
