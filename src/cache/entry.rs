@@ -246,15 +246,19 @@ pub async fn restore_exports(
         export: export.to_string(),
         error,
     };
+    let registry_error = |error: String| RestoreError::Registry {
+        repository: repository.to_string(),
+        error,
+    };
     let source =
-        registry::parse_reference(repository).map_err(|e| export_error("", e.to_string()))?;
+        registry::parse_reference(repository).map_err(|e| registry_error(e.to_string()))?;
     for export in &entry.exports {
         check_export_id(&export.id).map_err(|detail| export_error(&export.id, detail))?;
     }
     registry
         .authorize_pull(&source)
         .await
-        .map_err(|e| export_error("", e.to_string()))?;
+        .map_err(|e| registry_error(e.to_string()))?;
     futures::stream::iter(entry.exports.iter().map(Ok))
         .map_ok(|export| {
             let source = &source;
