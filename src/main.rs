@@ -104,6 +104,9 @@ enum Command {
     /// The helper that runs inside build pods.
     #[command(subcommand)]
     Stage(StageCommand),
+    /// The stage cache's entries in a registry.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print the ImageBuild CustomResourceDefinition (YAML).
     Crd,
     /// Run the operator (in-cluster config or KUBECONFIG).
@@ -234,6 +237,20 @@ enum StageCommand {
     /// Record the filesystem, then write what changed since as one layer.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Download cache hits' exports (verified) into a directory, the
+    /// workspace's exports/, one line per export on stdout.
+    ///
+    /// The spec (JSON): {"repository", "insecure", "auth", "caBundle",
+    /// "entries": [chain entries as looked up], "into"}.
+    Restore {
+        /// The restore spec; default: the SLIMFORGE_RESTORE environment variable.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -402,6 +419,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         insecure: spec.insecure,
                         ca_bundle: spec.ca_bundle.clone(),
                         auth_file,
+                        auth_json: None,
                     };
                     match slimforge::assemble::compressed_size(&builder, &platform, &options).await
                     {
@@ -465,6 +483,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Stage(command) => run_stage(command),
+        Command::Cache(CacheCommand::Restore { spec }) => {
+            let spec = slimforge::cache::entry::RestoreSpec::load(spec.as_deref())?;
+            for line in slimforge::cache::entry::restore(&spec).await? {
+                out(&format!("{line}\n"))?;
+            }
+            Ok(())
+        }
         Command::Build {
             file,
             helper_image,

@@ -486,6 +486,7 @@ pub fn assemble_spec(
             })
             .collect(),
         work_dir: Some(workspace.join("tmp")),
+        cache: None,
     })
 }
 

@@ -12,7 +12,10 @@ mod layers;
 mod push;
 mod spec;
 
-pub use self::spec::{AssembleSpec, CopyLayerSpec, DirectorySpec, LayerSpec};
+pub use self::spec::{
+    AssembleSpec, CacheChainSpec, CacheExportSpec, CacheImageSpec, CacheStoreSpec, CopyLayerSpec,
+    DirectorySpec, LayerSpec,
+};
 
 use std::path::PathBuf;
 
@@ -89,6 +92,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         insecure: spec.insecure,
         ca_bundle: spec.ca_bundle.clone(),
         auth_file: spec.auth.clone(),
+        auth_json: None,
     };
     let mut references = vec![&target];
     references.extend(base.as_ref());
@@ -224,7 +228,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
             .iter()
             .map(|l| l["size"].as_u64().unwrap_or_default())
             .sum::<u64>();
-    Ok(AssembleResult {
+    let mut result = AssembleResult {
         reference: format!("{}@{digest}", registry::repository_name(&target)),
         digest,
         size_bytes,
@@ -232,7 +236,88 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         base: base_pinned,
         builder_image: None,
         builder_size_bytes: None,
-    })
+        cache_warnings: Vec::new(),
+    };
+    if let Some(cache) = &spec.cache {
+        result.cache_warnings = store_cache(&registry, &target, &options, cache, &result).await;
+    }
+    Ok(result)
+}
+
+/// Stores the chains' entries, then the image's, in the cache repository;
+/// returns what failed, each as one warning (logged too): the image is
+/// pushed whatever happens here.
+async fn store_cache(
+    registry: &Registry,
+    target: &oci_client::Reference,
+    options: &RegistryOptions,
+    cache: &CacheStoreSpec,
+    result: &AssembleResult,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut warn = |warning: String| {
+        tracing::warn!(%warning, "stage cache");
+        warnings.push(warning);
+    };
+    let repository = &cache.repository;
+    let reference = match registry::parse_reference(repository) {
+        Ok(reference) => reference,
+        Err(e) => {
+            warn(format!("cache repository {repository}: {e}"));
+            return warnings;
+        }
+    };
+    // The output's registry is connected already; another is reached now.
+    let other;
+    let registry = if reference.resolve_registry() == target.resolve_registry() {
+        registry
+    } else {
+        match Registry::connect(options, &[&reference]).await {
+            Ok(connected) => {
+                other = connected;
+                &other
+            }
+            Err(e) => {
+                warn(format!("cache repository {repository}: {e}"));
+                return warnings;
+            }
+        }
+    };
+    for chain in &cache.chains {
+        let stored = async {
+            let text = std::fs::read(&chain.result)
+                .map_err(|e| format!("{}: {e}", chain.result.display()))?;
+            let reported: Value = serde_json::from_slice(&text)
+                .map_err(|e| format!("{}: {e}", chain.result.display()))?;
+            let exports: Vec<(String, PathBuf)> = chain
+                .exports
+                .iter()
+                .map(|e| (e.id.clone(), e.path.clone()))
+                .collect();
+            crate::cache::entry::store_chain(
+                registry,
+                repository,
+                (chain.key.clone(), chain.chain.clone(), reported),
+                &exports,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        };
+        match stored.await {
+            Ok(_) => tracing::info!(chain = %chain.chain, key = %chain.key, "chain cached"),
+            Err(e) => warn(format!(
+                "caching chain {} in {repository}: {e}",
+                chain.chain
+            )),
+        }
+    }
+    if let Some(image) = &cache.image {
+        match crate::cache::entry::store_image(registry, repository, &image.key, result).await {
+            Ok(_) => tracing::info!(key = %image.key, "image cached"),
+            Err(e) => warn(format!("caching the image in {repository}: {e}")),
+        }
+    }
+    warnings
 }
 
 /// The compressed size of `image` for `platform` (config and layers), as its

@@ -38,6 +38,51 @@ pub struct AssembleSpec {
     /// Scratch space for layers and unpacked exports (the assemble pod's
     /// root filesystem is read-only); default: the system's temp directory.
     pub work_dir: Option<PathBuf>,
+    /// Entries to store in the stage cache once the image is pushed; a
+    /// failure to store is a warning in the result, not a failed assembly.
+    pub cache: Option<CacheStoreSpec>,
+}
+
+/// What the assembly stores in the stage cache (see [`crate::cache::entry`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheStoreSpec {
+    /// The cache repository (`registry/name`, no tag).
+    pub repository: String,
+    /// The chains that ran in this build, each stored under its key.
+    #[serde(default)]
+    pub chains: Vec<CacheChainSpec>,
+    /// The final image, stored under its key with what the assembly pushed.
+    pub image: Option<CacheImageSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheChainSpec {
+    /// `sha256:<hex>`.
+    pub key: String,
+    /// The chain's id in the plan.
+    pub chain: String,
+    /// The chain's result JSON file (`results/<chain>.json`).
+    pub result: PathBuf,
+    #[serde(default)]
+    pub exports: Vec<CacheExportSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheExportSpec {
+    /// The export's id in the plan.
+    pub id: String,
+    /// Its gzip tar (`exports/<id>.tar`).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheImageSpec {
+    /// `sha256:<hex>`.
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +167,12 @@ impl AssembleSpec {
                 copy.archives.iter_mut().for_each(resolve);
             }
         }
+        if let Some(cache) = &mut spec.cache {
+            for chain in &mut cache.chains {
+                resolve(&mut chain.result);
+                chain.exports.iter_mut().for_each(|e| resolve(&mut e.path));
+            }
+        }
         spec.work_dir.as_mut().map(resolve);
         spec.auth.as_mut().map(resolve);
         spec.ca_bundle.as_mut().map(resolve);
@@ -170,6 +221,44 @@ auth: /path/to/config.json
         assert_eq!(spec.layers.len(), 2);
         assert_eq!(spec.config.user.as_deref(), Some("65532"));
         assert_eq!(spec.additional_tags, ["latest"]);
+    }
+
+    #[test]
+    fn a_cache_section_is_read_and_its_paths_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.yaml");
+        std::fs::write(
+            &path,
+            r#"
+base: scratch
+target: 127.0.0.1:5000/app:v1
+cache:
+  repository: 127.0.0.1:5000/app/cache
+  chains:
+    - key: sha256:0000000000000000000000000000000000000000000000000000000000000000
+      chain: builder
+      result: results/builder.json
+      exports: [{id: builder-1, path: exports/builder-1.tar}, {id: abs, path: /x.tar}]
+  image: {key: "sha256:1111111111111111111111111111111111111111111111111111111111111111"}
+"#,
+        )
+        .unwrap();
+        let spec = AssembleSpec::load(&path).unwrap();
+        let cache = spec.cache.unwrap();
+        assert_eq!(cache.repository, "127.0.0.1:5000/app/cache");
+        let chain = &cache.chains[0];
+        assert_eq!(chain.result, dir.path().join("results/builder.json"));
+        assert_eq!(
+            chain.exports[0].path,
+            dir.path().join("exports/builder-1.tar")
+        );
+        assert_eq!(chain.exports[1].path, Path::new("/x.tar"));
+        assert!(cache.image.unwrap().key.ends_with("1111"));
+        let err = serde_yaml::from_str::<AssembleSpec>(
+            "base: scratch\ntarget: x/y\ncache: {repository: r/c, chians: []}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("chians"), "{err}");
     }
 
     #[test]

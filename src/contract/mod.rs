@@ -54,11 +54,17 @@ pub const WORKDIR_ENV: &str = "SLIMFORGE_WORKDIR";
 /// What the assemble pod writes to the cache after its push
 /// ([`CacheStore`], JSON).
 pub const CACHE_STORE_ENV: &str = "SLIMFORGE_CACHE";
-/// What the restore pod restores (JSON, see [`crate::cache`]).
+/// The `slimforge cache restore` spec's JSON, when no `--spec` file is given.
 pub const RESTORE_ENV: &str = "SLIMFORGE_RESTORE";
 /// The variables above: the pods' plumbing, never part of a RUN's or the
 /// image's environment.
-pub const POD_ENV: [&str; 3] = [PLAN_ENV, CONTEXT_ENV, WORKDIR_ENV];
+pub const POD_ENV: [&str; 5] = [
+    PLAN_ENV,
+    CONTEXT_ENV,
+    WORKDIR_ENV,
+    CACHE_STORE_ENV,
+    RESTORE_ENV,
+];
 
 /// The build context, in the workspace.
 pub const CONTEXT_DIR: &str = "context";
@@ -91,7 +97,12 @@ pub fn chain_result(chain: &str) -> String {
 
 /// An export's archive, in the workspace: `exports/<export-id>.tar`.
 pub fn export_archive(id: &str) -> String {
-    format!("{EXPORTS_DIR}/{id}.tar")
+    format!("{EXPORTS_DIR}/{}", export_file_name(id))
+}
+
+/// An export's archive's file name in [`EXPORTS_DIR`]: `<export-id>.tar`.
+pub fn export_file_name(id: &str) -> String {
+    format!("{id}.tar")
 }
 
 /// The workspace as one pod sees it: its files by their role.

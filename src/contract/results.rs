@@ -219,6 +219,10 @@ pub struct AssembleResult {
     /// That image's compressed size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder_size_bytes: Option<u64>,
+    /// What could not be stored in the stage cache (the image was pushed
+    /// all the same).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_warnings: Vec<String>,
 }
 
 #[cfg(test)]

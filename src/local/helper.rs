@@ -33,6 +33,7 @@ pub(super) async fn publish_helper(
         insecure,
         ca_bundle: None,
         auth_file: auth.map(Path::to_path_buf),
+        auth_json: None,
     };
     if let Ok(existing) = existing_image(&target, platform, &options).await {
         return Ok(existing);

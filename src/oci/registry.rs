@@ -51,17 +51,39 @@ pub enum RegistryError {
     AuthFile { path: PathBuf, detail: String },
     #[error("CA bundle {path}: {detail}")]
     CaBundle { path: PathBuf, detail: String },
+    /// The dockerconfigjson given in memory ([`RegistryOptions::auth_json`]);
+    /// the detail never quotes it.
+    #[error("registry credentials (dockerconfigjson): {detail}")]
+    AuthJson { detail: String },
+    #[error("{what}: content does not match its digest (got {actual})")]
+    DigestMismatch { what: String, actual: String },
 }
 
 /// How to reach registries.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RegistryOptions {
     /// Plain HTTP or unverified TLS.
     pub insecure: bool,
     /// Extra trusted CA certificates (PEM).
     pub ca_bundle: Option<PathBuf>,
-    /// A dockerconfigjson file; anonymous access when absent.
+    /// A dockerconfigjson file; anonymous access when absent (and no
+    /// `auth_json`).
     pub auth_file: Option<PathBuf>,
+    /// A dockerconfigjson's content (a `kubernetes.io/dockerconfigjson`
+    /// Secret's bytes), read exactly as `auth_file` is; used instead of
+    /// `auth_file` when both are given. Never logged: `Debug` redacts it.
+    pub auth_json: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryOptions")
+            .field("insecure", &self.insecure)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("auth_file", &self.auth_file)
+            .field("auth_json", &self.auth_json.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Parses a reference the way Docker does: `busybox` is
@@ -161,7 +183,7 @@ impl Registry {
             if registry.schemes.contains_key(&host) {
                 continue;
             }
-            let credential = load_credential(options.auth_file.as_deref(), reference)?;
+            let credential = load_credential(options, reference)?;
             let (scheme, challenge) = registry.ping(&host, options.insecure).await?;
             registry.schemes.insert(host.clone(), scheme);
             registry.challenges.insert(host.clone(), challenge);
@@ -480,13 +502,143 @@ impl Registry {
             Ok(data)
         })
         .await?;
-        if sha256_digest(&data) != digest {
-            return Err(RegistryError::Request {
-                what,
-                detail: "content does not match its digest".into(),
-            });
+        let actual = sha256_digest(&data);
+        if actual != digest {
+            return Err(RegistryError::DigestMismatch { what, actual });
         }
         Ok(data)
+    }
+
+    /// A bearer token to pull from `reference`'s repository, for registries
+    /// that use tokens (oci-client asks for one per repository by itself
+    /// only with a password; this also covers identity tokens).
+    pub async fn authorize_pull(&self, reference: &Reference) -> Result<(), RegistryError> {
+        let host = reference.resolve_registry();
+        let scopes = [format!("repository:{}:pull", reference.repository())];
+        if let Some(token) = self.token(host, &scopes).await? {
+            self.oci
+                .auth(
+                    reference,
+                    &RegistryAuth::Bearer(token),
+                    RegistryOperation::Pull,
+                )
+                .await
+                .map_err(|e| describe(&format!("authorizing {reference}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The manifest `reference` (a tag or a digest) names, its exact bytes
+    /// and media type; `Ok(None)` when the registry has no such manifest or
+    /// repository (404, `MANIFEST_UNKNOWN`, `NAME_UNKNOWN`).
+    pub async fn manifest_if_present(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<(bytes::Bytes, String)>, RegistryError> {
+        let what = reference.to_string();
+        let found = retry(&what, || async {
+            match self
+                .oci
+                .pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_TYPES)
+                .await
+            {
+                Ok((bytes, _)) => Ok(Some(bytes)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(Transient::classify(e)),
+            }
+        })
+        .await
+        .map_err(|detail| RegistryError::Request {
+            what: what.clone(),
+            detail,
+        })?;
+        Ok(found.map(|bytes| {
+            let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+                .unwrap_or_else(|| OCI_MANIFEST.to_string());
+            (bytes, media_type)
+        }))
+    }
+
+    /// [`Registry::blob_bytes`], `Ok(None)` when the repository has no such
+    /// blob (404, `BLOB_UNKNOWN`).
+    pub async fn blob_bytes_if_present(
+        &self,
+        reference: &Reference,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let what = format!("{}@{digest}", repository_name(reference));
+        let data = retry(&what, || async {
+            let mut data = Vec::new();
+            match self.oci.pull_blob(reference, digest, &mut data).await {
+                Ok(()) => Ok(Some(data)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(Transient::classify(e)),
+            }
+        })
+        .await
+        .map_err(|detail| RegistryError::Request {
+            what: what.clone(),
+            detail,
+        })?;
+        let Some(data) = data else { return Ok(None) };
+        let actual = sha256_digest(&data);
+        if actual != digest {
+            return Err(RegistryError::DigestMismatch { what, actual });
+        }
+        Ok(Some(data))
+    }
+
+    /// Streams a blob into the file `path`, verified against its digest on
+    /// the way, through `<path>.partial` renamed at the end: `path` is
+    /// either the whole verified blob or untouched.
+    pub async fn download_blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        path: &Path,
+    ) -> Result<(), RegistryError> {
+        let what = format!("{}@{digest}", repository_name(reference));
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let result = retry(&what, || async {
+            let file = tokio::fs::File::create(&partial)
+                .await
+                .map_err(|e| Transient::Fatal(format!("{}: {e}", partial.display())))?;
+            let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+            match self.oci.pull_blob(reference, digest, &mut writer).await {
+                Ok(()) => Ok(Ok(())),
+                Err(OciDistributionError::DigestError(
+                    oci_client::errors::DigestError::VerificationError { actual, .. },
+                )) => Ok(Err(actual)),
+                Err(e) => Err(Transient::classify(e)),
+            }
+        })
+        .await;
+        let outcome = match result {
+            Ok(Ok(())) => {
+                tokio::fs::rename(&partial, path)
+                    .await
+                    .map_err(|e| RegistryError::Request {
+                        what: what.clone(),
+                        detail: format!("{}: {e}", path.display()),
+                    })
+            }
+            Ok(Err(actual)) => Err(RegistryError::DigestMismatch {
+                what: what.clone(),
+                actual,
+            }),
+            Err(detail) => Err(RegistryError::Request {
+                what: what.clone(),
+                detail,
+            }),
+        };
+        if outcome.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        outcome
     }
 
     pub async fn blob_exists(
@@ -631,6 +783,29 @@ fn pin(reference: &Reference, digest: &str) -> Reference {
     )
 }
 
+/// The registry has no such manifest, blob or repository.
+fn is_not_found(e: &OciDistributionError) -> bool {
+    use oci_client::errors::OciErrorCode as C;
+    match e {
+        OciDistributionError::RegistryError { envelope, .. } => {
+            !envelope.errors.is_empty()
+                && envelope.errors.iter().all(|e| {
+                    matches!(
+                        e.code,
+                        C::ManifestUnknown
+                            | C::BlobUnknown
+                            | C::NameUnknown
+                            | C::NotFound
+                            | C::ManifestBlobUnknown
+                    )
+                })
+        }
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RequestError(e) => e.status() == Some(reqwest::StatusCode::NOT_FOUND),
+        _ => false,
+    }
+}
+
 fn parse_challenge(header: &str) -> Challenge {
     let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
     if scheme.eq_ignore_ascii_case("basic") {
@@ -677,31 +852,46 @@ fn split_params(params: &str) -> Vec<&str> {
 }
 
 fn load_credential(
-    auth_file: Option<&Path>,
+    options: &RegistryOptions,
     reference: &Reference,
 ) -> Result<Credential, RegistryError> {
-    let Some(path) = auth_file else {
-        return Ok(Credential::Anonymous);
-    };
-    let file = std::fs::File::open(path).map_err(|e| RegistryError::AuthFile {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
     let server = match reference.registry() {
         "docker.io" | "index.docker.io" => "https://index.docker.io/v1/",
         other => other,
     };
     use docker_credential::{CredentialRetrievalError as E, DockerCredential};
-    match docker_credential::get_credential_from_reader(std::io::BufReader::new(file), server) {
+    let found = if let Some(json) = &options.auth_json {
+        docker_credential::get_credential_from_reader(json.as_bytes(), server).map_err(
+            |e| match e {
+                E::NoCredentialConfigured => None,
+                e => Some(RegistryError::AuthJson {
+                    detail: format!("entry for {server}: {e}"),
+                }),
+            },
+        )
+    } else if let Some(path) = &options.auth_file {
+        let file = std::fs::File::open(path).map_err(|e| RegistryError::AuthFile {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        docker_credential::get_credential_from_reader(std::io::BufReader::new(file), server)
+            .map_err(|e| match e {
+                E::NoCredentialConfigured => None,
+                e => Some(RegistryError::AuthFile {
+                    path: path.clone(),
+                    detail: format!("entry for {server}: {e}"),
+                }),
+            })
+    } else {
+        return Ok(Credential::Anonymous);
+    };
+    match found {
         Ok(DockerCredential::UsernamePassword(user, password)) => {
             Ok(Credential::Password(user, password))
         }
         Ok(DockerCredential::IdentityToken(token)) => Ok(Credential::IdentityToken(token)),
-        Err(E::NoCredentialConfigured) => Ok(Credential::Anonymous),
-        Err(e) => Err(RegistryError::AuthFile {
-            path: path.to_path_buf(),
-            detail: format!("entry for {server}: {e}"),
-        }),
+        Err(None) => Ok(Credential::Anonymous),
+        Err(Some(e)) => Err(e),
     }
 }
 
