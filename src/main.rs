@@ -397,7 +397,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         auth,
                         ca_bundle,
                     };
-                    recipe::assemble_spec(&plan, &recipe, &workspace, context.as_deref(), &output)?
+                    let mut spec = recipe::assemble_spec(
+                        &plan,
+                        &recipe,
+                        &workspace,
+                        context.as_deref(),
+                        &output,
+                    )?;
+                    // What the controller asks to be stored in the cache.
+                    if let Ok(json) = std::env::var(slimforge::contract::CACHE_STORE_ENV) {
+                        let store: slimforge::contract::CacheStore = serde_json::from_str(&json)?;
+                        let workspace = slimforge::contract::Workspace::new(&workspace);
+                        spec.cache = Some(slimforge::cache::store_spec(&store, &plan, &workspace));
+                    }
+                    spec
                 }
                 (None, None) => {
                     anyhow::bail!("give --spec FILE, or --image REF to assemble the plan")
@@ -485,6 +498,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Stage(command) => run_stage(command),
         Command::Cache(CacheCommand::Restore { spec }) => {
             let spec = slimforge::cache::entry::RestoreSpec::load(spec.as_deref())?;
+            // Into a workspace's exports/: its shared directories made as
+            // the stage pods make them, for the users those run as.
+            if spec.into.ends_with(slimforge::contract::EXPORTS_DIR)
+                && let Some(workspace) = spec.into.parent()
+            {
+                slimforge::stage::run::prepare_workspace(workspace)?;
+            }
             for line in slimforge::cache::entry::restore(&spec).await? {
                 out(&format!("{line}\n"))?;
             }

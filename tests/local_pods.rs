@@ -116,6 +116,7 @@ fn the_context_pod_runs_with_the_host_network_and_the_chains_without() {
         settings: &settings,
         generation: 1,
         deadline_seconds: 1800,
+        cache: None,
     };
     let inputs = LocalPodInputs {
         auth_dir: None,
@@ -160,6 +161,7 @@ fn local_differences(manifest: &str, listed: &BTreeSet<String>) -> BTreeSet<Stri
         settings: &settings,
         generation: 1,
         deadline_seconds: 1800,
+        cache: None,
     };
     let inputs = LocalPodInputs {
         auth_dir: Some(Path::new("/tmp/auth")),

@@ -11,8 +11,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use slimforge::api::ImageBuild;
+use slimforge::cache::entry::ChainEntry;
+use slimforge::cache::lookup::CacheView;
 use slimforge::controller::Settings;
-use slimforge::controller::pods::{BuildObjects, UnitKind, build_units};
+use slimforge::controller::pods::{BuildObjects, Unit, UnitKind, build_units};
 use slimforge::controller::reconcile::validate;
 use support::pss::{Control, Level, assert_meets, check_pod};
 
@@ -738,6 +740,7 @@ fn build_pods(yaml: &str, dockerfile_from_context: Option<&str>) -> Vec<(UnitKin
         settings: &settings,
         generation: ib.metadata.generation.unwrap_or(1),
         deadline_seconds: 900,
+        cache: None,
     };
     let mut pods = Vec::new();
     for unit in build_units(&ib, &plan) {
@@ -754,7 +757,53 @@ fn all_pods() -> Vec<(UnitKind, Value)> {
     pods.extend(build_pods(RUNTIME, None));
     pods.extend(build_pods(CONFIG_MAP, None));
     pods.extend(build_pods(GIT, Some(GIT_DOCKERFILE)));
+    pods.extend(restore_pods(GIT, GIT_DOCKERFILE));
     pods
+}
+
+/// The restore pod of `yaml`'s build, as when the cache has its first
+/// chain: first attempt and a retry pinned to a node.
+fn restore_pods(yaml: &str, dockerfile: &str) -> Vec<(UnitKind, Value)> {
+    let ib: ImageBuild = serde_yaml::from_str(yaml).unwrap();
+    let settings = Settings::default();
+    let plan = validate(&ib, &settings, Some(dockerfile)).unwrap().plan;
+    let chain = plan.chains[0].id.clone();
+    let mut view = CacheView {
+        repository: "registry.example/team/goapp/cache".into(),
+        ..CacheView::default()
+    };
+    view.hits.insert(
+        chain.clone(),
+        ChainEntry {
+            key: format!("sha256:{}", "c".repeat(64)),
+            chain: chain.clone(),
+            result: json!({"status": "succeeded"}),
+            exports: Vec::new(),
+        },
+    );
+    let objects = BuildObjects {
+        ib: &ib,
+        plan: Some(&plan),
+        settings: &settings,
+        generation: 1,
+        deadline_seconds: 900,
+        cache: Some(&view),
+    };
+    let unit = Unit {
+        n: 9,
+        kind: UnitKind::Restore { ids: vec![chain] },
+        depends_on: Vec::new(),
+        name: "restore".into(),
+        image: String::new(),
+        from_line: None,
+    };
+    [(0, None), (1, Some("node-a"))]
+        .into_iter()
+        .map(|(attempt, node)| {
+            let pod = serde_json::to_value(objects.pod(&unit, attempt, node)).unwrap();
+            (unit.kind.clone(), pod)
+        })
+        .collect()
 }
 
 /// The level each kind of pod must meet, and the kind's name for coverage.
@@ -763,6 +812,8 @@ fn required(kind: &UnitKind) -> (Level, &'static str) {
     match kind {
         // The operator's own image, as a fixed non-root user.
         UnitKind::Assemble => (Level::Restricted, "assemble"),
+        // The same image and user, talking to the cache repository only.
+        UnitKind::Restore { .. } => (Level::Restricted, "restore"),
         // The same, after an init container that opens the workspace as its
         // owner, root, with no capability (see the test below).
         UnitKind::Context => (Level::Baseline, "context"),
@@ -779,9 +830,10 @@ fn required(kind: &UnitKind) -> (Level, &'static str) {
 }
 
 /// Every kind [`required`] names; the fixtures must produce each.
-const EVERY_KIND: [&str; 6] = [
+const EVERY_KIND: [&str; 7] = [
     "context",
     "assemble",
+    "restore",
     "chain",
     "runtime",
     "extraction",

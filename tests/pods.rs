@@ -47,6 +47,7 @@ fn pods() -> Vec<(UnitKind, Value)> {
         settings: &settings,
         generation: 3,
         deadline_seconds: 900,
+        cache: None,
     };
     units(&plan)
         .into_iter()

@@ -517,13 +517,13 @@ async fn fetch_entry<T: DeserializeOwned + Keyed>(
     if entry.key() != key {
         return miss("the config is for another key");
     }
-    let present: Vec<bool> = futures::stream::iter(layers.iter().map(Ok))
-        .map_ok(|layer| registry.blob_exists(&reference, &layer.digest))
-        .try_buffered(PARALLEL_BLOBS)
-        .try_collect()
-        .await?;
-    if present.contains(&false) {
-        return miss("an export's blob is gone");
+    // One after the other: a chain exports a few files, and this future
+    // must stay Send for the controller (a stream of borrowed layers would
+    // not be, as far as the compiler can tell).
+    for layer in &layers {
+        if !registry.blob_exists(&reference, &layer.digest).await? {
+            return miss("an export's blob is gone");
+        }
     }
     Ok(Some((entry, layers)))
 }

@@ -102,34 +102,41 @@ async fn try_look_up(
 ) -> Result<CacheView, String> {
     let plan = &request.plan;
     let repository = entry::cache_repository(&request.output, request.repository.as_deref())?;
-    let platform: Platform = plan.platform.parse().map_err(|e| format!("platform: {e}"))?;
-    let images: BTreeSet<&str> = plan
+    let platform: Platform = plan
+        .platform
+        .parse()
+        .map_err(|e| format!("platform: {e}"))?;
+    let images: BTreeSet<String> = plan
         .chains
         .iter()
         .map(|c| c.image.as_str())
         .chain(plan.extractions.iter().map(|e| e.image.as_str()))
         .chain([plan.final_base().0])
         .filter(|image| *image != "scratch")
+        .map(str::to_string)
         .collect();
-    let parse = |image: &str| registry::parse_reference(image).map_err(|e| e.to_string());
-    let mut references = Vec::new();
-    for image in &images {
-        references.push((*image, parse(image)?));
+    let mut references: Vec<(String, Reference)> = Vec::new();
+    for image in images {
+        let reference = parse(&image)?;
+        references.push((image, reference));
     }
     let cache = parse(&repository)?;
     let outputs = output_references(&request.output, &request.additional_tags)?;
-    let mut everything: Vec<&Reference> = references.iter().map(|(_, r)| r).collect();
+    let mut everything: Vec<&Reference> = Vec::new();
+    for (_, reference) in &references {
+        everything.push(reference);
+    }
     everything.push(&cache);
     let registry = Registry::connect(options, &everything)
         .await
         .map_err(|e| e.to_string())?;
     let mut digests = BTreeMap::new();
-    for (image, reference) in &references {
+    for (image, reference) in references {
         let pinned = registry
-            .resolve(reference, &platform)
+            .resolve(&reference, &platform)
             .await
             .map_err(|e| e.to_string())?;
-        digests.insert(image.to_string(), pinned.digest);
+        digests.insert(image, pinned.digest);
     }
     let index;
     let context = match &request.context {
@@ -193,6 +200,10 @@ async fn try_look_up(
         }
     }
     Ok(view)
+}
+
+fn parse(image: &str) -> Result<Reference, String> {
+    registry::parse_reference(image).map_err(|e| e.to_string())
 }
 
 /// The output image and its additional tags (a bare tag is in the output's

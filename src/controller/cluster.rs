@@ -150,11 +150,16 @@ struct ClusterShell {
 
 /// A build's key in [`CacheViews`].
 fn build_key(ib: &ImageBuild) -> (String, i64) {
-    (ib.uid().unwrap_or_default(), ib.meta().generation.unwrap_or(1))
+    (
+        ib.uid().unwrap_or_default(),
+        ib.meta().generation.unwrap_or(1),
+    )
 }
 
 fn lock(views: &CacheViews) -> std::sync::MutexGuard<'_, BTreeMap<(String, i64), CacheView>> {
-    views.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    views
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shell for ClusterShell {
@@ -245,7 +250,9 @@ fn merged_docker_configs(configs: &[Vec<u8>]) -> Option<String> {
         };
         if let Some(entries) = value.get("auths").and_then(|a| a.as_object()) {
             for (registry, entry) in entries {
-                auths.entry(registry.clone()).or_insert_with(|| entry.clone());
+                auths
+                    .entry(registry.clone())
+                    .or_insert_with(|| entry.clone());
             }
         }
     }

@@ -292,8 +292,10 @@ spec:
             .await
             .expect("a pass");
         assert_eq!(shell.calls[0], "observe");
-        assert_eq!(shell.calls[1], "create claim goapp-g1-workspace");
-        assert!(shell.calls[2].starts_with("create pod goapp-g1-"));
+        // The core asks the cache before it starts anything, in the same pass.
+        assert_eq!(shell.calls[1], "look up");
+        assert_eq!(shell.calls[2], "create claim goapp-g1-workspace");
+        assert!(shell.calls[3].starts_with("create pod goapp-g1-"));
         assert!(!decision.status.phase.is_some_and(Phase::is_terminal));
     }
 

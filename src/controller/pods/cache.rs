@@ -5,11 +5,18 @@
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Volume};
 
-use super::containers::{container, docker_config_volume, env_var, read_only_mount, strings, workspace_mount};
+use super::containers::{
+    container, docker_config_volume, env_var, read_only_mount, strings, workspace_mount,
+};
 use super::objects::BuildObjects;
 use super::security::restricted_container_security;
+use std::path::PathBuf;
+
+use crate::cache::entry::RestoreSpec;
 use crate::cache::lookup::CacheView;
-use crate::contract::{AUTH_MOUNT, CACHE_STORE_ENV, CacheStore, RESTORE_ENV, WORKSPACE_MOUNT};
+use crate::contract::{
+    AUTH_MOUNT, CACHE_STORE_ENV, CacheStore, EXPORTS_DIR, RESTORE_ENV, WORKSPACE_MOUNT, Workspace,
+};
 use crate::plan::{BuildPlan, ChainRole};
 
 impl BuildObjects<'_> {
@@ -35,27 +42,35 @@ impl BuildObjects<'_> {
     /// into the workspace, restricted, with the push secret.
     pub(super) fn restore_container(&self, ids: &[String]) -> (Container, Vec<Volume>) {
         let output = &self.ib.spec.output;
-        let entries: Vec<_> = self
+        let entries = self
             .cache
-            .map(|view| ids.iter().filter_map(|id| view.hits.get(id)).collect())
+            .map(|view| {
+                ids.iter()
+                    .filter_map(|id| view.hits.get(id).cloned())
+                    .collect()
+            })
             .unwrap_or_default();
         let mut mounts = vec![workspace_mount()];
         let mut volumes = Vec::new();
         let auth = output.push_secret.as_ref().map(|secret| {
             volumes.push(docker_config_volume("push-secret", secret));
             mounts.push(read_only_mount("push-secret", AUTH_MOUNT));
-            format!("{AUTH_MOUNT}/config.json")
+            PathBuf::from(format!("{AUTH_MOUNT}/config.json"))
         });
-        let spec = serde_json::json!({
-            "repository": self.cache.map(|v| v.repository.clone()).unwrap_or_default(),
-            "insecure": output.insecure,
-            "auth": auth,
-            "entries": entries,
-            "workspace": WORKSPACE_MOUNT,
-        });
+        let spec = RestoreSpec {
+            repository: self.cache.map(|v| v.repository.clone()).unwrap_or_default(),
+            insecure: output.insecure,
+            auth,
+            ca_bundle: None,
+            entries,
+            into: Workspace::new(WORKSPACE_MOUNT).join(EXPORTS_DIR),
+        };
         let command = strings([&self.settings.helper_path, "cache", "restore"]);
         let container = Container {
-            env: Some(vec![env_var(RESTORE_ENV, spec.to_string())]),
+            env: Some(vec![env_var(
+                RESTORE_ENV,
+                serde_json::to_string(&spec).unwrap_or_default(),
+            )]),
             ..container(
                 "restore",
                 &self.settings.helper_image,

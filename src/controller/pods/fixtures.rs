@@ -32,6 +32,7 @@ pub(super) fn context_pod(ib: &ImageBuild, settings: &Settings) -> Pod {
         settings,
         generation: 2,
         deadline_seconds: 600,
+        cache: None,
     };
     objects.pod(&context_unit(), 1, Some("node-a"))
 }

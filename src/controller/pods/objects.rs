@@ -356,6 +356,7 @@ mod tests {
             settings: &settings,
             generation: 2,
             deadline_seconds: 600,
+            cache: None,
         };
         assert!(objects.pinned());
         let claim = serde_json::to_value(objects.claim()).unwrap();

@@ -125,9 +125,9 @@ pub(super) fn take_cached(
 ) -> BTreeMap<usize, String> {
     let mut cached = BTreeMap::new();
     for unit in units.iter() {
-        let id = match &unit.kind {
-            UnitKind::Chain { id, runtime: false } | UnitKind::Extraction { id } => id,
-            _ => continue,
+        let (UnitKind::Chain { id, runtime: false } | UnitKind::Extraction { id }) = &unit.kind
+        else {
+            continue;
         };
         if let (Some(entry), false) = (view.hits.get(id), latest.contains_key(&unit.n)) {
             cached.insert(unit.n, entry.key.clone());

@@ -179,6 +179,7 @@ impl Pass<'_> {
             .iter()
             .filter(|u| {
                 !planned.latest.contains_key(&u.n)
+                    && !planned.cached.contains_key(&u.n)
                     && u.depends_on.iter().all(|n| planned.succeeded(n))
             })
             .collect();

@@ -249,11 +249,13 @@ impl<'a> Pass<'a> {
         status.stages = planned
             .units
             .iter()
-            .filter_map(|unit| match (planned.cached.get(&unit.n), planned.latest.get(&unit.n)) {
-                (Some(k), _) => Some(cached_stage_status(unit, k)),
-                (None, Some(pod)) => Some(stage_status(unit, pod, key(unit))),
-                (None, None) => None,
-            })
+            .filter_map(
+                |unit| match (planned.cached.get(&unit.n), planned.latest.get(&unit.n)) {
+                    (Some(k), _) => Some(cached_stage_status(unit, k)),
+                    (None, Some(pod)) => Some(stage_status(unit, pod, key(unit))),
+                    (None, None) => None,
+                },
+            )
             .collect();
         planned
     }
