@@ -101,6 +101,15 @@ fn pods(cluster: &Cluster, ns: &TestNamespace) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The stage `name` of a status, if it has one.
+fn stages_named(status: &Value, name: &str) -> Option<Value> {
+    status["stages"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+}
+
 fn names(items: &[Value]) -> Vec<String> {
     items
         .iter()
@@ -397,17 +406,48 @@ fn the_seed_builds_runs_and_is_reported_then_rebuilds_on_edit_and_is_collected_o
     assert!(printed.contains("user: root id: 0"), "{printed}");
 
     // An edit is a new generation and a new build; the old pods go first.
+    // This one changes no input (a build arg no stage declares): the cache
+    // has the image, and the operator finds it there (with the push
+    // secret's credentials, in memory) without a single pod.
     let mut edited = ib.clone();
     edited["spec"]["buildArgs"] = json!({"EDITED": "1"});
     apply(cluster, &ns, &edited);
     let rebuilt = wait_finished(cluster, &ns, "goapp", 2);
-    assert_eq!(
-        rebuilt["status"]["phase"], "Succeeded",
-        "{}",
-        rebuilt["status"]
+    let status = &rebuilt["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(status["image"]["digest"], image["digest"], "{status}");
+    assert_eq!(status["image"]["cached"], true, "{status}");
+    assert_eq!(status["buildReason"], "SpecChanged", "{status}");
+    let stages = status["stages"].as_array().expect("stages");
+    assert!(
+        !stages.is_empty() && stages.iter().all(|s| s["cached"] == true && s["pod"] == ""),
+        "{status}"
     );
     let left = names(&pods(cluster, &ns));
-    assert!(left.iter().all(|n| n.starts_with("goapp-g2-")), "{left:?}");
+    assert!(
+        !left.iter().any(|n| n.starts_with("goapp-g2-")),
+        "no pod for the cached build: {left:?}"
+    );
+
+    // A change to the final stage only: the builder is taken from the
+    // cache, its export restored; the image is new and runs.
+    let mut final_only = ib.clone();
+    final_only["spec"]["dockerfile"] =
+        json!(format!("{}LABEL edited=yes\n", seed_dockerfile(cluster)));
+    apply(cluster, &ns, &final_only);
+    let rebuilt = wait_finished(cluster, &ns, "goapp", 3);
+    let status = &rebuilt["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_ne!(status["image"]["digest"], image["digest"], "{status}");
+    let stage = |name: &str| {
+        stages_named(status, name).unwrap_or_else(|| panic!("no stage {name} in {status}"))
+    };
+    assert_eq!(stage("builder")["cached"], true, "{status}");
+    assert_eq!(stage("restore")["phase"], "Succeeded", "{status}");
+    assert_eq!(stage("assemble")["phase"], "Succeeded", "{status}");
+    let reference = status["image"]["reference"].as_str().unwrap();
+    let printed = podman_run_for(reference, 3.0);
+    assert!(printed.contains("user: root id: 0"), "{printed}");
 
     // Deleted: the garbage collector removes every pod and claim it owned.
     cluster.kubectl_ok(&[
