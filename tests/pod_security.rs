@@ -812,8 +812,9 @@ fn required(kind: &UnitKind) -> (Level, &'static str) {
     match kind {
         // The operator's own image, as a fixed non-root user.
         UnitKind::Assemble => (Level::Restricted, "assemble"),
-        // The same image and user, talking to the cache repository only.
-        UnitKind::Restore { .. } => (Level::Restricted, "restore"),
+        // The same, talking to the cache repository only; it may be the
+        // first pod on the volume, so it has the context pod's opener.
+        UnitKind::Restore { .. } => (Level::Baseline, "restore"),
         // The same, after an init container that opens the workspace as its
         // owner, root, with no capability (see the test below).
         UnitKind::Context => (Level::Baseline, "context"),
@@ -857,15 +858,21 @@ fn every_pod_meets_the_level_its_kind_requires() {
 }
 
 #[test]
-fn the_assemble_and_context_pods_meet_restricted_but_for_the_workspace_opener() {
+fn the_assemble_context_and_restore_pods_meet_restricted_but_for_the_workspace_opener() {
     let pods = all_pods();
     let mut restricted: Vec<Value> = pods
         .iter()
-        .filter(|(k, _)| matches!(k, UnitKind::Assemble | UnitKind::Context))
+        .filter(|(k, _)| {
+            matches!(
+                k,
+                UnitKind::Assemble | UnitKind::Context | UnitKind::Restore { .. }
+            )
+        })
         .map(|(_, p)| p.clone())
         .collect();
-    // An assembly per build and the git build's context pod, each twice.
-    assert_eq!(restricted.len(), 10);
+    // An assembly per build, the git build's context pod and a restore
+    // pod, each twice.
+    assert_eq!(restricted.len(), 12);
     for pod in &mut restricted {
         let init = pod["spec"]["initContainers"]
             .as_array()
@@ -874,7 +881,7 @@ fn the_assemble_and_context_pods_meet_restricted_but_for_the_workspace_opener() 
         if init.is_empty() {
             continue;
         }
-        // The context pod: its one init container runs `stage open` as root
+        // The context and restore pods: one init container runs `stage open` as root
         // with every capability dropped, and nothing else runs as root.
         assert_eq!(init.len(), 1, "{pod}");
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The context pod of a git build: clones the repository into the
 //! workspace before any other pod runs.
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, SecretVolumeSource, Volume};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, SecretVolumeSource, Volume};
 
 use super::containers::{container, read_only_mount, strings, workspace_mount};
 use super::objects::BuildObjects;
@@ -10,6 +10,7 @@ use super::security::{
 };
 use super::units::Unit;
 use crate::contract::{CONTEXT_RESULT, GIT_CREDENTIALS_MOUNT, SOURCE_DIR, WORKSPACE_MOUNT};
+use crate::controller::Settings;
 
 impl BuildObjects<'_> {
     /// The context pod of a git build: the operator image clones the
@@ -43,13 +44,7 @@ impl BuildObjects<'_> {
             mounts,
             restricted_container_security(),
         );
-        let open = container(
-            "open-workspace",
-            &settings.helper_image,
-            strings([&settings.helper_path, "stage", "open", WORKSPACE_MOUNT]),
-            vec![workspace_mount()],
-            workspace_opener_security(),
-        );
+        let open = workspace_opener(settings);
         let platform = self
             .plan
             .map(|p| p.platform.clone())
@@ -102,6 +97,19 @@ impl BuildObjects<'_> {
         }
         command
     }
+}
+
+/// The init container that opens the workspace to the restricted user of
+/// the pod's main container (uid 0, no capabilities): for a pod that may be
+/// the build's first on a fresh volume.
+pub(super) fn workspace_opener(settings: &Settings) -> Container {
+    container(
+        "open-workspace",
+        &settings.helper_image,
+        strings([&settings.helper_path, "stage", "open", WORKSPACE_MOUNT]),
+        vec![workspace_mount()],
+        workspace_opener_security(),
+    )
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use kube::Resource;
 use serde_json::{Value, json};
 
 use super::containers::{env_var, helper_volume, read_only_mount};
+use super::context_pod::workspace_opener;
 use super::security::{restricted_pod_security, runtime_default_pod_security};
 use super::units::{Unit, UnitIdentity, UnitKind};
 use crate::api::ImageBuild;
@@ -181,9 +182,11 @@ impl BuildObjects<'_> {
                 (Vec::new(), container)
             }
             UnitKind::Restore { ids } => {
+                // It may be the first pod on the volume: opened first, as
+                // the context pod's is.
                 let (container, secrets) = self.restore_container(ids);
                 volumes.extend(secrets);
-                (Vec::new(), container)
+                (vec![workspace_opener(self.settings)], container)
             }
         };
         if !assemble {
