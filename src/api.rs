@@ -67,6 +67,27 @@ pub struct ImageBuildSpec {
     /// The stage cache (on unless `enabled: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
+    /// Rebuild when what the last build used has moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<Triggers>,
+}
+
+/// What the operator watches for a build that has finished: a moved base
+/// or a moved branch starts a new build of the same generation (never
+/// interrupting one that runs).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Triggers {
+    /// How often to look, e.g. `5m` (the default; at least `1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Every `FROM` image and the final image's base: a tag that resolves
+    /// to a new digest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub images: bool,
+    /// A git context's branch or tag: a new commit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source: bool,
 }
 
 /// The stage cache: chains whose inputs a registry entry already has are
@@ -248,9 +269,42 @@ pub struct ImageBuildStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
-    /// Why this build ran: `FirstBuild`, `SpecChanged`.
+    /// Why this build ran: `FirstBuild`, `SpecChanged`, `RebuildRequested`,
+    /// `BaseImageMoved`, `SourceMoved`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_reason: Option<String>,
+    /// What the triggers last saw, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<TriggerStatus>,
+}
+
+/// What the triggers saw last.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<SeenImage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SeenSource>,
+}
+
+/// An image as the triggers last resolved it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenImage {
+    /// As the Dockerfile names it.
+    pub image: String,
+    pub digest: String,
+    pub seen: Time,
+}
+
+/// A git branch or tag as the triggers last resolved it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenSource {
+    pub revision: String,
+    pub commit: String,
+    pub seen: Time,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
