@@ -319,10 +319,17 @@ fn helm_installs_the_operator_with_two_replicas_and_one_leads() {
 #[test]
 fn the_seed_builds_runs_and_is_reported_then_rebuilds_on_edit_and_is_collected_on_delete() {
     let (cluster, ns) = operator_and_namespace("seed", "baseline");
+    // A cache of this run's own: the first build runs every pod however
+    // often the tests ran against this registry.
+    let cache = format!("{}/e2e/cache-{}", cluster.registry, ns.name);
     let ib = image_build(
         cluster,
         "goapp",
-        json!({"context": {"inline": {"app.go": APP}}, "dockerfile": seed_dockerfile(cluster)}),
+        json!({
+            "context": {"inline": {"app.go": APP}},
+            "dockerfile": seed_dockerfile(cluster),
+            "cache": {"repository": cache},
+        }),
     );
     apply(cluster, &ns, &ib);
 
