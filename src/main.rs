@@ -408,7 +408,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     if let Ok(json) = std::env::var(slimforge::contract::CACHE_STORE_ENV) {
                         let store: slimforge::contract::CacheStore = serde_json::from_str(&json)?;
                         let workspace = slimforge::contract::Workspace::new(&workspace);
-                        spec.cache = Some(slimforge::cache::store_spec(&store, &plan, &workspace));
+                        spec.cache = Some(recipe::cache_store_spec(&store, &plan, &workspace));
                     }
                     spec
                 }

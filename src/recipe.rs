@@ -15,9 +15,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::assemble::{AssembleSpec, CopyLayerSpec, DirectorySpec, LayerSpec};
+use crate::assemble::{
+    AssembleSpec, CacheChainSpec, CacheExportSpec, CacheImageSpec, CacheStoreSpec, CopyLayerSpec,
+    DirectorySpec, LayerSpec,
+};
 use crate::contract::{
-    ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT, RecipeLayer, SNAPSHOT_LAYER,
+    CacheStore, ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT, RecipeLayer,
+    SNAPSHOT_LAYER, Workspace,
 };
 use crate::dockerfile::eval::{CopyPlan, DEFAULT_PATH, Effect, Evaluator, image_env};
 use crate::plan::{BuildPlan, Chain, CopySource, FinalImage, PlanLoadError, RuntimePlan, Step};
@@ -488,6 +492,44 @@ pub fn assemble_spec(
         work_dir: Some(workspace.join("tmp")),
         cache: None,
     })
+}
+
+/// What the assembly stores, from the controller's [`CacheStore`] and the
+/// plan: each unit's result and export archives where the workspace has
+/// them, and the image's key.
+pub fn cache_store_spec(
+    store: &CacheStore,
+    plan: &BuildPlan,
+    workspace: &Workspace,
+) -> CacheStoreSpec {
+    let chains = store
+        .units
+        .iter()
+        .map(|(id, key)| {
+            let exports = match (plan.chain(id), plan.extraction(id)) {
+                (Some(chain), _) => chain.exports.as_slice(),
+                (None, Some(extraction)) => extraction.exports.as_slice(),
+                (None, None) => &[],
+            };
+            CacheChainSpec {
+                key: key.clone(),
+                chain: id.clone(),
+                result: workspace.chain_result(id),
+                exports: exports
+                    .iter()
+                    .map(|export| CacheExportSpec {
+                        id: export.id.clone(),
+                        path: workspace.export_archive(&export.id),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    CacheStoreSpec {
+        repository: store.repository.clone(),
+        chains,
+        image: store.image.clone().map(|key| CacheImageSpec { key }),
+    }
 }
 
 #[cfg(test)]
