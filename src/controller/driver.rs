@@ -11,7 +11,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 
 use super::Settings;
-use super::reconcile::{Decision, Observed, reconcile};
+use super::reconcile::{BuildEvent, Decision, Observed, reconcile};
+use super::status::Reason;
 use crate::api::{ImageBuild, Phase};
 use crate::cache::lookup::{CacheView, LookupRequest};
 
@@ -75,8 +76,21 @@ pub async fn pass<S: Shell>(
     let mut observed = shell.observe(ib).await?;
     let mut decision = reconcile(ib, &observed, settings, now);
     if let Some(request) = decision.lookup.take() {
-        observed.cache = Some(shell.look_up(ib, &request).await?);
+        let view = shell.look_up(ib, &request).await?;
+        let unavailable = view.error.clone();
+        observed.cache = Some(view);
         decision = reconcile(ib, &observed, settings, now);
+        // Said once, when the answer comes: the build runs uncached.
+        if let Some(error) = unavailable {
+            decision.events.push(BuildEvent {
+                warning: true,
+                reason: Reason::CacheUnavailable,
+                note: crate::contract::keep_first_bytes(
+                    &format!("the stage cache is not used for this build: {error}"),
+                    2048,
+                ),
+            });
+        }
     }
     match apply(shell, &decision).await? {
         Created::Done => Ok(decision),
@@ -190,6 +204,8 @@ spec:
         calls: Vec<String>,
         passes: usize,
         refuse_pods_from_pass: Option<usize>,
+        /// The cache lookup fails with this.
+        cache_error: Option<String>,
     }
 
     impl ScriptedShell {
@@ -243,7 +259,10 @@ spec:
             _request: &LookupRequest,
         ) -> Result<CacheView, String> {
             self.calls.push("look up".into());
-            Ok(CacheView::default())
+            Ok(match &self.cache_error {
+                Some(error) => CacheView::unavailable(error.clone()),
+                None => CacheView::default(),
+            })
         }
     }
 
@@ -282,6 +301,24 @@ spec:
                 "create pod app-g2-2",
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_cannot_be_asked_is_said_once_and_the_build_goes_on() {
+        let ib = image_build();
+        let mut shell = ScriptedShell::observing([Observed::default()]);
+        shell.cache_error = Some("registry.example: connection refused".into());
+        let decision = pass(&mut shell, &ib, &Settings::default(), now())
+            .await
+            .expect("a pass");
+        let event = decision
+            .events
+            .iter()
+            .find(|e| e.reason == Reason::CacheUnavailable)
+            .expect("a CacheUnavailable event");
+        assert!(event.warning);
+        assert!(event.note.contains("connection refused"), "{}", event.note);
+        assert!(shell.calls.iter().any(|c| c.starts_with("create pod")));
     }
 
     #[tokio::test]

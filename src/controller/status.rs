@@ -58,11 +58,14 @@ pub enum Reason {
     ProbeFailed,
     /// A stage's pod failed: a `RUN` exited non-zero, or a `COPY` broke.
     StageFailed,
+    /// Event: the stage cache could not be asked (a base that does not
+    /// resolve, a registry that refuses); the build runs uncached.
+    CacheUnavailable,
 }
 
 impl Reason {
     /// Every reason, in the order of the enum.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::InvalidSpec,
         Reason::InvalidDockerfile,
         Reason::ContextFailed,
@@ -83,6 +86,7 @@ impl Reason {
         Reason::PodFailed,
         Reason::ProbeFailed,
         Reason::StageFailed,
+        Reason::CacheUnavailable,
     ];
 
     /// The reason as conditions and events carry it.
@@ -108,6 +112,7 @@ impl Reason {
             Reason::PodFailed => "PodFailed",
             Reason::ProbeFailed => "ProbeFailed",
             Reason::StageFailed => "StageFailed",
+            Reason::CacheUnavailable => "CacheUnavailable",
         }
     }
 }
@@ -253,6 +258,7 @@ mod tests {
             "PodFailed",
             "ProbeFailed",
             "StageFailed",
+            "CacheUnavailable",
         ];
         let got: Vec<String> = Reason::ALL.iter().map(Reason::to_string).collect();
         assert_eq!(got, want);
