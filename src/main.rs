@@ -629,6 +629,10 @@ fn run_stage(command: StageCommand) -> anyhow::Result<()> {
                 sub_path,
                 credentials,
                 dockerfile,
+                plan_request: match std::env::var(slimforge::contract::PLAN_REQUEST_ENV) {
+                    Ok(json) if !json.trim().is_empty() => Some(serde_json::from_str(&json)?),
+                    _ => None,
+                },
             };
             let commit = stage::clone::clone_with_result(&options, &result)?;
             tracing::info!(%commit, dest = %options.dest.display(), "context cloned");

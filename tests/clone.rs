@@ -207,3 +207,64 @@ fn ssh_keys_are_refused_clearly() {
     let error = result["error"].as_str().expect("an error");
     assert!(error.contains("ssh keys are not supported"), "{error}");
 }
+
+/// `stage clone` with `SLIMFORGE_PLAN_REQUEST`: the build planned on the
+/// checkout, what each COPY reads digested for the stage cache.
+fn clone_planned(url: &str, revision: &str, request: &Value, dir: &Path) -> CloneResult {
+    let result = dir.join("ws/results/context.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .env("SLIMFORGE_PLAN_REQUEST", request.to_string())
+        .args(["stage", "clone", "--url", url, "--revision", revision])
+        .arg("--dest")
+        .arg(dir.join("ws/source"))
+        .arg("--result")
+        .arg(&result)
+        .output()
+        .expect("run slimforge stage clone");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap()
+}
+
+#[test]
+fn the_files_each_copy_reads_are_digested_in_the_clone() {
+    let served = tempfile::tempdir().unwrap();
+    let repo = served.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("a.txt"), "a1").unwrap();
+    std::fs::write(repo.join("b.txt"), "b1").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    let daemon = GitDaemon::start(served.path());
+    let url = format!("git://127.0.0.1:{}/repo", daemon.port);
+    let dockerfile = "FROM busybox AS a\nCOPY a.txt /\nRUN true\nFROM busybox AS b\nCOPY b.txt /\nRUN true\nFROM busybox\nCOPY --from=a /a.txt /\nCOPY --from=b /b.txt /\n";
+    let request = serde_json::json!({"dockerfile": dockerfile});
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = clone_planned(&url, "main", &request, dir.path());
+    assert_eq!(first.context_digests.len(), 2, "{first:?}");
+
+    // b.txt changes: a's digest stays, b's moves.
+    std::fs::write(repo.join("b.txt"), "b2").unwrap();
+    git(&repo, &["commit", "-q", "-am", "two"]);
+    let dir = tempfile::tempdir().unwrap();
+    let second = clone_planned(&url, "main", &request, dir.path());
+    assert_ne!(second.commit, first.commit);
+    let same: Vec<_> = first
+        .context_digests
+        .iter()
+        .filter(|(k, v)| second.context_digests.get(*k) == Some(v))
+        .collect();
+    assert_eq!(same.len(), 1, "{first:?}\n{second:?}");
+
+    // A Dockerfile that does not plan: no digests, the clone succeeds.
+    let bad = serde_json::json!({"dockerfile": "FROM busybox\nNOT_AN_INSTRUCTION x\n"});
+    let dir = tempfile::tempdir().unwrap();
+    let result = clone_planned(&url, "main", &bad, dir.path());
+    assert!(result.context_digests.is_empty());
+    assert!(result.commit.is_some());
+}

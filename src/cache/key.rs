@@ -34,6 +34,86 @@ pub enum ContextIdentity<'a> {
     /// cloned): the string (`git <commit> <subPath>`) stands for all of
     /// it, in the key of every step that reads it.
     Opaque(String),
+    /// What each COPY/ADD reads, digested where the files are (the git
+    /// context pod, by [`context_digests`]): [`reads_id`] of the step's
+    /// source words → [`ContextIndex::digest_for`] of them. The same key
+    /// as [`ContextIdentity::Index`] over the same files.
+    Digests(&'a BTreeMap<String, String>),
+}
+
+/// The id of a COPY/ADD's source words in [`ContextIdentity::Digests`]:
+/// short, as the map travels in a termination message.
+pub fn reads_id(words: &[String]) -> String {
+    let mut h = Hasher::default();
+    h.list(words);
+    let digest = h.finish();
+    digest.trim_start_matches("sha256:")[..16].to_string()
+}
+
+/// For every COPY/ADD of `plan` that reads the context: [`reads_id`] of
+/// its source words → the digest of what they read in `index`. Computed
+/// where the files are, for [`ContextIdentity::Digests`].
+pub fn context_digests(
+    plan: &BuildPlan,
+    index: &ContextIndex,
+) -> Result<BTreeMap<String, String>, KeyError> {
+    let chain_steps = plan
+        .chains
+        .iter()
+        .flat_map(|c| c.stages.iter().flat_map(|s| s.steps.iter()));
+    let final_steps = match &plan.final_image {
+        FinalImage::Assemble(a) => a.steps.as_slice(),
+        FinalImage::Runtime(_) => &[],
+    };
+    let mut digests = BTreeMap::new();
+    for step in chain_steps.chain(final_steps) {
+        if matches!(step.source, Some(CopySource::Context)) {
+            let (_, words) = source_words(step, plan.escape)?;
+            digests.insert(reads_id(&words), index.digest_for(&words));
+        }
+    }
+    Ok(digests)
+}
+
+/// A COPY/ADD's keyword and its source words as the helper will read them
+/// (`$` words as written: `digest_for` takes the whole context for them).
+fn source_words(step: &Step, escape: char) -> Result<(&'static str, Vec<String>), KeyError> {
+    let (keyword, sources, add) = match &step.instruction {
+        Instruction::Copy(args) => ("COPY", args.sources.as_slice(), false),
+        Instruction::Add(args) => ("ADD", args.sources.as_slice(), true),
+        // Not a copy, yet it reads the context: all of it.
+        other => (other.keyword(), &[][..], false),
+    };
+    if add && let Some(source) = sources.iter().find(|s| is_remote(s)) {
+        // The parser refuses these; a plan from elsewhere may not.
+        return Err(KeyError::RemoteSource {
+            line: step.line,
+            url: source.clone(),
+        });
+    }
+    let mut words: Vec<String> = sources
+        .iter()
+        .map(|word| {
+            if word.contains('$') {
+                // Expanded in the pod with values not known here:
+                // `digest_for` takes the whole context for it.
+                return word.clone();
+            }
+            // No variable: the expansion (quotes, escapes) is the
+            // helper's whatever the environment.
+            expand_word(word, escape, &mut |_| None).unwrap_or_else(|_| ".".to_string())
+        })
+        .collect();
+    if add && let Some(source) = words.iter().find(|s| is_remote(s)) {
+        return Err(KeyError::RemoteSource {
+            line: step.line,
+            url: source.clone(),
+        });
+    }
+    if words.is_empty() {
+        words.push(".".to_string());
+    }
+    Ok((keyword, words))
 }
 
 /// Everything keys are computed from.
@@ -256,42 +336,7 @@ impl Keyer<'_, '_> {
     /// The context files a COPY/ADD may read: their digest, or the opaque
     /// context's identity.
     fn context(&self, h: &mut Hasher, step: &Step) -> Result<(), KeyError> {
-        let (keyword, sources, add) = match &step.instruction {
-            Instruction::Copy(args) => ("COPY", args.sources.as_slice(), false),
-            Instruction::Add(args) => ("ADD", args.sources.as_slice(), true),
-            // Not a copy, yet it reads the context: all of it.
-            other => (other.keyword(), &[][..], false),
-        };
-        if add && let Some(source) = sources.iter().find(|s| is_remote(s)) {
-            // The parser refuses these; a plan from elsewhere may not.
-            return Err(KeyError::RemoteSource {
-                line: step.line,
-                url: source.clone(),
-            });
-        }
-        let escape = self.inputs.plan.escape;
-        let mut words: Vec<String> = sources
-            .iter()
-            .map(|word| {
-                if word.contains('$') {
-                    // Expanded in the pod with values not known here:
-                    // `digest_for` takes the whole context for it.
-                    return word.clone();
-                }
-                // No variable: the expansion (quotes, escapes) is the
-                // helper's whatever the environment.
-                expand_word(word, escape, &mut |_| None).unwrap_or_else(|_| ".".to_string())
-            })
-            .collect();
-        if add && let Some(source) = words.iter().find(|s| is_remote(s)) {
-            return Err(KeyError::RemoteSource {
-                line: step.line,
-                url: source.clone(),
-            });
-        }
-        if words.is_empty() {
-            words.push(".".to_string());
-        }
+        let (keyword, words) = source_words(step, self.inputs.plan.escape)?;
         match &self.inputs.context {
             ContextIdentity::None => {
                 return Err(KeyError::NoContext {
@@ -306,6 +351,16 @@ impl Keyer<'_, '_> {
             ContextIdentity::Opaque(identity) => {
                 h.str("opaque");
                 h.str(identity);
+            }
+            ContextIdentity::Digests(digests) => {
+                let Some(digest) = digests.get(&reads_id(&words)) else {
+                    return Err(KeyError::NoContext {
+                        line: step.line,
+                        keyword,
+                    });
+                };
+                h.str("files");
+                h.str(digest);
             }
         }
         Ok(())
@@ -676,6 +731,41 @@ COPY --from=c /out-c /c
                 .map(|(path, text)| (path.to_string(), INLINE_FILE_MODE, text.as_bytes())),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn digests_made_where_the_files_are_key_as_the_files_do() {
+        let plan = PlanRequest {
+            dockerfile: DOCKERFILE.into(),
+            ..PlanRequest::default()
+        }
+        .plan()
+        .unwrap();
+        let files = base().files;
+        let pairs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let context = index(&pairs);
+        let digests = context_digests(&plan, &context).unwrap();
+        // One per distinct COPY that reads the context: a's and b's.
+        assert_eq!(digests.len(), 2, "{digests:?}");
+        let by_index = keys_of(DOCKERFILE, ContextIdentity::Index(&context)).unwrap();
+        let by_digests = keys_of(DOCKERFILE, ContextIdentity::Digests(&digests)).unwrap();
+        assert_eq!(by_index, by_digests);
+
+        // A file a reads changes: only a (and c, which copies from a) move.
+        let mut changed: Vec<(&str, &str)> = pairs.clone();
+        changed.retain(|(k, _)| *k != "a.txt");
+        changed.push(("a.txt", "changed"));
+        let digests = context_digests(&plan, &index(&changed)).unwrap();
+        let after = keys_of(DOCKERFILE, ContextIdentity::Digests(&digests)).unwrap();
+        assert_ne!(after.units["a"], by_index.units["a"]);
+        assert_eq!(after.units["b"], by_index.units["b"]);
+
+        // A COPY the digests do not cover can't be keyed.
+        let err = keys_of(DOCKERFILE, ContextIdentity::Digests(&BTreeMap::new())).unwrap_err();
+        assert!(matches!(err, KeyError::NoContext { .. }), "{err}");
     }
 
     #[test]

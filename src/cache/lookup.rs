@@ -48,6 +48,9 @@ pub enum ContextRef {
     ConfigMap(ConfigMapContext),
     /// Stands for the whole context, e.g. `git <commit> <subPath>`.
     Opaque(String),
+    /// What each COPY/ADD reads, digested where the files are (the git
+    /// context pod): see [`ContextIdentity::Digests`].
+    Digests(BTreeMap<String, String>),
 }
 
 /// The cache's answer for one build.
@@ -142,6 +145,7 @@ async fn try_look_up(
     let context = match &request.context {
         ContextRef::None => ContextIdentity::None,
         ContextRef::Opaque(identity) => ContextIdentity::Opaque(identity.clone()),
+        ContextRef::Digests(digests) => ContextIdentity::Digests(digests),
         ContextRef::Inline(files) => {
             index = ContextIndex::from_entries(
                 files

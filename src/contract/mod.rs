@@ -54,15 +54,18 @@ pub const WORKDIR_ENV: &str = "SLIMFORGE_WORKDIR";
 /// What the assemble pod writes to the cache after its push
 /// ([`CacheStore`], JSON).
 pub const CACHE_STORE_ENV: &str = "SLIMFORGE_CACHE";
+/// What the git context pod keys its files for ([`ContextPlanRequest`], JSON).
+pub const PLAN_REQUEST_ENV: &str = "SLIMFORGE_PLAN_REQUEST";
 /// The `slimforge cache restore` spec's JSON, when no `--spec` file is given.
 pub const RESTORE_ENV: &str = "SLIMFORGE_RESTORE";
 /// The variables above: the pods' plumbing, never part of a RUN's or the
 /// image's environment.
-pub const POD_ENV: [&str; 5] = [
+pub const POD_ENV: [&str; 6] = [
     PLAN_ENV,
     CONTEXT_ENV,
     WORKDIR_ENV,
     CACHE_STORE_ENV,
+    PLAN_REQUEST_ENV,
     RESTORE_ENV,
 ];
 
@@ -190,4 +193,21 @@ pub struct CacheStore {
     /// The image's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+}
+
+/// What the git context pod plans the build with, once it has the
+/// checkout, to digest the files each COPY/ADD reads
+/// ([`CloneResult::context_digests`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextPlanRequest {
+    /// The spec's inline Dockerfile (else the clone reads `dockerfilePath`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(default)]
+    pub build_args: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }

@@ -176,6 +176,12 @@ pub struct CloneResult {
     pub dockerfile: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For the stage cache: what each COPY/ADD of the plan reads, digested
+    /// here where the files are (`cache::key::context_digests`). Empty when
+    /// the plan failed or the map would not fit in a termination message:
+    /// the whole commit then stands for the context.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub context_digests: std::collections::BTreeMap<String, String>,
 }
 
 impl CloneResult {

@@ -4,6 +4,7 @@
 //! reports the commit and, when asked, the Dockerfile: planning happens only
 //! once it is known.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::num::NonZeroU32;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +14,11 @@ use std::sync::atomic::AtomicBool;
 use base64::Engine as _;
 
 use super::io_err;
-use crate::contract::{CloneResult, MAX_RESULT_BYTES, keep_first_bytes, publish_result};
+use crate::cache::context::ContextIndex;
+use crate::contract::{
+    CloneResult, ContextPlanRequest, MAX_RESULT_BYTES, keep_first_bytes, publish_result,
+};
+use crate::plan::PlanRequest;
 use crate::rootfs::FsError;
 use crate::rootfs::remove_tree;
 
@@ -43,6 +48,8 @@ pub struct CloneOptions {
     /// A directory with `username` and `password` files (HTTPS basic auth).
     pub credentials: Option<PathBuf>,
     pub dockerfile: Option<String>,
+    /// Plan the build on the checkout and digest what each COPY/ADD reads.
+    pub plan_request: Option<ContextPlanRequest>,
 }
 
 /// Clones, and writes the result (success or error) to `result` and the
@@ -166,6 +173,10 @@ pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
         }
         _ => options.dest.clone(),
     };
+    let mut dockerfile_text = options
+        .plan_request
+        .as_ref()
+        .and_then(|r| r.dockerfile.clone());
     let dockerfile = match &options.dockerfile {
         None => None,
         Some(path) => {
@@ -175,6 +186,7 @@ pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
                     "the Dockerfile `{path}` cannot be read at commit {commit}: {e}"
                 ))
             })?;
+            dockerfile_text = Some(String::from_utf8_lossy(&text).into_owned());
             let encoded = compress(&text);
             if encoded.len() + 128 > MAX_RESULT_BYTES {
                 return Err(git_error(format!(
@@ -187,11 +199,48 @@ pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
             Some(encoded)
         }
     };
-    Ok(CloneResult {
+    let mut result = CloneResult {
         commit: Some(commit),
         dockerfile,
         error: None,
-    })
+        context_digests: BTreeMap::new(),
+    };
+    if let (Some(request), Some(text)) = (&options.plan_request, dockerfile_text) {
+        result.context_digests = context_digests(request, text, &context);
+        let size = serde_json::to_vec(&result)
+            .map(|j| j.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_RESULT_BYTES {
+            tracing::info!(
+                size,
+                "the context digests do not fit in the result: the commit stands for the context"
+            );
+            result.context_digests.clear();
+        }
+    }
+    Ok(result)
+}
+
+/// What each COPY/ADD of the planned build reads in `context`, digested
+/// for the stage cache; empty when the Dockerfile does not plan (the
+/// controller says why, when it plans it) or the context can't be read.
+fn context_digests(
+    request: &ContextPlanRequest,
+    dockerfile: String,
+    context: &Path,
+) -> BTreeMap<String, String> {
+    let plan = PlanRequest {
+        dockerfile,
+        build_args: request.build_args.clone(),
+        target: request.target.clone(),
+        platform: request.platform.clone(),
+    }
+    .plan();
+    let digests = plan.ok().and_then(|plan| {
+        let index = ContextIndex::from_dir(context).ok()?;
+        crate::cache::key::context_digests(&plan, &index).ok()
+    });
+    digests.unwrap_or_default()
 }
 
 fn fetch_and_checkout(
@@ -329,7 +378,7 @@ mod tests {
         let result = CloneResult {
             commit: Some("a".repeat(40)),
             dockerfile: Some(compress(text.as_bytes())),
-            error: None,
+            ..CloneResult::default()
         };
         assert_eq!(result.dockerfile_text().unwrap().as_deref(), Some(text));
     }

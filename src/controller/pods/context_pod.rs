@@ -1,15 +1,18 @@
 //! The context pod of a git build: clones the repository into the
 //! workspace before any other pod runs.
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, SecretVolumeSource, Volume};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, SecretVolumeSource, Volume};
 
-use super::containers::{container, read_only_mount, strings, workspace_mount};
+use super::containers::{container, env_var, read_only_mount, strings, workspace_mount};
 use super::objects::BuildObjects;
 use super::security::{
     restricted_container_security, restricted_pod_security, workspace_opener_security,
 };
 use super::units::Unit;
-use crate::contract::{CONTEXT_RESULT, GIT_CREDENTIALS_MOUNT, SOURCE_DIR, WORKSPACE_MOUNT};
+use crate::contract::{
+    CONTEXT_RESULT, ContextPlanRequest, GIT_CREDENTIALS_MOUNT, PLAN_REQUEST_ENV, SOURCE_DIR,
+    WORKSPACE_MOUNT,
+};
 use crate::controller::Settings;
 
 impl BuildObjects<'_> {
@@ -37,13 +40,16 @@ impl BuildObjects<'_> {
             });
             mounts.push(read_only_mount("git-credentials", GIT_CREDENTIALS_MOUNT));
         }
-        let clone = container(
-            "clone",
-            &settings.helper_image,
-            command,
-            mounts,
-            restricted_container_security(),
-        );
+        let clone = Container {
+            env: self.plan_request(),
+            ..container(
+                "clone",
+                &settings.helper_image,
+                command,
+                mounts,
+                restricted_container_security(),
+            )
+        };
         let open = workspace_opener(settings);
         let platform = self
             .plan
@@ -65,6 +71,23 @@ impl BuildObjects<'_> {
     }
 
     /// The helper's `stage clone` command line, without the credentials.
+    /// With the stage cache on, what the clone plans the build with to
+    /// digest the files each COPY/ADD reads.
+    fn plan_request(&self) -> Option<Vec<EnvVar>> {
+        let spec = &self.ib.spec;
+        if !spec.cache_enabled() {
+            return None;
+        }
+        let request = ContextPlanRequest {
+            dockerfile: spec.dockerfile.clone(),
+            build_args: spec.build_args.clone(),
+            target: spec.target.clone().filter(|t| !t.is_empty()),
+            platform: spec.platform.clone().filter(|p| !p.is_empty()),
+        };
+        let json = serde_json::to_string(&request).unwrap_or_default();
+        Some(vec![env_var(PLAN_REQUEST_ENV, json)])
+    }
+
     fn clone_command(&self) -> Vec<String> {
         let git = self.ib.spec.context.git.clone().unwrap_or_default();
         let mut command = strings([

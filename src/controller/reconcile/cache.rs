@@ -52,12 +52,22 @@ impl Pass<'_> {
         } else if let Some(config_map) = &context.config_map {
             ContextRef::ConfigMap(config_map.clone())
         } else if let Some(git) = &context.git {
-            let commit = status.source.as_ref().map(|s| s.commit.as_str());
-            ContextRef::Opaque(format!(
-                "git {} {}",
-                commit.unwrap_or_default(),
-                git.sub_path.as_deref().unwrap_or_default()
-            ))
+            match self
+                .clone_outcome()
+                .filter(|o| !o.context_digests.is_empty())
+            {
+                Some(outcome) => ContextRef::Digests(outcome.context_digests),
+                // The files' digests did not come back: the commit stands
+                // for all of them.
+                None => {
+                    let commit = status.source.as_ref().map(|s| s.commit.as_str());
+                    ContextRef::Opaque(format!(
+                        "git {} {}",
+                        commit.unwrap_or_default(),
+                        git.sub_path.as_deref().unwrap_or_default()
+                    ))
+                }
+            }
         } else {
             ContextRef::None
         };

@@ -10,7 +10,7 @@ use jiff::SignedDuration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::cache::{cached_stage_status, take_cached};
-use super::pod_results::{clone_outcome, stage_status};
+use super::pod_results::{CloneOutcome, clone_outcome, stage_status};
 use super::validate::{Invalid, plan_spec, validate_spec};
 use super::{
     Decision, Dockerfile, Inputs, MISSING_RETRY, Pass, Planned, PodPhase, PodState, expire, warning,
@@ -92,14 +92,7 @@ impl<'a> Pass<'a> {
         if self.ib.spec.context.git.is_none() {
             return Dockerfile::Known(self.observed.dockerfile_from_context.clone());
         }
-        let context_pod = self
-            .observed
-            .pods
-            .iter()
-            .filter(|p| p.generation == self.generation && p.unit == CONTEXT_UNIT)
-            .max_by_key(|p| p.attempt)
-            .filter(|p| p.phase == PodPhase::Succeeded);
-        match context_pod.map(clone_outcome) {
+        match self.succeeded_context_pod().map(clone_outcome) {
             None => Dockerfile::Cloning,
             Some(Err(message)) => Dockerfile::CloneFailed(message),
             Some(Ok(outcome)) => {
@@ -109,6 +102,22 @@ impl<'a> Pass<'a> {
                 Dockerfile::Known(outcome.dockerfile)
             }
         }
+    }
+
+    /// The git context pod of this build, once it has succeeded.
+    fn succeeded_context_pod(&self) -> Option<&'a PodState> {
+        self.observed
+            .pods
+            .iter()
+            .filter(|p| p.generation == self.generation && p.unit == CONTEXT_UNIT)
+            .max_by_key(|p| p.attempt)
+            .filter(|p| p.phase == PodPhase::Succeeded)
+    }
+
+    /// What the succeeded context pod reported, if it can be read.
+    pub(super) fn clone_outcome(&self) -> Option<CloneOutcome> {
+        self.succeeded_context_pod()
+            .and_then(|pod| clone_outcome(pod).ok())
     }
 
     /// The spec checked once, and the Dockerfile planned if it is known; an

@@ -1,6 +1,8 @@
 //! What the pods report: their phases and waiting reasons, their result
 //! files (the [`crate::contract`] types), read into status and messages.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{PodPhase, PodState};
@@ -188,6 +190,8 @@ pub(super) fn stage_status(unit: &Unit, pod: &PodState, key: Option<&str>) -> St
 pub(super) struct CloneOutcome {
     pub(super) commit: String,
     pub(super) dockerfile: Option<String>,
+    /// What each COPY/ADD reads, digested in the pod (for the cache keys).
+    pub(super) context_digests: BTreeMap<String, String>,
 }
 
 pub(super) fn clone_outcome(pod: &PodState) -> Result<CloneOutcome, String> {
@@ -201,5 +205,9 @@ pub(super) fn clone_outcome(pod: &PodState) -> Result<CloneOutcome, String> {
         .filter(|c| c.len() == 40 && c.chars().all(|c| c.is_ascii_hexdigit()))
         .ok_or_else(|| unreadable("no commit".into()))?;
     let dockerfile = result.dockerfile_text().map_err(unreadable)?;
-    Ok(CloneOutcome { commit, dockerfile })
+    Ok(CloneOutcome {
+        commit,
+        dockerfile,
+        context_digests: result.context_digests,
+    })
 }
