@@ -7,9 +7,12 @@ use kube::Resource;
 use slimforge::api::{ImageBuild, Phase};
 use slimforge::cache::entry::{CachedExport, ChainEntry, ImageEntry};
 use slimforge::cache::lookup::CacheView;
-use slimforge::controller::reconcile::{Decision, Observed, PodPhase, PodState, Waiting};
+use slimforge::controller::pods::BuildId;
+use slimforge::controller::reconcile::{
+    Decision, Observed, PodPhase, PodState, Waiting, current_build,
+};
 use slimforge::controller::status::{READY, RECONCILING, STALLED, find};
-use slimforge::controller::{ATTEMPT_LABEL, GENERATION_LABEL, Settings, UNIT_LABEL, reconcile};
+use slimforge::controller::{ATTEMPT_LABEL, Settings, UNIT_LABEL, reconcile};
 
 const SEED: &str = r#"
 apiVersion: slimforge.dev/v1alpha1
@@ -39,15 +42,20 @@ fn image_build(yaml: &str) -> ImageBuild {
 struct World {
     ib: ImageBuild,
     pods: Vec<PodState>,
-    claims: Vec<(String, i64)>,
+    claims: Vec<(String, BuildId)>,
     missing: Vec<(String, String)>,
+    /// What the shell's triggers report.
+    triggered: Option<String>,
     now: Timestamp,
     settings: Settings,
     created: Vec<String>,
     /// What the cache answers (nothing cached, unless a test says).
     cache: CacheView,
-    /// The cache's answer as the shell kept it, once asked.
-    asked: Option<CacheView>,
+    /// The cache's answer as the shell kept it, once asked, and the build
+    /// it was asked for.
+    asked: Option<(BuildId, CacheView)>,
+    /// How many times the cache was asked.
+    lookups: usize,
 }
 
 impl World {
@@ -57,6 +65,7 @@ impl World {
             pods: Vec::new(),
             claims: Vec::new(),
             missing: Vec::new(),
+            triggered: None,
             now: "2026-11-27T10:00:00Z".parse().unwrap(),
             settings: Settings {
                 helper_image: "registry.example/slimforge:test".into(),
@@ -65,15 +74,24 @@ impl World {
             created: Vec::new(),
             cache: CacheView::default(),
             asked: None,
+            lookups: 0,
         }
     }
 
+    /// What the shell sees, the cache view only for the build the pass
+    /// works on (as both shells keep it).
     fn observed(&self) -> Observed {
+        let build = current_build(&self.ib, self.triggered.as_deref());
         Observed {
             pods: self.pods.clone(),
             claims: self.claims.clone(),
             missing: self.missing.clone(),
-            cache: self.asked.clone(),
+            cache: self
+                .asked
+                .as_ref()
+                .filter(|(asked_for, _)| *asked_for == build)
+                .map(|(_, view)| view.clone()),
+            triggered: self.triggered.clone(),
             ..Observed::default()
         }
     }
@@ -84,13 +102,14 @@ impl World {
         let mut decision = reconcile(&self.ib, &self.observed(), &self.settings, self.now);
         if decision.lookup.take().is_some() {
             // The shell's part: answer, keep the answer, decide again.
-            self.asked = Some(self.cache.clone());
+            self.asked = Some((decision.build, self.cache.clone()));
+            self.lookups += 1;
             decision = reconcile(&self.ib, &self.observed(), &self.settings, self.now);
         }
         if let Some(claim) = &decision.create_claim {
-            let generation = label(claim.meta(), GENERATION_LABEL).parse().unwrap();
+            let build = BuildId::from_labels(claim.meta().labels.as_ref().unwrap()).unwrap();
             self.claims
-                .push((claim.meta().name.clone().unwrap(), generation));
+                .push((claim.meta().name.clone().unwrap(), build));
         }
         for pod in &decision.create_pods {
             self.created.push(pod.meta().name.clone().unwrap());
@@ -108,7 +127,7 @@ impl World {
         self.pods
             .iter_mut()
             .filter(|p| p.unit == unit)
-            .max_by_key(|p| (p.generation, p.attempt))
+            .max_by_key(|p| (p.generation, p.rebuild, p.attempt))
             .expect("a pod for that unit")
     }
 
@@ -144,9 +163,9 @@ fn label(meta: &kube::core::ObjectMeta, key: &str) -> String {
 
 fn new_pod(pod: &Pod) -> PodState {
     let meta = pod.meta();
-    let mut state = PodState::new(
+    let mut state = PodState::of(
         meta.name.clone().unwrap(),
-        label(meta, GENERATION_LABEL).parse().unwrap(),
+        BuildId::from_labels(meta.labels.as_ref().unwrap()).unwrap(),
         label(meta, UNIT_LABEL).parse().unwrap(),
         label(meta, ATTEMPT_LABEL).parse().unwrap(),
     );
