@@ -403,6 +403,47 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuilds_names_say_which_rebuild_and_the_first_builds_are_unchanged() {
+        let first = BuildId::first(3);
+        assert_eq!(pod_name("app", first, 2, 0), "app-g3-2");
+        assert_eq!(pod_name("app", first, 2, 1), "app-g3-2-r1");
+        assert_eq!(claim_name("app", first), "app-g3-workspace");
+        let second = BuildId {
+            generation: 3,
+            rebuild: 2,
+        };
+        assert_eq!(pod_name("app", second, 2, 0), "app-g3b2-2");
+        assert_eq!(pod_name("app", second, 2, 1), "app-g3b2-2-r1");
+        assert_eq!(claim_name("app", second), "app-g3b2-workspace");
+
+        let ib = git_build();
+        let settings = Settings::default();
+        let objects = BuildObjects {
+            ib: &ib,
+            plan: None,
+            settings: &settings,
+            generation: 3,
+            rebuild: 2,
+            deadline_seconds: 600,
+            cache: None,
+        };
+        let claim = objects.claim();
+        assert_eq!(claim.metadata.name.as_deref(), Some("app-g3b2-workspace"));
+        let labels = claim.metadata.labels.unwrap_or_default();
+        assert_eq!(labels[crate::controller::REBUILD_LABEL], "2");
+        let pod = objects.pod(&context_unit(), 0, None);
+        assert_eq!(pod.metadata.name.as_deref(), Some("app-g3b2-0"));
+        let identity = UnitIdentity::from_metadata(&pod.metadata).expect("our pod");
+        assert_eq!(identity.build(), second);
+        let volumes = pod.spec.and_then(|s| s.volumes).unwrap_or_default();
+        let workspace = volumes
+            .iter()
+            .find_map(|v| v.persistent_volume_claim.as_ref())
+            .expect("the workspace volume");
+        assert_eq!(workspace.claim_name, "app-g3b2-workspace");
+    }
+
+    #[test]
     fn os_arch_reads_the_platform_with_linux_amd64_defaults() {
         assert_eq!(os_arch("linux/arm64/v8"), ("linux".into(), "arm64".into()));
         assert_eq!(os_arch(""), ("linux".into(), "amd64".into()));
