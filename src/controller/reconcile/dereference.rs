@@ -1,6 +1,6 @@
-//! The pass's first steps: keep a finished build, retire older
-//! builds (generations, or rebuilds of this one), dereference the context, validate once, wait for what is
-//! missing, plan the pods.
+//! The pass's first steps: keep a finished build, retire older builds
+//! (generations, or rebuilds of this one), dereference the context,
+//! validate once, wait for what is missing, plan the pods.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
