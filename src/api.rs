@@ -276,6 +276,17 @@ pub struct ImageBuildStatus {
     /// What the triggers last saw, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<TriggerStatus>,
+    /// How many rebuilds of this generation came before this build
+    /// (absent for the generation's first build): with
+    /// `observedGeneration`, the build's identity. A new generation starts
+    /// again from none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuilds: Option<u32>,
+    /// The `slimforge.dev/rebuild` annotation's value this build answered
+    /// (recorded when a build starts): another value asks for a rebuild
+    /// once this build has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_rebuild: Option<String>,
 }
 
 /// What the triggers saw last.

@@ -94,6 +94,29 @@ fn wait_finished(cluster: &Cluster, ns: &TestNamespace, name: &str, generation: 
     )
 }
 
+/// Waits until rebuild `rebuilds` of generation `generation` of the
+/// ImageBuild is Succeeded or Failed; returns the object.
+fn wait_rebuilt(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    name: &str,
+    generation: i64,
+    rebuilds: u32,
+) -> Value {
+    cluster.wait(
+        &format!("{name} generation {generation} rebuild {rebuilds} finished"),
+        BUILD,
+        || {
+            let ib = get_json(cluster, ns, &["imagebuild", name]);
+            let status = &ib["status"];
+            (status["observedGeneration"] == generation
+                && status["rebuilds"] == rebuilds
+                && matches!(status["phase"].as_str(), Some("Succeeded" | "Failed")))
+            .then_some(ib)
+        },
+    )
+}
+
 fn pods(cluster: &Cluster, ns: &TestNamespace) -> Vec<Value> {
     get_json(cluster, ns, &["pods"])["items"]
         .as_array()
@@ -411,6 +434,30 @@ fn the_seed_builds_runs_and_is_reported_then_rebuilds_on_edit_and_is_collected_o
     // The image runs.
     let printed = podman_run_for(reference, 3.0);
     assert!(printed.contains("user: root id: 0"), "{printed}");
+
+    // A rebuild of the same generation, asked for with the annotation.
+    // Nothing changed: the cache has the image, and no pod runs.
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "ib",
+        "goapp",
+        "slimforge.dev/rebuild=1",
+        "--overwrite",
+    ]);
+    let rebuilt = wait_rebuilt(cluster, &ns, "goapp", 1, 1);
+    let status = &rebuilt["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(status["buildReason"], "RebuildRequested", "{status}");
+    assert_eq!(status["observedRebuild"], "1", "{status}");
+    assert_eq!(status["image"]["cached"], true, "{status}");
+    assert_eq!(status["image"]["digest"], image["digest"], "{status}");
+    let left = names(&pods(cluster, &ns));
+    assert!(
+        !left.iter().any(|n| n.starts_with("goapp-g1b1-")),
+        "no pod for the cached rebuild: {left:?}"
+    );
 
     // An edit is a new generation and a new build; the old pods go first.
     // This one changes no input (a build arg no stage declares): the cache

@@ -115,6 +115,7 @@ fn the_context_pod_runs_with_the_host_network_and_the_chains_without() {
         plan: Some(&validated.plan),
         settings: &settings,
         generation: 1,
+        rebuild: 0,
         deadline_seconds: 1800,
         cache: None,
     };
@@ -160,6 +161,7 @@ fn local_differences(manifest: &str, listed: &BTreeSet<String>) -> BTreeSet<Stri
         plan: Some(&validated.plan),
         settings: &settings,
         generation: 1,
+        rebuild: 0,
         deadline_seconds: 1800,
         cache: None,
     };

@@ -739,6 +739,7 @@ fn build_pods(yaml: &str, dockerfile_from_context: Option<&str>) -> Vec<(UnitKin
         plan: Some(&plan),
         settings: &settings,
         generation: ib.metadata.generation.unwrap_or(1),
+        rebuild: 0,
         deadline_seconds: 900,
         cache: None,
     };
@@ -786,6 +787,7 @@ fn restore_pods(yaml: &str, dockerfile: &str) -> Vec<(UnitKind, Value)> {
         plan: Some(&plan),
         settings: &settings,
         generation: 1,
+        rebuild: 0,
         deadline_seconds: 900,
         cache: Some(&view),
     };

@@ -46,6 +46,7 @@ fn pods() -> Vec<(UnitKind, Value)> {
         plan: Some(&plan),
         settings: &settings,
         generation: 3,
+        rebuild: 0,
         deadline_seconds: 900,
         cache: None,
     };

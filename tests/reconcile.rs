@@ -7,9 +7,14 @@ use kube::Resource;
 use slimforge::api::{ImageBuild, Phase};
 use slimforge::cache::entry::{CachedExport, ChainEntry, ImageEntry};
 use slimforge::cache::lookup::CacheView;
-use slimforge::controller::reconcile::{Decision, Observed, PodPhase, PodState, Waiting};
+use slimforge::controller::pods::BuildId;
+use slimforge::controller::reconcile::{
+    Decision, Observed, PodPhase, PodState, Waiting, current_build,
+};
 use slimforge::controller::status::{READY, RECONCILING, STALLED, find};
-use slimforge::controller::{ATTEMPT_LABEL, GENERATION_LABEL, Settings, UNIT_LABEL, reconcile};
+use slimforge::controller::{
+    ATTEMPT_LABEL, REBUILD_ANNOTATION, REBUILD_LABEL, Settings, UNIT_LABEL, reconcile,
+};
 
 const SEED: &str = r#"
 apiVersion: slimforge.dev/v1alpha1
@@ -39,15 +44,20 @@ fn image_build(yaml: &str) -> ImageBuild {
 struct World {
     ib: ImageBuild,
     pods: Vec<PodState>,
-    claims: Vec<(String, i64)>,
+    claims: Vec<(String, BuildId)>,
     missing: Vec<(String, String)>,
+    /// What the shell's triggers report.
+    triggered: Option<String>,
     now: Timestamp,
     settings: Settings,
     created: Vec<String>,
     /// What the cache answers (nothing cached, unless a test says).
     cache: CacheView,
-    /// The cache's answer as the shell kept it, once asked.
-    asked: Option<CacheView>,
+    /// The cache's answer as the shell kept it, once asked, and the build
+    /// it was asked for.
+    asked: Option<(BuildId, CacheView)>,
+    /// How many times the cache was asked.
+    lookups: usize,
 }
 
 impl World {
@@ -57,6 +67,7 @@ impl World {
             pods: Vec::new(),
             claims: Vec::new(),
             missing: Vec::new(),
+            triggered: None,
             now: "2026-11-27T10:00:00Z".parse().unwrap(),
             settings: Settings {
                 helper_image: "registry.example/slimforge:test".into(),
@@ -65,15 +76,24 @@ impl World {
             created: Vec::new(),
             cache: CacheView::default(),
             asked: None,
+            lookups: 0,
         }
     }
 
+    /// What the shell sees, the cache view only for the build the pass
+    /// works on (as both shells keep it).
     fn observed(&self) -> Observed {
+        let build = current_build(&self.ib, self.triggered.as_deref());
         Observed {
             pods: self.pods.clone(),
             claims: self.claims.clone(),
             missing: self.missing.clone(),
-            cache: self.asked.clone(),
+            cache: self
+                .asked
+                .as_ref()
+                .filter(|(asked_for, _)| *asked_for == build)
+                .map(|(_, view)| view.clone()),
+            triggered: self.triggered.clone(),
             ..Observed::default()
         }
     }
@@ -84,13 +104,14 @@ impl World {
         let mut decision = reconcile(&self.ib, &self.observed(), &self.settings, self.now);
         if decision.lookup.take().is_some() {
             // The shell's part: answer, keep the answer, decide again.
-            self.asked = Some(self.cache.clone());
+            self.asked = Some((decision.build, self.cache.clone()));
+            self.lookups += 1;
             decision = reconcile(&self.ib, &self.observed(), &self.settings, self.now);
         }
         if let Some(claim) = &decision.create_claim {
-            let generation = label(claim.meta(), GENERATION_LABEL).parse().unwrap();
+            let build = BuildId::from_labels(claim.meta().labels.as_ref().unwrap()).unwrap();
             self.claims
-                .push((claim.meta().name.clone().unwrap(), generation));
+                .push((claim.meta().name.clone().unwrap(), build));
         }
         for pod in &decision.create_pods {
             self.created.push(pod.meta().name.clone().unwrap());
@@ -108,7 +129,7 @@ impl World {
         self.pods
             .iter_mut()
             .filter(|p| p.unit == unit)
-            .max_by_key(|p| (p.generation, p.attempt))
+            .max_by_key(|p| (p.generation, p.rebuild, p.attempt))
             .expect("a pod for that unit")
     }
 
@@ -144,9 +165,9 @@ fn label(meta: &kube::core::ObjectMeta, key: &str) -> String {
 
 fn new_pod(pod: &Pod) -> PodState {
     let meta = pod.meta();
-    let mut state = PodState::new(
+    let mut state = PodState::of(
         meta.name.clone().unwrap(),
-        label(meta, GENERATION_LABEL).parse().unwrap(),
+        BuildId::from_labels(meta.labels.as_ref().unwrap()).unwrap(),
         label(meta, UNIT_LABEL).parse().unwrap(),
         label(meta, ATTEMPT_LABEL).parse().unwrap(),
     );
@@ -1063,4 +1084,289 @@ fn a_chain_that_ran_is_stored_by_the_assembly() {
     let status = world.ib.status.clone().unwrap();
     let builder = status.stages.iter().find(|s| s.name == "builder").unwrap();
     assert_eq!(builder.cached, Some(false));
+}
+
+/// Runs the seed's build from the pass that creates its first pod to its
+/// success: the chain and the probe, then the assembly.
+fn build_seed(world: &mut World) {
+    world.step();
+    world.step();
+    world.finish(1, PodPhase::Succeeded, r#"{"status":"succeeded"}"#);
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    world.step();
+    assert_eq!(world.phase(), Phase::Succeeded, "{:?}", world.ready());
+}
+
+fn annotate(world: &mut World, value: &str) {
+    world
+        .ib
+        .meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert(REBUILD_ANNOTATION.into(), value.into());
+}
+
+fn status(world: &World) -> slimforge::api::ImageBuildStatus {
+    world.ib.status.clone().unwrap()
+}
+
+/// A few more passes over a finished build change nothing.
+fn assert_settled(world: &mut World) {
+    let before = world.ib.status.clone();
+    for _ in 0..3 {
+        let again = world.step();
+        assert!(again.create_pods.is_empty(), "{:?}", world.created);
+        assert!(again.delete_pods.is_empty() && again.create_claim.is_none());
+    }
+    assert_eq!(world.ib.status, before);
+}
+
+#[test]
+fn a_new_rebuild_annotation_rebuilds_a_finished_build_after_retiring_it() {
+    let mut world = World::new(image_build(SEED));
+    build_seed(&mut world);
+    assert_eq!(world.lookups, 1);
+    world.now += SignedDuration::from_mins(1);
+
+    annotate(&mut world, "1700000000");
+    let retire = world.step();
+    let mut deleted = retire.delete_pods.clone();
+    deleted.sort();
+    assert_eq!(deleted, ["goapp-g1-1", "goapp-g1-2", "goapp-g1-3"]);
+    assert_eq!(retire.delete_claims, ["goapp-g1-workspace"]);
+    assert!(
+        retire.create_pods.is_empty() && retire.create_claim.is_none(),
+        "the new build waits until the old pods are gone"
+    );
+    let fresh = status(&world);
+    assert_eq!(world.phase(), Phase::Pending);
+    assert_eq!(world.ready().1, "StoppingPreviousBuild");
+    assert_eq!(fresh.build_reason.as_deref(), Some("RebuildRequested"));
+    assert_eq!(fresh.rebuilds, Some(1));
+    assert_eq!(fresh.observed_rebuild.as_deref(), Some("1700000000"));
+    assert_eq!(fresh.observed_generation, Some(1));
+    // A new build: started now, nothing of the old one's but its conditions.
+    assert_eq!(fresh.start_time.map(|t| t.0), Some(world.now));
+    assert!(fresh.completion_time.is_none() && fresh.image.is_none());
+    assert!(fresh.stages.is_empty());
+
+    let started = world.step();
+    assert_eq!(world.lookups, 2, "a rebuild asks the cache again");
+    let pod = &started.create_pods[0];
+    assert_eq!(pod.meta().name.as_deref(), Some("goapp-g1b1-1"));
+    assert_eq!(label(pod.meta(), REBUILD_LABEL), "1");
+    let claim = started.create_claim.as_ref().expect("the rebuild's claim");
+    assert_eq!(claim.meta().name.as_deref(), Some("goapp-g1b1-workspace"));
+    assert_eq!(label(claim.meta(), REBUILD_LABEL), "1");
+    assert_eq!(world.phase(), Phase::Running);
+
+    // The rest of the rebuild, as the first build went.
+    world.step();
+    world.finish(1, PodPhase::Succeeded, r#"{"status":"succeeded"}"#);
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    world.step();
+    assert_eq!(world.phase(), Phase::Succeeded);
+    assert_eq!(
+        &world.created[3..],
+        ["goapp-g1b1-1", "goapp-g1b1-2", "goapp-g1b1-3"]
+    );
+    let done = status(&world);
+    assert_eq!(done.rebuilds, Some(1));
+    assert_eq!(done.build_reason.as_deref(), Some("RebuildRequested"));
+    assert!(done.image.is_some() && done.completion_time.is_some());
+    assert_settled(&mut world);
+
+    // Another value: the next rebuild.
+    annotate(&mut world, "1700000001");
+    let retire = world.step();
+    assert_eq!(retire.delete_claims, ["goapp-g1b1-workspace"]);
+    assert_eq!(retire.delete_pods.len(), 3);
+    assert!(
+        retire
+            .delete_pods
+            .iter()
+            .all(|p| p.starts_with("goapp-g1b1-"))
+    );
+    build_seed(&mut world);
+    assert_eq!(world.created.last().unwrap(), "goapp-g1b2-3");
+    let done = status(&world);
+    assert_eq!(done.rebuilds, Some(2));
+    assert_eq!(done.observed_rebuild.as_deref(), Some("1700000001"));
+    assert_settled(&mut world);
+}
+
+#[test]
+fn a_rebuild_asked_for_while_the_build_runs_waits_for_it_to_finish() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    annotate(&mut world, "1");
+    world.finish(1, PodPhase::Succeeded, r#"{"status":"succeeded"}"#);
+    for _ in 0..2 {
+        let running = world.step();
+        assert!(running.delete_pods.is_empty(), "never interrupted");
+        assert!(running.delete_claims.is_empty());
+    }
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    world.step();
+    assert_eq!(world.phase(), Phase::Succeeded);
+    assert_eq!(world.created, ["goapp-g1-1", "goapp-g1-2", "goapp-g1-3"]);
+    let first = status(&world);
+    assert_eq!(first.build_reason.as_deref(), Some("FirstBuild"));
+    assert_eq!(first.observed_rebuild, None, "the build answered no value");
+    assert_eq!(first.rebuilds, None);
+
+    // Finished: the next pass starts the rebuild.
+    let retire = world.step();
+    assert_eq!(retire.delete_pods.len(), 3);
+    assert_eq!(
+        status(&world).build_reason.as_deref(),
+        Some("RebuildRequested")
+    );
+    build_seed(&mut world);
+    assert_eq!(world.created.last().unwrap(), "goapp-g1b1-3");
+    assert_settled(&mut world);
+}
+
+#[test]
+fn a_failed_build_is_rebuilt_when_asked() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    world.finish(1, PodPhase::Failed, r#"{"status":"failed","exitCode":1}"#);
+    world.step();
+    assert_eq!(world.phase(), Phase::Failed);
+    assert_settled(&mut world);
+    annotate(&mut world, "again");
+    world.step();
+    build_seed(&mut world);
+    assert_eq!(world.created.last().unwrap(), "goapp-g1b1-3");
+    assert_eq!(status(&world).rebuilds, Some(1));
+}
+
+#[test]
+fn an_annotation_present_at_creation_starts_one_build() {
+    let annotated = SEED.replace(
+        "generation: 1}",
+        "generation: 1, annotations: {slimforge.dev/rebuild: 'seed'}}",
+    );
+    let mut world = World::new(image_build(&annotated));
+    build_seed(&mut world);
+    assert_settled(&mut world);
+    assert_eq!(world.created, ["goapp-g1-1", "goapp-g1-2", "goapp-g1-3"]);
+    let done = status(&world);
+    assert_eq!(done.observed_rebuild.as_deref(), Some("seed"));
+    assert_eq!(done.build_reason.as_deref(), Some("FirstBuild"));
+    assert_eq!(done.rebuilds, None);
+}
+
+#[test]
+fn a_trigger_rebuilds_a_finished_build_and_waits_for_a_running_one() {
+    let mut world = World::new(image_build(SEED));
+    world.step();
+    world.step();
+    world.triggered = Some("BaseImageMoved".into());
+    world.finish(1, PodPhase::Succeeded, r#"{"status":"succeeded"}"#);
+    world.finish(2, PodPhase::Succeeded, "{}");
+    let running = world.step();
+    assert!(running.delete_pods.is_empty());
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    world.step();
+    assert_eq!(world.phase(), Phase::Succeeded);
+    assert_eq!(world.created, ["goapp-g1-1", "goapp-g1-2", "goapp-g1-3"]);
+    assert_eq!(status(&world).build_reason.as_deref(), Some("FirstBuild"));
+
+    // Finished: the trigger's rebuild, with its reason.
+    let retire = world.step();
+    assert_eq!(retire.delete_pods.len(), 3);
+    let fresh = status(&world);
+    assert_eq!(fresh.build_reason.as_deref(), Some("BaseImageMoved"));
+    assert_eq!(fresh.rebuilds, Some(1));
+    assert_eq!(fresh.observed_rebuild, None);
+    // The shell stops reporting it once the build it asked for started.
+    world.triggered = None;
+    build_seed(&mut world);
+    assert_eq!(world.created.last().unwrap(), "goapp-g1b1-3");
+    assert_eq!(
+        status(&world).build_reason.as_deref(),
+        Some("BaseImageMoved")
+    );
+    assert_settled(&mut world);
+}
+
+#[test]
+fn a_spec_edit_after_rebuilds_builds_the_new_generation_from_rebuild_zero() {
+    let mut world = World::new(image_build(SEED));
+    build_seed(&mut world);
+    annotate(&mut world, "1");
+    world.step();
+    build_seed(&mut world);
+    assert_eq!(status(&world).rebuilds, Some(1));
+
+    // The spec and the annotation change together: one build, the new
+    // generation's, which answers the new value.
+    world.ib.meta_mut().generation = Some(2);
+    annotate(&mut world, "2");
+    let retire = world.step();
+    assert_eq!(retire.delete_claims, ["goapp-g1b1-workspace"]);
+    assert!(
+        retire
+            .delete_pods
+            .iter()
+            .all(|p| p.starts_with("goapp-g1b1-"))
+    );
+    let fresh = status(&world);
+    assert_eq!(fresh.observed_generation, Some(2));
+    assert_eq!(fresh.rebuilds, None, "a new generation resets the count");
+    assert_eq!(fresh.build_reason.as_deref(), Some("SpecChanged"));
+    assert_eq!(fresh.observed_rebuild.as_deref(), Some("2"));
+    let started = world.step();
+    let pod = &started.create_pods[0];
+    assert_eq!(pod.meta().name.as_deref(), Some("goapp-g2-1"));
+    assert!(
+        !pod.meta()
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key(REBUILD_LABEL)
+    );
+    assert_eq!(
+        started.create_claim.unwrap().meta().name.as_deref(),
+        Some("goapp-g2-workspace")
+    );
+    world.step();
+    world.finish(1, PodPhase::Succeeded, r#"{"status":"succeeded"}"#);
+    world.finish(2, PodPhase::Succeeded, "{}");
+    world.step();
+    world.finish(3, PodPhase::Succeeded, ASSEMBLED);
+    world.step();
+    assert_eq!(world.phase(), Phase::Succeeded);
+    assert_settled(&mut world);
+    assert_eq!(world.created.last().unwrap(), "goapp-g2-3");
+}
+
+#[test]
+fn a_rebuild_asks_the_cache_again_and_may_find_the_whole_image() {
+    let mut world = World::new(image_build(SEED));
+    build_seed(&mut world);
+    // What the first build stored: the rebuild finds it, no pod runs.
+    world.cache = seed_cache(true, true);
+    annotate(&mut world, "1");
+    world.step(); // the first build's pods go
+    let decision = world.step();
+    assert_eq!(world.lookups, 2);
+    assert!(decision.create_pods.is_empty() && decision.create_claim.is_none());
+    assert_eq!(world.phase(), Phase::Succeeded);
+    let done = status(&world);
+    assert_eq!(done.rebuilds, Some(1));
+    assert_eq!(done.build_reason.as_deref(), Some("RebuildRequested"));
+    assert!(done.image.unwrap().cached);
+    assert!(!world.created.iter().any(|p| p.starts_with("goapp-g1b1-")));
+    assert_settled(&mut world);
 }

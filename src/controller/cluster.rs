@@ -18,10 +18,10 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::driver::{Created, Shell, pass};
-use super::pods::UnitIdentity;
-use super::reconcile::{Decision, Observed, PodPhase, PodState, Waiting};
+use super::pods::{BuildId, UnitIdentity};
+use super::reconcile::{Decision, Observed, PodPhase, PodState, Waiting, current_build, finished};
 use super::status::{BuildState, Reason, conditions};
-use super::{BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings};
+use super::{BUILD_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
 use crate::cache::lookup::{CacheView, LookupRequest, look_up};
 use crate::controller::metrics::Metrics;
@@ -56,9 +56,14 @@ pub struct Context {
     pub cache_views: CacheViews,
 }
 
-/// The cache's answers by build (uid and generation). A build that ends
-/// drops its own; the map never holds more than [`MAX_CACHE_VIEWS`].
-pub type CacheViews = Arc<Mutex<BTreeMap<(String, i64), CacheView>>>;
+/// The cache's answers by build (uid, generation and rebuild: a rebuild
+/// asks again, and may find new entries). A build that ends drops its
+/// own; the map never holds more than [`MAX_CACHE_VIEWS`].
+pub type CacheViews = Arc<Mutex<BTreeMap<CacheKey, CacheView>>>;
+
+/// A build's key in [`CacheViews`]: the ImageBuild's uid, its generation
+/// and which rebuild of it.
+pub type CacheKey = (String, i64, u32);
 
 /// Builds in flight whose cache view is kept; past it, the oldest go (and
 /// are looked up again if their build is still going).
@@ -82,7 +87,7 @@ pub async fn reconcile_build(
     };
     let decision = pass(&mut shell, ib, &context.settings, Timestamp::now()).await?;
     if decision.status.phase.is_some_and(Phase::is_terminal) {
-        lock(&context.cache_views).remove(&build_key(ib));
+        lock(&context.cache_views).remove(&build_key(ib, decision.build));
     }
     let previous = ib.status.clone().unwrap_or_default();
     if previous != decision.status {
@@ -148,15 +153,16 @@ struct ClusterShell {
     cache_views: CacheViews,
 }
 
-/// A build's key in [`CacheViews`].
-fn build_key(ib: &ImageBuild) -> (String, i64) {
+/// The key of `ib`'s build `build` in [`CacheViews`].
+fn build_key(ib: &ImageBuild, build: BuildId) -> CacheKey {
     (
         ib.uid().unwrap_or_default(),
-        ib.meta().generation.unwrap_or(1),
+        build.generation,
+        build.rebuild,
     )
 }
 
-fn lock(views: &CacheViews) -> std::sync::MutexGuard<'_, BTreeMap<(String, i64), CacheView>> {
+fn lock(views: &CacheViews) -> std::sync::MutexGuard<'_, BTreeMap<CacheKey, CacheView>> {
     views
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -167,7 +173,10 @@ impl Shell for ClusterShell {
 
     async fn observe(&mut self, ib: &ImageBuild) -> Result<Observed, ClusterError> {
         let mut observed = dereference(&self.client, ib, &self.namespace).await?;
-        observed.cache = lock(&self.cache_views).get(&build_key(ib)).cloned();
+        // The view of the build this pass works on: never an earlier
+        // build's, which a rebuild would otherwise inherit.
+        let build = current_build(ib, observed.triggered.as_deref());
+        observed.cache = lock(&self.cache_views).get(&build_key(ib, build)).cloned();
         Ok(observed)
     }
 
@@ -207,6 +216,7 @@ impl Shell for ClusterShell {
     async fn look_up(
         &mut self,
         ib: &ImageBuild,
+        build: BuildId,
         request: &LookupRequest,
     ) -> Result<CacheView, ClusterError> {
         let mut configs = Vec::new();
@@ -235,7 +245,7 @@ impl Shell for ClusterShell {
         while views.len() >= MAX_CACHE_VIEWS {
             views.pop_first();
         }
-        views.insert(build_key(ib), view.clone());
+        views.insert(build_key(ib, build), view.clone());
         Ok(view)
     }
 }
@@ -303,17 +313,12 @@ pub async fn dereference(
         claims: claim_list
             .items
             .iter()
-            .filter_map(|c| {
-                let generation = c.labels().get(GENERATION_LABEL)?.parse().ok()?;
-                Some((c.name_any(), generation))
-            })
+            .filter_map(|c| Some((c.name_any(), BuildId::from_labels(c.labels())?)))
             .collect(),
         ..Observed::default()
     };
-    let finished = ib.status.as_ref().is_some_and(|s| {
-        s.phase.is_some_and(Phase::is_terminal) && s.observed_generation == ib.meta().generation
-    });
-    if finished {
+    // A finished build needs nothing read; a rebuild of it does.
+    if finished(ib, observed.triggered.as_deref()) {
         return Ok(observed);
     }
     // Secrets are read when needed, never watched.
@@ -458,6 +463,7 @@ pub fn pod_state(pod: &Pod) -> Option<PodState> {
     Some(PodState {
         name: pod.name_any(),
         generation: identity.generation,
+        rebuild: identity.rebuild,
         unit: identity.unit,
         attempt: identity.attempt,
         phase,
@@ -558,8 +564,11 @@ fn observe_metrics(
     let key = format!("{}/{}", ib.namespace().unwrap_or_default(), ib.name_any());
     let status = &decision.status;
     let terminal = status.phase.is_some_and(Phase::is_terminal);
+    // The same build, terminal already (a rebuild that ends in its first
+    // pass, found whole in the cache, is another build).
     let was_terminal = previous.phase.is_some_and(Phase::is_terminal)
-        && previous.observed_generation == status.observed_generation;
+        && previous.observed_generation == status.observed_generation
+        && previous.rebuilds == status.rebuilds;
     if let Ok(mut in_flight) = context.in_flight.lock() {
         if terminal {
             in_flight.remove(&key);

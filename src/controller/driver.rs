@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 
 use super::Settings;
+use super::pods::BuildId;
 use super::reconcile::{BuildEvent, Decision, Observed, reconcile};
 use super::status::Reason;
 use crate::api::{ImageBuild, Phase};
@@ -54,13 +55,17 @@ pub trait Shell {
     /// Deletes a pod (one that is gone already is no error).
     async fn delete_pod(&mut self, name: &str) -> Result<(), Self::Error>;
 
-    /// Answers the core's cache lookup for this build. The shell keeps the
-    /// answer and hands it back in every later [`Observed::cache`] of the
-    /// same build. A registry that can't be asked is an answer
-    /// ([`CacheView::unavailable`]), not an error.
+    /// Answers the core's cache lookup for `build` (the decision's
+    /// [`Decision::build`]). The shell keeps the answer and hands it back
+    /// in every later [`Observed::cache`] of the same build, and only of
+    /// that build ([`crate::controller::reconcile::current_build`] names
+    /// the build a pass works on): a rebuild asks again. A registry that
+    /// can't be asked is an answer ([`CacheView::unavailable`]), not an
+    /// error.
     async fn look_up(
         &mut self,
         ib: &ImageBuild,
+        build: BuildId,
         request: &LookupRequest,
     ) -> Result<CacheView, Self::Error>;
 }
@@ -76,7 +81,7 @@ pub async fn pass<S: Shell>(
     let mut observed = shell.observe(ib).await?;
     let mut decision = reconcile(ib, &observed, settings, now);
     if let Some(request) = decision.lookup.take() {
-        let view = shell.look_up(ib, &request).await?;
+        let view = shell.look_up(ib, decision.build, &request).await?;
         let unavailable = view.error.clone();
         observed.cache = Some(view);
         decision = reconcile(ib, &observed, settings, now);
@@ -256,6 +261,7 @@ spec:
         async fn look_up(
             &mut self,
             _ib: &ImageBuild,
+            _build: BuildId,
             _request: &LookupRequest,
         ) -> Result<CacheView, String> {
             self.calls.push("look up".into());

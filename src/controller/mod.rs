@@ -16,7 +16,7 @@ pub mod status;
 
 use std::time::Duration;
 
-pub use reconcile::{Decision, Observed, PodPhase, PodState, reconcile};
+pub use reconcile::{BuildId, Decision, Observed, PodPhase, PodState, reconcile};
 
 /// Every child carries it: the controller watches only its own pods.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -33,6 +33,17 @@ pub const UNIT_LABEL: &str = "slimforge.dev/unit";
 pub const ATTEMPT_LABEL: &str = "slimforge.dev/attempt";
 /// The stage (chain id) a pod runs: stage names are not label values.
 pub const STAGE_ANNOTATION: &str = "slimforge.dev/stage";
+/// On an ImageBuild: a value other than the one `status.observedRebuild`
+/// answered asks for a new build of the same generation (`kubectl annotate
+/// ib NAME slimforge.dev/rebuild=$(date +%s) --overwrite`). It never
+/// interrupts a running build: the rebuild starts once that one has
+/// finished. Present when the resource is created, or changed together
+/// with the spec, it starts no extra build: the new generation's build
+/// answers it.
+pub const REBUILD_ANNOTATION: &str = "slimforge.dev/rebuild";
+/// On a rebuild's pods and claim: which rebuild of the generation (`k` of
+/// `<ib>-g<generation>b<k>-<n>`); absent on a generation's first build.
+pub const REBUILD_LABEL: &str = "slimforge.dev/rebuild";
 
 /// The uid the assemble pod runs as (non-root, no name needed).
 pub const ASSEMBLE_UID: i64 = 65532;

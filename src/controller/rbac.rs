@@ -42,7 +42,8 @@ impl From<Rule> for PolicyRule {
 /// namespace, or a ClusterRole when it watches all of them).
 pub const BUILD_RULES: &[Rule] = &[
     // run.rs: the Controller's watcher on ImageBuilds (list, then watch).
-    // Nothing reads one ImageBuild by name: no `get`.
+    // Nothing reads one ImageBuild by name: no `get`. The rebuild
+    // annotation is read from the watched object: no more is needed.
     Rule {
         api_group: "slimforge.dev",
         resource: "imagebuilds",

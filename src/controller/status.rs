@@ -30,7 +30,8 @@ pub enum Reason {
     ConfigMapNotFound,
     /// A referenced Secret does not exist (checked again every minute).
     SecretNotFound,
-    /// A new generation waits for the previous generation's pods to go.
+    /// A new build (a new generation, a rebuild) waits for the previous
+    /// build's pods to go.
     StoppingPreviousBuild,
     /// The build, or one of its pods, ran past the build's deadline.
     Timeout,

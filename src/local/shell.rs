@@ -19,10 +19,9 @@ use super::progress::{PodTiming, Progress};
 use crate::api::ImageBuild;
 use crate::cache::lookup::{CacheView, LookupRequest, look_up};
 use crate::contract::{ASSEMBLE_RESULT, CONTEXT_RESULT, PROBE_RESULT, chain_result};
-use crate::controller::GENERATION_LABEL;
 use crate::controller::driver::{Created, Shell};
-use crate::controller::pods::UnitIdentity;
-use crate::controller::reconcile::{Observed, PodPhase, PodState};
+use crate::controller::pods::{BuildId, UnitIdentity};
+use crate::controller::reconcile::{Observed, PodPhase, PodState, current_build};
 use crate::oci::registry::RegistryOptions;
 
 /// A `kube play` running in the background: podman's output, or its error.
@@ -70,36 +69,39 @@ pub(super) struct PodmanShell {
     lock: Option<std::fs::File>,
     inputs: PodInputs,
     pods: BTreeMap<String, LocalPod>,
-    /// The workspace volumes: (name, generation).
-    claims: Vec<(String, i64)>,
+    /// The workspace volumes: (name, the build it belongs to).
+    claims: Vec<(String, BuildId)>,
     /// Every volume to remove at the end.
     volumes: Vec<String>,
-    /// The cache's answer, once asked.
-    cache: Option<CacheView>,
+    /// The cache's answer, once asked, and the build it was asked for.
+    cache: Option<(BuildId, CacheView)>,
 }
 
 impl Shell for PodmanShell {
     type Error = LocalError;
 
-    async fn observe(&mut self, _ib: &ImageBuild) -> Result<Observed, LocalError> {
+    async fn observe(&mut self, ib: &ImageBuild) -> Result<Observed, LocalError> {
         let pods = self.observe_pods().await;
         self.show_phases(&pods);
+        // Only the view of the build this pass works on.
+        let build = current_build(ib, None);
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|(asked_for, _)| *asked_for == build)
+            .map(|(_, view)| view.clone());
         Ok(Observed {
             pods,
             claims: self.claims.clone(),
             dockerfile_from_context: self.inputs.dockerfile_from_context.clone(),
-            cache: self.cache.clone(),
+            cache,
             ..Observed::default()
         })
     }
 
     async fn create_claim(&mut self, claim: &PersistentVolumeClaim) -> Result<(), LocalError> {
         let name = claim.name_any();
-        let generation = claim
-            .labels()
-            .get(GENERATION_LABEL)
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(1);
+        let build = BuildId::from_labels(claim.labels()).unwrap_or(BuildId::first(1));
         self.podman
             .run(&[
                 "volume",
@@ -109,7 +111,7 @@ impl Shell for PodmanShell {
                 &name,
             ])
             .await?;
-        self.claims.push((name.clone(), generation));
+        self.claims.push((name.clone(), build));
         self.volumes.push(name);
         Ok(())
     }
@@ -134,6 +136,7 @@ impl Shell for PodmanShell {
     async fn look_up(
         &mut self,
         _ib: &ImageBuild,
+        build: BuildId,
         request: &LookupRequest,
     ) -> Result<CacheView, LocalError> {
         let options = RegistryOptions {
@@ -143,7 +146,7 @@ impl Shell for PodmanShell {
         };
         let view = look_up(request, &options, self.inputs.context_config_map.as_ref()).await;
         self.progress.cache(&view);
-        self.cache = Some(view.clone());
+        self.cache = Some((build, view.clone()));
         Ok(view)
     }
 }
@@ -343,10 +346,13 @@ impl PodmanShell {
 
     /// Every live pod as the core sees pods.
     async fn observe_pods(&mut self) -> Vec<PodState> {
-        let workspace = match self.claims.first() {
-            Some((claim, _)) => self.podman.volume_path(claim).await.ok(),
-            None => None,
-        };
+        // Each build's workspace, for its pods' results.
+        let mut workspaces = BTreeMap::new();
+        for (claim, build) in &self.claims {
+            if let Ok(path) = self.podman.volume_path(claim).await {
+                workspaces.insert(*build, path);
+            }
+        }
         let live: Vec<String> = self
             .pods
             .iter()
@@ -356,7 +362,11 @@ impl PodmanShell {
         let mut states = Vec::new();
         for name in live {
             self.collect_play(&name).await;
-            let Some(state) = self.pod_state(&name, workspace.as_deref()).await else {
+            let workspace = self
+                .pods
+                .get(&name)
+                .and_then(|p| workspaces.get(&p.identity.build()));
+            let Some(state) = self.pod_state(&name, workspace.map(PathBuf::as_path)).await else {
                 continue;
             };
             if let Some(pod) = self.pods.get_mut(&name) {
@@ -412,9 +422,9 @@ impl PodmanShell {
     async fn pod_state(&self, name: &str, workspace: Option<&Path>) -> Option<PodState> {
         let pod = self.pods.get(name)?;
         let identity = &pod.identity;
-        let mut state = PodState::new(
+        let mut state = PodState::of(
             name.to_string(),
-            identity.generation,
+            identity.build(),
             identity.unit,
             identity.attempt,
         );

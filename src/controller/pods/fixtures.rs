@@ -31,6 +31,7 @@ pub(super) fn context_pod(ib: &ImageBuild, settings: &Settings) -> Pod {
         plan: None,
         settings,
         generation: 2,
+        rebuild: 0,
         deadline_seconds: 600,
         cache: None,
     };

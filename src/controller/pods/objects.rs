@@ -17,30 +17,31 @@ use serde_json::{Value, json};
 use super::containers::{env_var, helper_volume, read_only_mount};
 use super::context_pod::workspace_opener;
 use super::security::{restricted_pod_security, runtime_default_pod_security};
-use super::units::{Unit, UnitIdentity, UnitKind};
+use super::units::{BuildId, Unit, UnitIdentity, UnitKind};
 use crate::api::ImageBuild;
 use crate::cache::lookup::CacheView;
 use crate::contract::{CONTEXT_ENV, CONTEXT_MOUNT, PLAN_ENV, SOURCE_DIR, WORKSPACE_MOUNT};
-use crate::controller::{
-    BUILD_LABEL, GENERATION_LABEL, MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL, Settings,
-};
+use crate::controller::{BUILD_LABEL, MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL, Settings};
 use crate::plan::{BuildPlan, CopySource, FinalImage};
 
 /// Default workspace size.
 pub const DEFAULT_WORKSPACE_SIZE: &str = "2Gi";
 
-/// `<ib>-g<generation>-<n>`, and `-r<attempt>` for a retried pod.
-pub fn pod_name(build: &str, generation: i64, n: usize, attempt: u32) -> String {
+/// `<ib>-g<generation>-<n>` (`<ib>-g<generation>b<k>-<n>` for rebuild
+/// `k` of the generation), and `-r<attempt>` for a retried pod.
+pub fn pod_name(ib: &str, build: BuildId, n: usize, attempt: u32) -> String {
+    let build = build.name_part();
     if attempt == 0 {
-        format!("{build}-g{generation}-{n}")
+        format!("{ib}-{build}-{n}")
     } else {
-        format!("{build}-g{generation}-{n}-r{attempt}")
+        format!("{ib}-{build}-{n}-r{attempt}")
     }
 }
 
-/// The workspace claim of a generation.
-pub fn claim_name(build: &str, generation: i64) -> String {
-    format!("{build}-g{generation}-workspace")
+/// The workspace claim of a build: `<ib>-g<generation>-workspace`
+/// (`<ib>-g<generation>b<k>-workspace` for rebuild `k`).
+pub fn claim_name(ib: &str, build: BuildId) -> String {
+    format!("{ib}-{}-workspace", build.name_part())
 }
 
 /// What every builder needs about the ImageBuild.
@@ -50,6 +51,9 @@ pub struct BuildObjects<'a> {
     pub plan: Option<&'a BuildPlan>,
     pub settings: &'a Settings,
     pub generation: i64,
+    /// Which rebuild of the generation ([`BuildId::rebuild`]; 0 for its
+    /// first build).
+    pub rebuild: u32,
     /// Seconds for `activeDeadlineSeconds`.
     pub deadline_seconds: i64,
     /// The cache's answer: what the restore pod restores, what the
@@ -88,26 +92,35 @@ impl BuildObjects<'_> {
         }
     }
 
+    /// The build these objects belong to.
+    pub fn build(&self) -> BuildId {
+        BuildId {
+            generation: self.generation,
+            rebuild: self.rebuild,
+        }
+    }
+
     fn labels(&self, role: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
             (BUILD_LABEL.to_string(), self.name()),
-            (GENERATION_LABEL.to_string(), self.generation.to_string()),
             (ROLE_LABEL.to_string(), role.to_string()),
-        ])
+        ]);
+        labels.extend(self.build().labels());
+        labels
     }
 
     /// The metadata of `unit`'s pod: its [`UnitIdentity`] as labels and
     /// annotations.
     pub(super) fn pod_metadata(&self, unit: &Unit, attempt: u32) -> ObjectMeta {
-        let identity = UnitIdentity::of(unit, self.generation, attempt);
+        let identity = UnitIdentity::of(unit, self.build(), attempt);
         let mut labels = self.labels(unit.kind.role());
         labels.extend(identity.labels());
-        let name = pod_name(&self.name(), self.generation, unit.n, attempt);
+        let name = pod_name(&self.name(), self.build(), unit.n, attempt);
         self.metadata(name, labels, identity.annotations())
     }
 
-    /// The generation's workspace claim: the spec's size, class and access
+    /// The build's workspace claim: the spec's size, class and access
     /// modes, `ReadWriteOnce` and [`DEFAULT_WORKSPACE_SIZE`] when unset.
     pub fn claim(&self) -> PersistentVolumeClaim {
         let workspace = self.ib.spec.workspace.clone().unwrap_or_default();
@@ -119,7 +132,7 @@ impl BuildObjects<'_> {
         let size = workspace
             .size
             .unwrap_or_else(|| DEFAULT_WORKSPACE_SIZE.to_string());
-        let name = claim_name(&self.name(), self.generation);
+        let name = claim_name(&self.name(), self.build());
         PersistentVolumeClaim {
             metadata: self.metadata(name, self.labels("workspace"), BTreeMap::new()),
             spec: Some(PersistentVolumeClaimSpec {
@@ -238,12 +251,12 @@ impl BuildObjects<'_> {
         }
     }
 
-    /// The generation's workspace claim as the volume `workspace`.
+    /// The build's workspace claim as the volume `workspace`.
     pub(super) fn workspace_volume(&self) -> Volume {
         Volume {
             name: "workspace".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim_name(&self.name(), self.generation),
+                claim_name: claim_name(&self.name(), self.build()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -358,6 +371,7 @@ mod tests {
             plan: None,
             settings: &settings,
             generation: 2,
+            rebuild: 0,
             deadline_seconds: 600,
             cache: None,
         };
@@ -389,6 +403,47 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuilds_names_say_which_rebuild_and_the_first_builds_are_unchanged() {
+        let first = BuildId::first(3);
+        assert_eq!(pod_name("app", first, 2, 0), "app-g3-2");
+        assert_eq!(pod_name("app", first, 2, 1), "app-g3-2-r1");
+        assert_eq!(claim_name("app", first), "app-g3-workspace");
+        let second = BuildId {
+            generation: 3,
+            rebuild: 2,
+        };
+        assert_eq!(pod_name("app", second, 2, 0), "app-g3b2-2");
+        assert_eq!(pod_name("app", second, 2, 1), "app-g3b2-2-r1");
+        assert_eq!(claim_name("app", second), "app-g3b2-workspace");
+
+        let ib = git_build();
+        let settings = Settings::default();
+        let objects = BuildObjects {
+            ib: &ib,
+            plan: None,
+            settings: &settings,
+            generation: 3,
+            rebuild: 2,
+            deadline_seconds: 600,
+            cache: None,
+        };
+        let claim = objects.claim();
+        assert_eq!(claim.metadata.name.as_deref(), Some("app-g3b2-workspace"));
+        let labels = claim.metadata.labels.unwrap_or_default();
+        assert_eq!(labels[crate::controller::REBUILD_LABEL], "2");
+        let pod = objects.pod(&context_unit(), 0, None);
+        assert_eq!(pod.metadata.name.as_deref(), Some("app-g3b2-0"));
+        let identity = UnitIdentity::from_metadata(&pod.metadata).expect("our pod");
+        assert_eq!(identity.build(), second);
+        let volumes = pod.spec.and_then(|s| s.volumes).unwrap_or_default();
+        let workspace = volumes
+            .iter()
+            .find_map(|v| v.persistent_volume_claim.as_ref())
+            .expect("the workspace volume");
+        assert_eq!(workspace.claim_name, "app-g3b2-workspace");
+    }
+
+    #[test]
     fn os_arch_reads_the_platform_with_linux_amd64_defaults() {
         assert_eq!(os_arch("linux/arm64/v8"), ("linux".into(), "arm64".into()));
         assert_eq!(os_arch(""), ("linux".into(), "amd64".into()));
@@ -400,7 +455,10 @@ mod tests {
         let ib = git_build();
         let pod = context_pod(&ib, &Settings::default());
         let identity = UnitIdentity::from_metadata(&pod.metadata).expect("our pod");
-        assert_eq!(identity, UnitIdentity::of(&context_unit(), 2, 1));
+        assert_eq!(
+            identity,
+            UnitIdentity::of(&context_unit(), BuildId::first(2), 1)
+        );
         assert_eq!(identity.role, "context");
         assert_eq!(identity.stage, CONTEXT_STAGE);
     }

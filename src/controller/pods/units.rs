@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::ImageBuild;
 use crate::controller::{
-    ATTEMPT_LABEL, GENERATION_LABEL, ROLE_LABEL, STAGE_ANNOTATION, UNIT_LABEL,
+    ATTEMPT_LABEL, GENERATION_LABEL, REBUILD_LABEL, ROLE_LABEL, STAGE_ANNOTATION, UNIT_LABEL,
 };
 use crate::plan::{BuildPlan, FinalImage};
 
@@ -162,6 +162,61 @@ pub fn build_units(ib: &ImageBuild, plan: &BuildPlan) -> Vec<Unit> {
     units
 }
 
+/// Which build of an ImageBuild: its generation, and how many rebuilds of
+/// that generation came before it (0 for the generation's first build,
+/// `status.rebuilds` otherwise). Pods and claims carry it in their names
+/// and labels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BuildId {
+    pub generation: i64,
+    pub rebuild: u32,
+}
+
+impl BuildId {
+    /// The generation's first build.
+    pub fn first(generation: i64) -> Self {
+        BuildId {
+            generation,
+            rebuild: 0,
+        }
+    }
+
+    /// `g<generation>`, and `b<rebuild>` after it for a rebuild: the part
+    /// of a pod's or claim's name that says which build it belongs to.
+    pub fn name_part(&self) -> String {
+        if self.rebuild == 0 {
+            format!("g{}", self.generation)
+        } else {
+            format!("g{}b{}", self.generation, self.rebuild)
+        }
+    }
+
+    /// The generation label, and the rebuild label for a rebuild.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels =
+            BTreeMap::from([(GENERATION_LABEL.to_string(), self.generation.to_string())]);
+        if self.rebuild > 0 {
+            labels.insert(REBUILD_LABEL.to_string(), self.rebuild.to_string());
+        }
+        labels
+    }
+
+    /// The build written on an object, `None` when its generation label is
+    /// missing or malformed; a missing rebuild label is the generation's
+    /// first build (as every object made before rebuilds existed).
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Self> {
+        let generation = labels.get(GENERATION_LABEL)?.parse().ok()?;
+        let rebuild = match labels.get(REBUILD_LABEL) {
+            Some(k) => k.parse().ok()?,
+            None => 0,
+        };
+        Some(BuildId {
+            generation,
+            rebuild,
+        })
+    }
+}
+
 /// Who a pod is within its build: written onto the pod by
 /// [`BuildObjects::pod`] and read back by both shells (the Kubernetes one
 /// from the API, the local one from the pod it hands to podman), so that
@@ -172,6 +227,8 @@ pub fn build_units(ib: &ImageBuild, plan: &BuildPlan) -> Vec<Unit> {
 pub struct UnitIdentity {
     /// The ImageBuild generation the pod was made for.
     pub generation: i64,
+    /// Which rebuild of that generation ([`BuildId::rebuild`]).
+    pub rebuild: u32,
     /// [`Unit::n`].
     pub unit: usize,
     /// Which attempt of the unit (0 first, more after an eviction).
@@ -184,10 +241,11 @@ pub struct UnitIdentity {
 }
 
 impl UnitIdentity {
-    /// The identity of `unit`'s pod for `generation`, attempt `attempt`.
-    pub fn of(unit: &Unit, generation: i64, attempt: u32) -> Self {
+    /// The identity of `unit`'s pod for `build`, attempt `attempt`.
+    pub fn of(unit: &Unit, build: BuildId, attempt: u32) -> Self {
         UnitIdentity {
-            generation,
+            generation: build.generation,
+            rebuild: build.rebuild,
             unit: unit.n,
             attempt,
             role: unit.kind.role().to_string(),
@@ -195,14 +253,24 @@ impl UnitIdentity {
         }
     }
 
-    /// The generation, role, unit and attempt labels.
+    /// The build this pod belongs to.
+    pub fn build(&self) -> BuildId {
+        BuildId {
+            generation: self.generation,
+            rebuild: self.rebuild,
+        }
+    }
+
+    /// The generation (and rebuild, for a rebuild), role, unit and attempt
+    /// labels.
     pub fn labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (GENERATION_LABEL.to_string(), self.generation.to_string()),
+        let mut labels = self.build().labels();
+        labels.extend([
             (ROLE_LABEL.to_string(), self.role.clone()),
             (UNIT_LABEL.to_string(), self.unit.to_string()),
             (ATTEMPT_LABEL.to_string(), self.attempt.to_string()),
-        ])
+        ]);
+        labels
     }
 
     /// The stage annotation.
@@ -210,12 +278,13 @@ impl UnitIdentity {
         BTreeMap::from([(STAGE_ANNOTATION.to_string(), self.stage.clone())])
     }
 
-    /// The identity written on a pod, `None` when its generation or unit
-    /// label is missing or malformed (not a pod of ours). A missing attempt
-    /// is the first, a missing role or stage empty.
+    /// The identity written on a pod, `None` when its generation, rebuild
+    /// or unit label is missing or malformed (not a pod of ours). A missing
+    /// rebuild is the generation's first build, a missing attempt the
+    /// first, a missing role or stage empty.
     pub fn from_metadata(meta: &ObjectMeta) -> Option<Self> {
         let labels = meta.labels.as_ref()?;
-        let generation = labels.get(GENERATION_LABEL)?.parse().ok()?;
+        let build = BuildId::from_labels(labels)?;
         let unit = labels.get(UNIT_LABEL)?.parse().ok()?;
         let attempt = labels
             .get(ATTEMPT_LABEL)
@@ -229,7 +298,8 @@ impl UnitIdentity {
             .cloned()
             .unwrap_or_default();
         Some(UnitIdentity {
-            generation,
+            generation: build.generation,
+            rebuild: build.rebuild,
             unit,
             attempt,
             role,
@@ -244,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_pod_without_generation_or_unit_has_no_identity_and_attempt_defaults_to_zero() {
-        let identity = UnitIdentity::of(&context_unit(), 3, 0);
+        let identity = UnitIdentity::of(&context_unit(), BuildId::first(3), 0);
         let mut labels = identity.labels();
         labels.remove(ATTEMPT_LABEL);
         let meta = |labels: BTreeMap<String, String>| ObjectMeta {
@@ -262,5 +332,36 @@ mod tests {
         labels.insert(UNIT_LABEL.into(), "one".into());
         assert_eq!(UnitIdentity::from_metadata(&meta(labels)), None);
         assert_eq!(UnitIdentity::from_metadata(&ObjectMeta::default()), None);
+    }
+
+    #[test]
+    fn a_rebuilds_identity_round_trips_and_no_rebuild_label_reads_as_the_first_build() {
+        let build = BuildId {
+            generation: 4,
+            rebuild: 2,
+        };
+        let identity = UnitIdentity::of(&context_unit(), build, 1);
+        let labels = identity.labels();
+        assert_eq!(labels[REBUILD_LABEL], "2");
+        let meta = ObjectMeta {
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        };
+        let read = UnitIdentity::from_metadata(&meta).expect("identity");
+        assert_eq!(read.build(), build);
+        assert_eq!((read.unit, read.attempt), (0, 1));
+        assert_eq!(build.name_part(), "g4b2");
+
+        // The first build of a generation carries no rebuild label (pods
+        // made before rebuilds existed read the same).
+        let first = UnitIdentity::of(&context_unit(), BuildId::first(4), 0).labels();
+        assert!(!first.contains_key(REBUILD_LABEL));
+        assert_eq!(BuildId::first(4).name_part(), "g4");
+        let mut unlabelled = labels.clone();
+        unlabelled.remove(REBUILD_LABEL);
+        assert_eq!(BuildId::from_labels(&unlabelled), Some(BuildId::first(4)));
+        let mut malformed = labels;
+        malformed.insert(REBUILD_LABEL.into(), "two".into());
+        assert_eq!(BuildId::from_labels(&malformed), None);
     }
 }

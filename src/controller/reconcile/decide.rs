@@ -165,7 +165,7 @@ impl Pass<'_> {
     /// the rest follow it to its node.
     pub(super) fn start_ready_pods(&self, planned: &Planned<'_>, decision: &mut Decision) {
         let name = self.ib.meta().name.clone().unwrap_or_default();
-        let current_claim = claim_name(&name, self.generation);
+        let current_claim = claim_name(&name, self.build);
         if !self
             .observed
             .claims

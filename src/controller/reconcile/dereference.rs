@@ -1,6 +1,6 @@
-//! The pass's first steps: keep a finished build, retire older
-//! generations, dereference the context, validate once, wait for what is
-//! missing, plan the pods.
+//! The pass's first steps: keep a finished build, retire older builds
+//! (generations, or rebuilds of this one), dereference the context,
+//! validate once, wait for what is missing, plan the pods.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -13,7 +13,8 @@ use super::cache::{cached_stage_status, take_cached};
 use super::pod_results::{CloneOutcome, clone_outcome, stage_status};
 use super::validate::{Invalid, plan_spec, validate_spec};
 use super::{
-    Decision, Dockerfile, Inputs, MISSING_RETRY, Pass, Planned, PodPhase, PodState, expire, warning,
+    Decision, Dockerfile, Inputs, MISSING_RETRY, Pass, Planned, PodPhase, PodState, expire,
+    rebuild_annotation, warning,
 };
 use crate::api::{ImageBuildStatus, Phase, SourceStatus};
 use crate::cache::lookup::CacheView;
@@ -28,9 +29,13 @@ const BUILD_REASON_FIRST: &str = "FirstBuild";
 const BUILD_REASON_SPEC: &str = "SpecChanged";
 
 impl<'a> Pass<'a> {
-    /// A finished build is never rebuilt: only its TTL is left to keep.
+    /// A finished build is not built again: only its TTL is left to keep,
+    /// unless a new build of its generation is asked for (the
+    /// `slimforge.dev/rebuild` annotation, a trigger): that one starts now,
+    /// as a new build ([`super::rebuild_reason`]), and the finished build's
+    /// TTL no longer applies.
     pub(super) fn keep_finished_build(&self, decision: &mut Decision) -> ControlFlow<()> {
-        if !self.same_generation || !self.previous.phase.is_some_and(Phase::is_terminal) {
+        if !self.same_build || !self.previous.phase.is_some_and(Phase::is_terminal) {
             return ControlFlow::Continue(());
         }
         decision.status = self.previous.clone();
@@ -46,42 +51,61 @@ impl<'a> Pass<'a> {
         ControlFlow::Break(())
     }
 
-    /// Older generations go first; the new build waits until their pods are
-    /// gone, so a late push of the old build can't move the tag. Returns
-    /// whether any of their pods is left.
-    pub(super) fn retire_old_generations(&self, decision: &mut Decision) -> bool {
-        let mut old_generation_left = false;
+    /// Older builds go first (an older generation's, or an earlier
+    /// rebuild of this one: every pod and claim not of [`Pass::build`]);
+    /// the new build waits until their pods are gone, so a late push of
+    /// the old build can't move the tag. Returns whether any of their pods
+    /// is left.
+    pub(super) fn retire_previous_builds(&self, decision: &mut Decision) -> bool {
+        let mut old_build_left = false;
         for pod in self
             .observed
             .pods
             .iter()
-            .filter(|p| p.generation != self.generation)
+            .filter(|p| p.build() != self.build)
         {
-            old_generation_left = true;
+            old_build_left = true;
             if !pod.deleting {
                 decision.delete_pods.push(pod.name.clone());
             }
         }
-        for (claim, claim_generation) in &self.observed.claims {
-            if *claim_generation != self.generation {
+        for (claim, build) in &self.observed.claims {
+            if *build != self.build {
                 decision.delete_claims.push(claim.clone());
             }
         }
-        old_generation_left
+        old_build_left
     }
 
-    /// This generation's status before the steps fill it in.
+    /// This build's status before the steps fill it in: what the build
+    /// had so far is the steps' to find again, a new build (a new
+    /// generation, a rebuild) starts from nothing but its conditions
+    /// (start time now, no stages, no image until it succeeds).
     pub(super) fn fresh_status(&self) -> ImageBuildStatus {
-        let build_reason = match (self.same_generation, self.previous.observed_generation) {
-            (true, _) => self.previous.build_reason.clone(),
-            (false, None) => Some(BUILD_REASON_FIRST.to_string()),
-            (false, Some(_)) => Some(BUILD_REASON_SPEC.to_string()),
+        let build_reason = match (
+            self.same_build,
+            &self.rebuild_reason,
+            self.previous.observed_generation,
+        ) {
+            (true, _, _) => self.previous.build_reason.clone(),
+            (false, Some(reason), _) => Some(reason.clone()),
+            (false, None, None) => Some(BUILD_REASON_FIRST.to_string()),
+            (false, None, Some(_)) => Some(BUILD_REASON_SPEC.to_string()),
+        };
+        // A new build answers the annotation's value as it is now.
+        let observed_rebuild = if self.same_build {
+            self.previous.observed_rebuild.clone()
+        } else {
+            rebuild_annotation(self.ib).map(str::to_string)
         };
         ImageBuildStatus {
             observed_generation: Some(self.generation),
+            rebuilds: (self.build.rebuild > 0).then_some(self.build.rebuild),
+            observed_rebuild,
             start_time: Some(Time(self.start)),
             conditions: self.previous.conditions.clone(),
             build_reason,
+            triggers: self.previous.triggers.clone(),
             ..ImageBuildStatus::default()
         }
     }
@@ -109,7 +133,7 @@ impl<'a> Pass<'a> {
         self.observed
             .pods
             .iter()
-            .filter(|p| p.generation == self.generation && p.unit == CONTEXT_UNIT)
+            .filter(|p| p.build() == self.build && p.unit == CONTEXT_UNIT)
             .max_by_key(|p| p.attempt)
             .filter(|p| p.phase == PodPhase::Succeeded)
     }
@@ -187,27 +211,33 @@ impl<'a> Pass<'a> {
         };
         decision.status.phase = Some(Phase::Pending);
         decision.status.conditions = self.conditions(BuildState::Failed, reason, &message);
-        if self.previous.phase != Some(Phase::Pending) || !self.same_generation {
+        if self.previous.phase != Some(Phase::Pending) || !self.same_build {
             decision.events.push(warning(reason, &message));
         }
         decision.requeue_after = Some(MISSING_RETRY);
         ControlFlow::Break(())
     }
 
-    /// The previous generation's pods are still going.
-    pub(super) fn wait_for_old_generation(
+    /// The previous build's pods (an older generation's, or an earlier
+    /// rebuild's) are still going.
+    pub(super) fn wait_for_previous_build(
         &self,
-        old_generation_left: bool,
+        old_build_left: bool,
         decision: &mut Decision,
     ) -> ControlFlow<()> {
-        if !old_generation_left {
+        if !old_build_left {
             return ControlFlow::Continue(());
         }
+        let message = if self.build.rebuild > 0 {
+            "waiting for the previous build's pods to be deleted"
+        } else {
+            "waiting for the previous generation's pods to be deleted"
+        };
         decision.status.phase = Some(Phase::Pending);
         decision.status.conditions = self.conditions(
             BuildState::InProgress,
             Reason::StoppingPreviousBuild,
-            "waiting for the previous generation's pods to be deleted",
+            message,
         );
         decision.requeue_after = Some(Duration::from_secs(2));
         ControlFlow::Break(())
@@ -238,6 +268,7 @@ impl<'a> Pass<'a> {
             plan,
             settings: self.settings,
             generation: self.generation,
+            rebuild: self.build.rebuild,
             deadline_seconds: (deadline.duration_since(self.now).as_secs()).max(1),
             cache,
         };
@@ -269,14 +300,14 @@ impl<'a> Pass<'a> {
         planned
     }
 
-    /// The latest attempt of each unit of this generation.
+    /// The latest attempt of each unit of this build.
     pub(super) fn latest_attempts(&self) -> BTreeMap<usize, &'a PodState> {
         let mut latest: BTreeMap<usize, &PodState> = BTreeMap::new();
         for pod in self
             .observed
             .pods
             .iter()
-            .filter(|p| p.generation == self.generation)
+            .filter(|p| p.build() == self.build)
         {
             let newer = latest
                 .get(&pod.unit)

@@ -13,6 +13,7 @@ mod dereference;
 mod pod_results;
 pub mod validate;
 
+pub use super::pods::BuildId;
 pub use validate::{
     Invalid, MAX_TIMEOUT, Validated, parse_duration, plan_spec, validate, validate_spec,
 };
@@ -25,10 +26,10 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Resource;
 
-use super::Settings;
 use super::pods::{BuildObjects, Unit};
 use super::status::Reason;
-use crate::api::{ImageBuild, ImageBuildStatus};
+use super::{REBUILD_ANNOTATION, Settings};
+use crate::api::{ImageBuild, ImageBuildStatus, Phase};
 use crate::cache::lookup::{CacheView, LookupRequest};
 use crate::plan::BuildPlan;
 
@@ -73,6 +74,8 @@ impl PodPhase {
 pub struct PodState {
     pub name: String,
     pub generation: i64,
+    /// Which rebuild of the generation ([`BuildId::rebuild`]).
+    pub rebuild: u32,
     pub unit: usize,
     pub attempt: u32,
     pub phase: PodPhase,
@@ -94,11 +97,18 @@ pub struct PodState {
 }
 
 impl PodState {
-    /// A pod just created: pending, nothing known yet.
+    /// A pod of the generation's first build just created: pending,
+    /// nothing known yet.
     pub fn new(name: String, generation: i64, unit: usize, attempt: u32) -> Self {
+        PodState::of(name, BuildId::first(generation), unit, attempt)
+    }
+
+    /// A pod of `build` just created: pending, nothing known yet.
+    pub fn of(name: String, build: BuildId, unit: usize, attempt: u32) -> Self {
         PodState {
             name,
-            generation,
+            generation: build.generation,
+            rebuild: build.rebuild,
             unit,
             attempt,
             phase: PodPhase::Pending,
@@ -110,6 +120,14 @@ impl PodState {
             waiting: None,
             reason: None,
             deleting: false,
+        }
+    }
+
+    /// The build the pod belongs to.
+    pub fn build(&self) -> BuildId {
+        BuildId {
+            generation: self.generation,
+            rebuild: self.rebuild,
         }
     }
 }
@@ -124,18 +142,26 @@ pub struct Waiting {
 /// Everything the core is told about the world.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    /// The build's pods, every generation.
+    /// The build's pods, every generation and rebuild.
     pub pods: Vec<PodState>,
-    /// The build's workspace claims: (name, generation).
-    pub claims: Vec<(String, i64)>,
+    /// The build's workspace claims: (name, the build it belongs to).
+    pub claims: Vec<(String, BuildId)>,
     /// References that do not exist: (field, what is missing).
     pub missing: Vec<(String, String)>,
     /// The Dockerfile read from a ConfigMap context (`dockerfilePath`).
     pub dockerfile_from_context: Option<String>,
     /// The API refused a pod because of the namespace's Pod Security level.
     pub forbidden: Option<String>,
-    /// The cache's answer to the decision's [`Decision::lookup`].
+    /// The cache's answer to the decision's [`Decision::lookup`], for
+    /// the build [`current_build`] names: never an earlier build's (a
+    /// rebuild asks again, and may find new entries).
     pub cache: Option<CacheView>,
+    /// What a trigger saw move (`BaseImageMoved`, `SourceMoved`): a new
+    /// build of the same generation with that `status.buildReason`, once
+    /// the build the status describes has finished (a running build is
+    /// never interrupted). The shell reports it until such a build has
+    /// started.
+    pub triggered: Option<String>,
 }
 
 /// What to do now.
@@ -151,6 +177,78 @@ pub struct Decision {
     /// Ask the cache, then decide again with its answer in
     /// [`Observed::cache`]; nothing else in this decision is to be done.
     pub lookup: Option<LookupRequest>,
+    /// The build this decision is about (the one the lookup is for).
+    pub build: BuildId,
+}
+
+/// `status.buildReason` of a build the `slimforge.dev/rebuild` annotation
+/// asked for.
+pub const BUILD_REASON_REBUILD: &str = "RebuildRequested";
+
+/// The [`REBUILD_ANNOTATION`]'s value on `ib`.
+fn rebuild_annotation(ib: &ImageBuild) -> Option<&str> {
+    ib.meta()
+        .annotations
+        .as_ref()?
+        .get(REBUILD_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Why a new build of the generation the status describes starts now, if
+/// one does: its `status.buildReason`.
+///
+/// - Only once the build the status describes is terminal (Succeeded or
+///   Failed): a running build is never interrupted, the request waits and
+///   the first pass after it ends starts the new build.
+/// - A [`REBUILD_ANNOTATION`] value other than `status.observedRebuild`
+///   asks for it (`RebuildRequested`); an absent annotation asks nothing.
+/// - Otherwise what a trigger saw move ([`Observed::triggered`]).
+/// - Never for a new generation: its first build is the new build, and
+///   records the annotation's value (so an annotation present at creation,
+///   or set in the same change as the spec, starts no extra build).
+pub fn rebuild_reason(ib: &ImageBuild, triggered: Option<&str>) -> Option<String> {
+    let status = ib.status.as_ref()?;
+    let generation = ib.meta().generation.unwrap_or(1);
+    if status.observed_generation != Some(generation)
+        || !status.phase.is_some_and(Phase::is_terminal)
+    {
+        return None;
+    }
+    match rebuild_annotation(ib) {
+        Some(value) if status.observed_rebuild.as_deref() != Some(value) => {
+            Some(BUILD_REASON_REBUILD.to_string())
+        }
+        _ => triggered.map(str::to_string),
+    }
+}
+
+/// The build a pass over `ib` works on: a new generation's first build
+/// (rebuild 0: a new generation resets the count), the build the status
+/// describes, or the next rebuild of its generation when
+/// [`rebuild_reason`] says one starts.
+pub fn current_build(ib: &ImageBuild, triggered: Option<&str>) -> BuildId {
+    let generation = ib.meta().generation.unwrap_or(1);
+    let status = ib.status.clone().unwrap_or_default();
+    if status.observed_generation != Some(generation) {
+        return BuildId::first(generation);
+    }
+    let rebuild = status.rebuilds.unwrap_or(0);
+    BuildId {
+        generation,
+        rebuild: match rebuild_reason(ib, triggered) {
+            Some(_) => rebuild + 1,
+            None => rebuild,
+        },
+    }
+}
+
+/// The build the status describes has finished and no new one is asked
+/// for: a pass only keeps its TTL.
+pub fn finished(ib: &ImageBuild, triggered: Option<&str>) -> bool {
+    ib.status.as_ref().is_some_and(|s| {
+        s.phase.is_some_and(Phase::is_terminal)
+            && s.observed_generation == Some(ib.meta().generation.unwrap_or(1))
+    }) && rebuild_reason(ib, triggered).is_none()
 }
 
 /// An event for the ImageBuild (the Kubernetes shell records them).
@@ -164,7 +262,8 @@ pub struct BuildEvent {
 /// The core: what to do for `ib` given what exists, at `now`.
 ///
 /// A pipeline (its steps are listed in `Pass::steps`): a finished build
-/// only keeps its TTL; otherwise older generations go, the context is
+/// only keeps its TTL, unless a rebuild is asked for ([`rebuild_reason`]);
+/// otherwise older builds (generations, or rebuilds of this one) go, the context is
 /// dereferenced (a git context's clone read), the spec validated once,
 /// missing references waited for, the pods planned, then decided (fail,
 /// succeed or start what can start) and the progress written in the status.
@@ -190,10 +289,16 @@ struct Pass<'a> {
     settings: &'a Settings,
     now: Timestamp,
     generation: i64,
+    /// The build this pass works on ([`current_build`]).
+    build: BuildId,
     previous: ImageBuildStatus,
-    /// The status describes this generation already.
-    same_generation: bool,
-    /// When this generation's build started (now, if it hasn't yet).
+    /// The status describes this build already (its generation, and no
+    /// rebuild starts now).
+    same_build: bool,
+    /// A new build of the status's generation starts now, for this
+    /// reason ([`rebuild_reason`]).
+    rebuild_reason: Option<String>,
+    /// When this build started (now, if it hasn't yet).
     start: Timestamp,
 }
 
@@ -206,8 +311,12 @@ impl<'a> Pass<'a> {
     ) -> Self {
         let generation = ib.meta().generation.unwrap_or(1);
         let previous = ib.status.clone().unwrap_or_default();
-        let same_generation = previous.observed_generation == Some(generation);
-        let start = match (&previous.start_time, same_generation) {
+        let triggered = observed.triggered.as_deref();
+        let rebuild_reason = rebuild_reason(ib, triggered);
+        let build = current_build(ib, triggered);
+        let same_build =
+            previous.observed_generation == Some(generation) && rebuild_reason.is_none();
+        let start = match (&previous.start_time, same_build) {
             (Some(start), true) => start.0,
             _ => now,
         };
@@ -217,8 +326,10 @@ impl<'a> Pass<'a> {
             settings,
             now,
             generation,
+            build,
             previous,
-            same_generation,
+            same_build,
+            rebuild_reason,
             start,
         }
     }
@@ -226,8 +337,9 @@ impl<'a> Pass<'a> {
     /// dereference → validate → plan → decide → status, each step either
     /// going on or ending the reconcile with its decision made.
     fn steps(&self, decision: &mut Decision) -> ControlFlow<()> {
+        decision.build = self.build;
         self.keep_finished_build(decision)?;
-        let old_generation_left = self.retire_old_generations(decision);
+        let old_build_left = self.retire_previous_builds(decision);
         decision.status = self.fresh_status();
         // dereference
         let dockerfile = self.dereference(&mut decision.status);
@@ -235,7 +347,7 @@ impl<'a> Pass<'a> {
         let inputs = self.validate(dockerfile, decision)?;
         self.refuse_if_forbidden(decision)?;
         self.wait_for_missing_references(decision)?;
-        self.wait_for_old_generation(old_generation_left, decision)?;
+        self.wait_for_previous_build(old_build_left, decision)?;
         let cache = self.consult_cache(&inputs, decision)?;
         // plan
         let planned = self.plan(&inputs, cache, &mut decision.status);
