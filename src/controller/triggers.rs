@@ -415,20 +415,28 @@ impl Watches {
         let mut polls: JoinSet<(TargetKey, Outcome)> = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
+            // Outcomes first: a 429 pauses its registry before anything
+            // else on it starts.
+            while let Some(done) = polls.try_join_next() {
+                self.finish(done);
+            }
             let wake_at = self.start_due(&mut polls);
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
+                Some(done) = polls.join_next(), if !polls.is_empty() => self.finish(done),
                 () = self.inner.wake.notified() => {}
                 () = tokio::time::sleep_until(wake_at) => {}
-                Some(done) = polls.join_next(), if !polls.is_empty() => {
-                    match done {
-                        Ok((key, outcome)) => self.apply(&key, outcome),
-                        Err(error) => tracing::warn!(%error, "a trigger poll panicked"),
-                    }
-                }
             }
         }
         polls.abort_all();
+    }
+
+    fn finish(&self, done: Result<(TargetKey, Outcome), tokio::task::JoinError>) {
+        match done {
+            Ok((key, outcome)) => self.apply(&key, outcome),
+            Err(error) => tracing::warn!(%error, "a trigger poll panicked"),
+        }
     }
 
     /// Starts the polls that are due; returns when the next one is.

@@ -154,9 +154,12 @@ async fn poll_image(
         Ok((tag_digest, manifest.digest))
     }
     .await;
-    if outcome.is_err() {
+    if let Err(e) = &outcome
+        && !matches!(e, RegistryError::RateLimited { .. })
+    {
         // The next poll connects afresh (it asks the registry how to
-        // authenticate again, and checks the credentials).
+        // authenticate again, and checks the credentials); a registry
+        // that limits us is not asked more than needed.
         connections.lock().await.remove(&key);
     }
     outcome
