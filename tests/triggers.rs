@@ -27,12 +27,12 @@ fn build(name: &str) -> BuildRef {
     ObjectRef::new(name).within("triggers")
 }
 
-fn image_watch(images: &[String], credentials: Credentials) -> Watch {
+fn image_watch(images: &[&str], credentials: Credentials) -> Watch {
     Watch {
         images: images
             .iter()
             .map(|reference| ImageTarget {
-                reference: reference.clone(),
+                reference: (*reference).to_string(),
                 platform: "linux/amd64".into(),
             })
             .collect(),
@@ -194,7 +194,7 @@ async fn five_hundred_builds_on_one_base_cost_one_request_per_interval_and_all_h
     for b in &builds {
         watches.set(
             b.clone(),
-            image_watch(&[image.clone()], Credentials::default()),
+            image_watch(&[image.as_str()], Credentials::default()),
         );
     }
     assert_eq!(watches.target_count(), 1);
@@ -264,12 +264,18 @@ async fn different_credentials_are_different_targets_and_wrong_ones_never_see_a_
         docker_config: Some(docker_config(&registry.addr(), "alice", "guessed")),
         git: None,
     };
-    watches.set(build("right"), image_watch(&[image.clone()], right.clone()));
-    watches.set(build("again"), image_watch(&[image.clone()], right));
-    watches.set(build("wrong"), image_watch(&[image.clone()], wrong.clone()));
+    watches.set(
+        build("right"),
+        image_watch(&[image.as_str()], right.clone()),
+    );
+    watches.set(build("again"), image_watch(&[image.as_str()], right));
+    watches.set(
+        build("wrong"),
+        image_watch(&[image.as_str()], wrong.clone()),
+    );
     watches.set(
         build("none"),
-        image_watch(&[image.clone()], Credentials::default()),
+        image_watch(&[image.as_str()], Credentials::default()),
     );
     assert_eq!(
         watches.target_count(),
@@ -308,13 +314,16 @@ async fn a_429_silences_the_registry_until_its_retry_after_then_polling_resumes(
     let proxy = CountingProxy::start(&registry.addr());
     push_image(&registry.image("one", "v1"), "one", None).await;
     push_image(&registry.image("two", "v1"), "two", None).await;
-    let images = vec![
+    let images = [
         format!("{}/one:v1", proxy.addr()),
         format!("{}/two:v1", proxy.addr()),
     ];
     let (watches, _changes) = Watches::with_floor(INTERVAL);
     let b = build("limited");
-    watches.set(b.clone(), image_watch(&images, Credentials::default()));
+    watches.set(
+        b.clone(),
+        image_watch(&[&images[0], &images[1]], Credentials::default()),
+    );
     let _running = start(&watches);
     wait_for(&watches, &b, Duration::from_secs(10), |s| {
         s.images.len() == 2
@@ -468,11 +477,11 @@ async fn removed_watches_stop_their_polls() {
     let (watches, _changes) = Watches::with_floor(INTERVAL);
     watches.set(
         build("a"),
-        image_watch(&[image.clone()], Credentials::default()),
+        image_watch(&[image.as_str()], Credentials::default()),
     );
     watches.set(
         build("b"),
-        image_watch(&[image.clone()], Credentials::default()),
+        image_watch(&[image.as_str()], Credentials::default()),
     );
     let _running = start(&watches);
     wait_for(&watches, &build("a"), Duration::from_secs(10), |s| {
