@@ -131,6 +131,59 @@ pub fn interval(text: Option<&str>) -> Result<Duration, String> {
     }
 }
 
+impl Watch {
+    /// What `ib`'s `spec.triggers` asks to watch, given the images its last
+    /// build used (every FROM image and the final base, as named) and the
+    /// credentials read from its Secrets: `Ok(None)` when it asks for
+    /// nothing (no triggers, or only a git source pinned to a commit).
+    pub fn for_build(
+        ib: &ImageBuild,
+        images: &[String],
+        credentials: Credentials,
+    ) -> Result<Option<Watch>, String> {
+        let Some(triggers) = &ib.spec.triggers else {
+            return Ok(None);
+        };
+        let platform = ib
+            .spec
+            .platform
+            .clone()
+            .unwrap_or_else(|| crate::oci::Platform::default().to_string());
+        let images: Vec<ImageTarget> = if triggers.images {
+            images
+                .iter()
+                .filter(|r| !r.is_empty() && *r != "scratch")
+                .map(|reference| ImageTarget {
+                    reference: reference.clone(),
+                    platform: platform.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let source = match (&ib.spec.context.git, triggers.source) {
+            (Some(git), true) => {
+                let revision = git.revision.clone().unwrap_or_default();
+                (!crate::git::is_commit_sha(revision.trim())).then(|| GitTarget {
+                    url: git.url.clone(),
+                    revision,
+                })
+            }
+            _ => None,
+        };
+        if images.is_empty() && source.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Watch {
+            images,
+            source,
+            interval: interval(triggers.interval.as_deref())?,
+            insecure: ib.spec.output.insecure,
+            credentials,
+        }))
+    }
+}
+
 /// What a build's targets last saw: `(image as named, digest, since)`,
 /// `(revision, commit, since)` (since: when that value was first seen),
 /// and the errors of its targets' last polls.
@@ -729,6 +782,52 @@ mod tests {
         let state = watches.inner.lock();
         let target = state.targets.values().next().unwrap();
         assert_eq!(target.interval, schedule::MIN_INTERVAL);
+    }
+
+    #[test]
+    fn a_builds_watch_follows_its_spec() {
+        use crate::api::{GitContext, ImageBuildSpec, Triggers};
+        let mut ib = ImageBuild::new("app", ImageBuildSpec::default());
+        let images = vec!["golang:1.22".to_string(), "scratch".to_string()];
+        assert!(
+            Watch::for_build(&ib, &images, Credentials::default())
+                .unwrap()
+                .is_none()
+        );
+        ib.spec.triggers = Some(Triggers {
+            interval: Some("10m".into()),
+            images: true,
+            source: true,
+        });
+        ib.spec.platform = Some("linux/arm64".into());
+        ib.spec.context.git = Some(GitContext {
+            url: "https://example.com/r.git".into(),
+            revision: Some("main".into()),
+            ..GitContext::default()
+        });
+        let watch = Watch::for_build(&ib, &images, Credentials::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            watch.images,
+            [ImageTarget {
+                reference: "golang:1.22".into(),
+                platform: "linux/arm64".into()
+            }]
+        );
+        assert_eq!(watch.source.unwrap().revision, "main");
+        assert_eq!(watch.interval, Duration::from_secs(600));
+        // A commit never moves; no images asked for: nothing to watch.
+        ib.spec.context.git.as_mut().unwrap().revision = Some("a".repeat(40));
+        ib.spec.triggers.as_mut().unwrap().images = false;
+        assert!(
+            Watch::for_build(&ib, &images, Credentials::default())
+                .unwrap()
+                .is_none()
+        );
+        ib.spec.triggers.as_mut().unwrap().interval = Some("soon".into());
+        ib.spec.triggers.as_mut().unwrap().images = true;
+        assert!(Watch::for_build(&ib, &images, Credentials::default()).is_err());
     }
 
     #[test]
