@@ -7,6 +7,7 @@ pub mod cache;
 pub mod contract;
 pub mod controller;
 pub mod dockerfile;
+pub mod git;
 pub mod local;
 pub mod oci;
 pub mod plan;

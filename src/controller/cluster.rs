@@ -25,6 +25,7 @@ use super::{BUILD_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
 use crate::cache::lookup::{CacheView, LookupRequest, look_up};
 use crate::controller::metrics::Metrics;
+use crate::controller::triggers::Watches;
 use crate::oci::registry::RegistryOptions;
 
 /// The field manager of everything the controller writes.
@@ -54,6 +55,9 @@ pub struct Context {
     pub in_flight: Mutex<BTreeSet<String>>,
     /// The cache's answer for each build in flight, asked for once.
     pub cache_views: CacheViews,
+    /// What finished builds watch for a rebuild (their bases, their
+    /// branch); polled by [`Watches::run`], started with the controller.
+    pub watches: Watches,
 }
 
 /// The cache's answers by build (uid, generation and rebuild: a rebuild

@@ -13,6 +13,7 @@ pub mod rbac;
 pub mod reconcile;
 pub mod run;
 pub mod status;
+pub mod triggers;
 
 use std::time::Duration;
 

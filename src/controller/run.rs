@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
+use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Client;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 
 use super::cluster::{Context, error_policy, reconcile_build};
 use super::metrics::Metrics;
+use super::triggers::{BuildRef, Changes, Watches};
 use super::{MANAGED_BY, MANAGED_BY_LABEL, Settings};
 use crate::api::ImageBuild;
 
@@ -96,6 +99,12 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
         controller: "slimforge".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    // The trigger pollers run with the controller (a standby polls
+    // nothing: it starts here, after the Lease).
+    let (watches, changes) = Watches::new();
+    let pollers = tokio::spawn(watches.clone().run(async {
+        crate::shutdown_signal().await;
+    }));
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -103,6 +112,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
         metrics,
         in_flight: Default::default(),
         cache_views: Default::default(),
+        watches,
     });
     // One Controller per namespace (each with its own watches, which a
     // namespaced Role allows), sharing the context: one recorder, one set of metrics.
@@ -112,11 +122,17 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
     } else {
         options.namespaces.into_iter().map(Some).collect()
     };
-    let controllers = futures::future::join_all(
-        scopes
-            .into_iter()
-            .map(|namespace| controller(client.clone(), namespace, concurrency, context.clone())),
-    );
+    let mut triggers = route_changes(changes, &scopes).into_iter();
+    let controllers = futures::future::join_all(scopes.into_iter().map(|namespace| {
+        let triggered = triggers.next().unwrap_or_else(|| mpsc::unbounded().1);
+        controller(
+            client.clone(),
+            namespace,
+            concurrency,
+            context.clone(),
+            triggered,
+        )
+    }));
     ready.store(true, Ordering::Relaxed);
     match leadership {
         Some((mut channel, task)) => {
@@ -140,8 +156,30 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
             controllers.await;
         }
     }
+    pollers.abort();
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// One stream of moved builds per Controller (`scopes` in order): a build
+/// goes to its namespace's, or to the all-namespaces one.
+fn route_changes(changes: Changes, scopes: &[Option<String>]) -> Vec<Changes> {
+    if scopes.len() == 1 {
+        return vec![changes];
+    }
+    let (senders, receivers): (Vec<_>, Vec<_>) = scopes.iter().map(|_| mpsc::unbounded()).unzip();
+    let scopes = scopes.to_vec();
+    tokio::spawn(changes.for_each(move |build: BuildRef| {
+        let scope = scopes
+            .iter()
+            .position(|s| s.as_deref() == build.namespace.as_deref())
+            .or_else(|| scopes.iter().position(Option::is_none));
+        if let Some(i) = scope {
+            let _ = senders[i].unbounded_send(build);
+        }
+        futures::future::ready(())
+    }));
+    receivers
 }
 
 /// The Controller for one namespace (`None`: every namespace), until a
@@ -151,6 +189,7 @@ fn controller(
     namespace: Option<String>,
     concurrency: u16,
     context: Arc<Context>,
+    triggered: Changes,
 ) -> impl Future<Output = ()> {
     let (builds, pods, claims) = match &namespace {
         Some(ns) => (
@@ -173,6 +212,14 @@ fn controller(
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns(pods, ours.clone())
         .owns(claims, ours)
+        // A moved base or branch (the trigger pollers) reconciles the build.
+        .reconcile_on(triggered.map(|build| {
+            let name = ObjectRef::<DeserializeGuard<ImageBuild>>::new(&build.name);
+            match &build.namespace {
+                Some(namespace) => name.within(namespace),
+                None => name,
+            }
+        }))
         .shutdown_on_signal()
         .run(reconcile_build, error_policy, context)
         .for_each(|result| async move {

@@ -57,6 +57,13 @@ pub enum RegistryError {
     AuthJson { detail: String },
     #[error("{what}: content does not match its digest (got {actual})")]
     DigestMismatch { what: String, actual: String },
+    /// HTTP 429: the registry asks us to slow down, for `retry_after` when
+    /// it says (its `Retry-After`). Never retried here: the caller backs off.
+    #[error("{what}: the registry is rate limiting (HTTP 429){}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    RateLimited {
+        what: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 /// How to reach registries.
@@ -470,6 +477,97 @@ impl Registry {
             media_type,
             bytes,
         })
+    }
+
+    /// The digest `reference`'s tag points at now, in one `HEAD` of the
+    /// manifest (no body: rate limits count GETs): a watcher's cheap poll.
+    /// A 429 is [`RegistryError::RateLimited`] with the `Retry-After` it
+    /// gave. A reference by digest is its digest, without a request.
+    pub async fn tag_digest(&self, reference: &Reference) -> Result<String, RegistryError> {
+        if let Some(digest) = reference.digest() {
+            return Ok(digest.to_string());
+        }
+        let host = reference.resolve_registry();
+        let what = reference.to_string();
+        let url = format!(
+            "{}://{host}/v2/{}/manifests/{}",
+            self.scheme(host),
+            reference.repository(),
+            reference.tag().unwrap_or("latest")
+        );
+        let bearer = self
+            .token(
+                host,
+                &[format!("repository:{}:pull", reference.repository())],
+            )
+            .await?;
+        let response = retry(&what, || async {
+            let mut request = self
+                .http
+                .head(&url)
+                .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
+            if let Some(token) = &bearer {
+                request = request.bearer_auth(token);
+            } else if let (Some(Challenge::Basic), Some(Credential::Password(user, password))) =
+                (self.challenges.get(host), self.credentials.get(host))
+            {
+                request = request.basic_auth(user, Some(password));
+            }
+            let response = request.send().await.map_err(Transient::from)?;
+            if response.status().is_server_error() {
+                return Err(Transient::Retry(format!(
+                    "HTTP {} from {url}",
+                    response.status()
+                )));
+            }
+            Ok(response)
+        })
+        .await
+        .map_err(|detail| RegistryError::Request {
+            what: what.clone(),
+            detail,
+        })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(RegistryError::RateLimited {
+                what,
+                retry_after: response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, jiff::Timestamp::now())),
+            });
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(RegistryError::Unauthorized {
+                registry: host.to_string(),
+                user: match self.credentials.get(host) {
+                    Some(Credential::Password(user, _)) => format!(" for user `{user}`"),
+                    _ => String::new(),
+                },
+            });
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Request {
+                what,
+                detail: format!("HTTP {status} from {url}"),
+            });
+        }
+        match response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(digest) => Ok(digest.to_string()),
+            // A registry that does not say: the manifest itself, hashed.
+            None => {
+                retry_oci(&what, || {
+                    self.oci
+                        .fetch_manifest_digest(reference, &RegistryAuth::Anonymous)
+                })
+                .await
+            }
+        }
     }
 
     async fn manifest_bytes(
@@ -994,12 +1092,54 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, OciDistributionError>>,
 {
-    retry(what, || async { op().await.map_err(Transient::classify) })
-        .await
-        .map_err(|detail| RegistryError::Request {
-            what: what.to_string(),
-            detail,
+    let limited = std::sync::atomic::AtomicBool::new(false);
+    retry(what, || async {
+        op().await.map_err(|e| {
+            limited.store(is_rate_limited(&e), std::sync::atomic::Ordering::Relaxed);
+            Transient::classify(e)
         })
+    })
+    .await
+    .map_err(|detail| {
+        if limited.load(std::sync::atomic::Ordering::Relaxed) {
+            RegistryError::RateLimited {
+                what: what.to_string(),
+                retry_after: None,
+            }
+        } else {
+            RegistryError::Request {
+                what: what.to_string(),
+                detail,
+            }
+        }
+    })
+}
+
+/// HTTP 429 (`TOOMANYREQUESTS`), however oci-client reports it.
+fn is_rate_limited(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code: 429, .. } => true,
+        OciDistributionError::RequestError(e) => {
+            e.status() == Some(reqwest::StatusCode::TOO_MANY_REQUESTS)
+        }
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == oci_client::errors::OciErrorCode::Toomanyrequests),
+        _ => false,
+    }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (then the time left
+/// from `now`, zero when past).
+pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let left = now.duration_until(when);
+    Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
 }
 
 /// Retries connection errors and 5xx with exponential backoff; never 4xx.
@@ -1090,6 +1230,32 @@ mod tests {
             Transient::Fatal(detail) => assert!(detail.contains("401"), "{detail}"),
             Transient::Retry(_) => panic!("401 retried"),
         }
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now: jiff::Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after("Wed, 01 Jan 2025 00:01:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 31 Dec 2024 23:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        let limited = OciDistributionError::ServerError {
+            code: 429,
+            url: "http://r/v2/x/manifests/a".into(),
+            message: String::new(),
+        };
+        assert!(is_rate_limited(&limited));
+        assert!(!is_rate_limited(&OciDistributionError::ServerError {
+            code: 404,
+            url: String::new(),
+            message: String::new(),
+        }));
     }
 
     #[test]

@@ -78,11 +78,7 @@ pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
         revision: shown_revision.clone(),
         detail,
     };
-    if options.url.starts_with("ssh://") || !options.url.contains("://") {
-        return Err(git_error(
-            "only https://, http:// and git:// URLs are supported (not ssh)".into(),
-        ));
-    }
+    crate::git::check_url(&options.url).map_err(git_error)?;
     let account = match &options.credentials {
         Some(dir) => Some(read_credentials(dir)?),
         None => None,
@@ -100,18 +96,9 @@ pub fn clone(options: &CloneOptions) -> Result<CloneResult, CloneError> {
         text
     };
 
-    let is_sha = revision
-        .as_deref()
-        .is_some_and(|r| r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()));
+    let is_sha = revision.as_deref().is_some_and(crate::git::is_commit_sha);
     // What to ask the remote for, in order: a name may be a branch or a tag.
-    let wanted: Vec<Option<String>> = match revision.as_deref() {
-        None => vec![None],
-        Some(r) if is_sha || r == "HEAD" || r.starts_with("refs/") => vec![Some(r.to_string())],
-        Some(r) => vec![
-            Some(format!("refs/heads/{r}")),
-            Some(format!("refs/tags/{r}")),
-        ],
-    };
+    let wanted = crate::git::wanted_refs(revision.as_deref());
     if let Some(parent) = options.dest.parent()
         && !parent.as_os_str().is_empty()
     {
@@ -251,20 +238,7 @@ fn fetch_and_checkout(
     account: Option<gix::sec::identity::Account>,
 ) -> Result<String, String> {
     let interrupt = AtomicBool::new(false);
-    // Every cause, outermost first: the top message alone says too little.
-    let text = |e: gix::Error| {
-        let mut causes: Vec<String> = Vec::new();
-        for cause in e.iter_errors().map(std::string::ToString::to_string) {
-            if !causes.contains(&cause) {
-                causes.push(cause);
-            }
-        }
-        if causes.is_empty() {
-            e.to_string()
-        } else {
-            causes.join(": ")
-        }
-    };
+    let text = |e: gix::Error| crate::git::error_text(&e);
     // Isolated: no system or user git configuration, no git binary asked.
     let mut prepare = gix::clone::PrepareFetch::new(
         url,
@@ -282,16 +256,7 @@ fn fetch_and_checkout(
     }
     if let Some(account) = account {
         prepare = prepare.configure_connection(move |connection| {
-            let account = account.clone();
-            connection.set_credentials(move |action| match action {
-                gix::credentials::helper::Action::Get(context) => {
-                    Ok(Some(gix::credentials::protocol::Outcome {
-                        identity: account.clone(),
-                        next: context.into(),
-                    }))
-                }
-                _ => Ok(None),
-            });
+            connection.set_credentials(crate::git::authenticate(account.clone()));
             Ok(())
         });
     }

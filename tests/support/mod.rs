@@ -16,6 +16,7 @@ mod http;
 mod images;
 pub mod k8s;
 mod podman;
+mod proxy;
 pub mod pss;
 mod registry;
 mod token;
@@ -31,6 +32,7 @@ pub use podman::{
     podman_run_for_with, podman_run_with, skopeo, skopeo_copy, skopeo_inspect,
     skopeo_inspect_config, skopeo_inspect_raw, skopeo_manifest_bytes,
 };
+pub use proxy::{CountingProxy, Seen as ProxiedRequest};
 pub use registry::Registry;
 pub use token::{TokenPolicy, TokenRequest};
 
