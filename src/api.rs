@@ -276,6 +276,10 @@ pub struct ImageBuildStatus {
     /// What the triggers last saw, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<TriggerStatus>,
+    /// Every FROM image and the final base, as the Dockerfile names them,
+    /// by the digest this build resolved them to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolved_images: BTreeMap<String, String>,
     /// How many rebuilds of this generation came before this build
     /// (absent for the generation's first build): with
     /// `observedGeneration`, the build's identity. A new generation starts

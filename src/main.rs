@@ -132,6 +132,10 @@ enum Command {
         /// The Lease's namespace (default: the pod's, from POD_NAMESPACE).
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
+        /// The shortest `spec.triggers.interval` honoured, e.g. `1m`.
+        #[arg(long, env = "SLIMFORGE_TRIGGER_FLOOR", default_value = "1m",
+              value_parser = parse_duration_arg)]
+        trigger_floor: std::time::Duration,
     },
     /// Build an ImageBuild locally: the same pods as in a cluster, run by podman.
     ///
@@ -542,6 +546,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             lease_name,
             lease_namespace,
             concurrency,
+            trigger_floor,
         } => {
             let options = slimforge::controller::run::ControllerOptions {
                 settings: slimforge::controller::Settings {
@@ -554,11 +559,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 metrics_address,
                 leader_election: leader_election.then_some((lease_name, lease_namespace)),
                 concurrency,
+                trigger_floor,
             };
             slimforge::controller::run::run(options).await
         }
         Command::Crd => out(&slimforge::api::crd_yaml()),
     }
+}
+
+/// `30s`, `1m`, `1h30m`, as `spec.timeout` reads them.
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    slimforge::controller::reconcile::parse_duration(text)
 }
 
 fn run_stage(command: StageCommand) -> anyhow::Result<()> {

@@ -58,6 +58,9 @@ pub enum ContextRef {
 pub struct CacheView {
     /// The cache repository (`registry/repository`).
     pub repository: String,
+    /// Every FROM image and the final base (as the plan names them) →
+    /// the digest this build resolved it to.
+    pub digests: BTreeMap<String, String>,
     pub keys: Keys,
     /// Chains and extractions the cache has, by id (empty with `noCache`).
     pub hits: BTreeMap<String, ChainEntry>,
@@ -169,6 +172,7 @@ async fn try_look_up(
     .map_err(|e| e.to_string())?;
     let mut view = CacheView {
         repository,
+        digests: digests.clone(),
         keys,
         ..CacheView::default()
     };

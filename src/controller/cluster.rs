@@ -3,7 +3,7 @@
 //! then the status applied server-side under one field manager, events
 //! recorded and metrics observed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -25,7 +26,9 @@ use super::{BUILD_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Settings};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
 use crate::cache::lookup::{CacheView, LookupRequest, look_up};
 use crate::controller::metrics::Metrics;
-use crate::controller::triggers::Watches;
+use crate::controller::triggers::{
+    Credentials, Seen, Watch, Watches, interval as trigger_interval, moved,
+};
 use crate::oci::registry::RegistryOptions;
 
 /// The field manager of everything the controller writes.
@@ -53,6 +56,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Builds in flight, for the gauge (namespace/name, never a label).
     pub in_flight: Mutex<BTreeSet<String>>,
+    /// Builds whose triggers are registered with [`Context::watches`].
+    pub triggered_builds: TriggeredBuilds,
+    /// The shortest trigger interval.
+    pub trigger_floor: Duration,
     /// The cache's answer for each build in flight, asked for once.
     pub cache_views: CacheViews,
     /// What finished builds watch for a rebuild (their bases, their
@@ -88,8 +95,10 @@ pub async fn reconcile_build(
         client: context.client.clone(),
         namespace: namespace.clone(),
         cache_views: context.cache_views.clone(),
+        watches: context.watches.clone(),
     };
-    let decision = pass(&mut shell, ib, &context.settings, Timestamp::now()).await?;
+    let mut decision = pass(&mut shell, ib, &context.settings, Timestamp::now()).await?;
+    watch_triggers(&context, ib, &mut decision).await?;
     if decision.status.phase.is_some_and(Phase::is_terminal) {
         lock(&context.cache_views).remove(&build_key(ib, decision.build));
     }
@@ -104,6 +113,117 @@ pub async fn reconcile_build(
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// `spec.triggers`: a finished build's images and branch watched (with
+/// the credentials of its Secrets, read once per build), what they last
+/// saw in `status.triggers`, and a look again at the trigger interval.
+async fn watch_triggers(
+    context: &Context,
+    ib: &ImageBuild,
+    decision: &mut Decision,
+) -> Result<(), ClusterError> {
+    let build = ObjectRef::from_obj(ib);
+    let Some(triggers) = &ib.spec.triggers else {
+        context.watches.remove(&build);
+        lock_registered(&context.triggered_builds).remove(&build);
+        return Ok(());
+    };
+    if !decision.status.phase.is_some_and(Phase::is_terminal) {
+        return Ok(());
+    }
+    let registered =
+        lock_registered(&context.triggered_builds).get(&build) == Some(&decision.build);
+    if !registered {
+        let namespace = ib.namespace().ok_or(ClusterError::NoNamespace)?;
+        let credentials = trigger_credentials(&context.client, &namespace, ib).await?;
+        let images: Vec<String> = decision.status.resolved_images.keys().cloned().collect();
+        match Watch::for_build(ib, &images, credentials) {
+            Ok(Some(watch)) => context.watches.set(build.clone(), watch),
+            Ok(None) => context.watches.remove(&build),
+            Err(error) => tracing::warn!(%error, "spec.triggers"),
+        }
+        lock_registered(&context.triggered_builds).insert(build.clone(), decision.build);
+    }
+    let seen = context.watches.seen(&build);
+    if seen != Seen::default() {
+        decision.status.triggers = Some(seen.to_status());
+    }
+    if let Ok(every) = trigger_interval(triggers.interval.as_deref()) {
+        let every = every.max(context.trigger_floor);
+        decision.requeue_after = Some(decision.requeue_after.map_or(every, |r| r.min(every)));
+    }
+    Ok(())
+}
+
+/// Builds whose triggers are registered, by the build they watch for.
+pub type TriggeredBuilds = Mutex<HashMap<ObjectRef<ImageBuild>, BuildId>>;
+
+fn lock_registered(
+    builds: &TriggeredBuilds,
+) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ImageBuild>, BuildId>> {
+    builds
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the triggers poll with: the push and pull secrets' registry
+/// credentials, the git credentials Secret's username and password.
+async fn trigger_credentials(
+    client: &Client,
+    namespace: &str,
+    ib: &ImageBuild,
+) -> Result<Credentials, ClusterError> {
+    let template = ib.spec.pod_template.clone().unwrap_or_default();
+    let names: Vec<String> = ib
+        .spec
+        .output
+        .push_secret
+        .iter()
+        .cloned()
+        .chain(template.image_pull_secrets.iter().map(|s| s.name.clone()))
+        .collect();
+    let configs = docker_configs(client, namespace, &names).await?;
+    let mut git = None;
+    let secret = ib
+        .spec
+        .context
+        .git
+        .as_ref()
+        .and_then(|g| g.credentials_secret.as_ref());
+    if let Some(name) = secret
+        && let Some(secret) = get_optional::<Secret>(client, namespace, "Secret", name).await?
+    {
+        let data = secret.data.unwrap_or_default();
+        let field = |key: &str| {
+            data.get(key)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        };
+        if let (Some(user), Some(password)) = (field("username"), field("password")) {
+            git = Some((user, password));
+        }
+    }
+    Ok(Credentials {
+        docker_config: merged_docker_configs(&configs).map(String::into_bytes),
+        git,
+    })
+}
+
+/// The `.dockerconfigjson` of each of the Secrets `names` that has one.
+async fn docker_configs(
+    client: &Client,
+    namespace: &str,
+    names: &[String],
+) -> Result<Vec<Vec<u8>>, ClusterError> {
+    let mut configs = Vec::new();
+    for name in names {
+        let secret = get_optional::<Secret>(client, namespace, "Secret", name).await?;
+        let data = secret.and_then(|s| s.data).unwrap_or_default();
+        if let Some(config) = data.get(".dockerconfigjson") {
+            configs.push(config.0.clone());
+        }
+    }
+    Ok(configs)
 }
 
 /// A malformed object: say so on it (Failed, `InvalidSpec`), never break
@@ -155,6 +275,7 @@ struct ClusterShell {
     client: Client,
     namespace: String,
     cache_views: CacheViews,
+    watches: Watches,
 }
 
 /// The key of `ib`'s build `build` in [`CacheViews`].
@@ -177,6 +298,12 @@ impl Shell for ClusterShell {
 
     async fn observe(&mut self, ib: &ImageBuild) -> Result<Observed, ClusterError> {
         let mut observed = dereference(&self.client, ib, &self.namespace).await?;
+        // A finished build whose triggers saw a move is built again.
+        if ib.spec.triggers.is_some() && finished(ib, None) {
+            let seen = self.watches.seen(&ObjectRef::from_obj(ib));
+            let status = ib.status.clone().unwrap_or_default();
+            observed.triggered = moved(&status, &seen).map(str::to_string);
+        }
         // The view of the build this pass works on: never an earlier
         // build's, which a rebuild would otherwise inherit.
         let build = current_build(ib, observed.triggered.as_deref());
@@ -223,15 +350,7 @@ impl Shell for ClusterShell {
         build: BuildId,
         request: &LookupRequest,
     ) -> Result<CacheView, ClusterError> {
-        let mut configs = Vec::new();
-        for name in &request.secrets {
-            let secret =
-                get_optional::<Secret>(&self.client, &self.namespace, "Secret", name).await?;
-            let data = secret.and_then(|s| s.data).unwrap_or_default();
-            if let Some(config) = data.get(".dockerconfigjson") {
-                configs.push(config.0.clone());
-            }
-        }
+        let configs = docker_configs(&self.client, &self.namespace, &request.secrets).await?;
         let config_map = match &ib.spec.context.config_map {
             Some(context) => {
                 get_optional::<ConfigMap>(&self.client, &self.namespace, "ConfigMap", &context.name)

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
@@ -35,6 +36,9 @@ pub struct ControllerOptions {
     /// At most this many builds reconciled at once (per watched namespace
     /// list entry); 0: no limit.
     pub concurrency: u16,
+    /// The shortest trigger interval (`spec.triggers.interval` below it is
+    /// raised to it).
+    pub trigger_floor: Duration,
 }
 
 /// The namespaces of `--namespace` / `WATCH_NAMESPACE`: comma-separated,
@@ -101,7 +105,7 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
     };
     // The trigger pollers run with the controller (a standby polls
     // nothing: it starts here, after the Lease).
-    let (watches, changes) = Watches::new();
+    let (watches, changes) = Watches::with_floor(options.trigger_floor);
     let pollers = tokio::spawn(watches.clone().run(async {
         crate::shutdown_signal().await;
     }));
@@ -112,6 +116,8 @@ pub async fn run_with(client: Client, options: ControllerOptions) -> anyhow::Res
         metrics,
         in_flight: Default::default(),
         cache_views: Default::default(),
+        triggered_builds: Default::default(),
+        trigger_floor: options.trigger_floor,
         watches,
     });
     // One Controller per namespace (each with its own watches, which a

@@ -34,7 +34,9 @@ use tokio::time::Instant;
 
 use self::poll::{Connections, Job, Outcome};
 use self::schedule::{Fingerprint, TargetKey};
-use crate::api::{ImageBuild, SeenImage, SeenSource, TriggerStatus, redacted_url};
+use crate::api::{
+    ImageBuild, ImageBuildStatus, SeenImage, SeenSource, TriggerStatus, redacted_url,
+};
 
 /// An ImageBuild, as the Controller names it.
 pub type BuildRef = ObjectRef<ImageBuild>;
@@ -216,6 +218,32 @@ impl Seen {
                     seen: Time(*when),
                 }),
         }
+    }
+}
+
+/// `status.buildReason` of a build a moved image started.
+pub const BASE_IMAGE_MOVED: &str = "BaseImageMoved";
+/// `status.buildReason` of a build a moved branch or tag started.
+pub const SOURCE_MOVED: &str = "SourceMoved";
+
+/// Why a finished build should be built again, if what its triggers saw
+/// has moved from what it used: an image's digest against
+/// `status.resolvedImages`, the branch's commit against
+/// `status.source.commit`. Nothing to compare is no move.
+pub fn moved(status: &ImageBuildStatus, seen: &Seen) -> Option<&'static str> {
+    let image_moved = seen.images.iter().any(|(image, digest, _)| {
+        status
+            .resolved_images
+            .get(image)
+            .is_some_and(|used| used != digest)
+    });
+    if image_moved {
+        return Some(BASE_IMAGE_MOVED);
+    }
+    let built = status.source.as_ref().map(|s| s.commit.as_str());
+    match (&seen.source, built) {
+        (Some((_, commit, _)), Some(built)) if commit != built => Some(SOURCE_MOVED),
+        _ => None,
     }
 }
 

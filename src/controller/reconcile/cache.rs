@@ -29,13 +29,20 @@ impl Pass<'_> {
         let Some(plan) = &inputs.plan else {
             return ControlFlow::Continue(None);
         };
-        if !self.ib.spec.cache_enabled() {
+        let cache = self.ib.spec.cache_enabled();
+        // Image triggers compare with the digests the build used: asked
+        // for even with the cache off (then only the images are resolved).
+        let triggers = self.ib.spec.triggers.as_ref().is_some_and(|t| t.images);
+        if !cache && !triggers {
             return ControlFlow::Continue(None);
         }
         if let Some(view) = &self.observed.cache {
-            return ControlFlow::Continue(Some(view));
+            decision.status.resolved_images = view.digests.clone();
+            return ControlFlow::Continue(Some(view).filter(|_| cache));
         }
-        decision.lookup = Some(self.lookup_request(plan, &decision.status));
+        let mut request = self.lookup_request(plan, &decision.status);
+        request.no_cache |= !cache;
+        decision.lookup = Some(request);
         decision.status.phase = Some(Phase::Pending);
         ControlFlow::Break(())
     }
