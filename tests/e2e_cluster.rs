@@ -839,3 +839,75 @@ fn a_missing_push_secret_is_ready_false_naming_the_field_and_creates_nothing() {
     let claims = get_json(cluster, &ns, &["persistentvolumeclaims"]);
     assert_eq!(claims["items"], json!([]), "no claim either");
 }
+
+/// Pushes `base` again as `target`, with `/marker` holding `marker` when
+/// given: a new image under the same tag, as a base's security fix is.
+fn push_base_as(base: &str, target: &str, marker: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut layers = Vec::new();
+    if let Some(text) = marker {
+        std::fs::write(dir.path().join("marker"), text).unwrap();
+        layers.push(json!({"source": "marker", "destination": "/marker", "chmod": "0644"}));
+    }
+    let spec = json!({
+        "base": base, "layers": layers, "target": target, "insecure": true,
+    });
+    let file = dir.path().join("spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .args(["assemble", "--spec"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_moved_runtime_base_rebuilds_without_the_builder_and_the_image_has_its_files() {
+    let (cluster, ns) = operator_and_namespace("trigger", "baseline");
+    let (_, busybox) = cluster.base_images();
+    let base = format!("{}/e2e/base-{}:1", cluster.registry, ns.name);
+    push_base_as(busybox, &base, None);
+    let dockerfile = format!(
+        "FROM {busybox} AS builder\nRUN echo built > /out\n\nFROM {base}\nCOPY --from=builder /out /out\nCMD [\"cat\", \"/marker\"]\n"
+    );
+    apply_build(
+        cluster,
+        &ns,
+        "moved",
+        json!({
+            "context": {"inline": {}},
+            "dockerfile": dockerfile,
+            "cache": {"repository": format!("{}/e2e/cache-{}", cluster.registry, ns.name)},
+            "triggers": {"images": true, "interval": "2s"},
+        }),
+    );
+    let first = wait_finished(cluster, &ns, "moved", 1);
+    let status = &first["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert!(status["resolvedImages"][&base].is_string(), "{status}");
+
+    // The base's tag moves to an image with one more file.
+    push_base_as(busybox, &base, Some("the fixed base\n"));
+    let rebuilt = wait_rebuilt(cluster, &ns, "moved", 1, 1);
+    let status = &rebuilt["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(status["buildReason"], "BaseImageMoved", "{status}");
+    assert_ne!(
+        status["resolvedImages"][&base], first["status"]["resolvedImages"][&base],
+        "{status}"
+    );
+    let builder = stages_named(status, "builder").expect("the builder stage");
+    assert_eq!(builder["cached"], true, "no builder pod: {status}");
+    assert_eq!(
+        status["triggers"]["images"]
+            .as_array()
+            .and_then(|images| images.iter().find(|i| i["image"] == base.as_str()))
+            .map(|i| i["digest"].clone()),
+        Some(status["resolvedImages"][&base].clone()),
+        "what the trigger saw is in the status: {status}"
+    );
+    let reference = status["image"]["reference"].as_str().unwrap();
+    let printed = support::podman_run(reference, &[]);
+    assert_eq!(printed, "the fixed base\n");
+}

@@ -730,6 +730,42 @@ fn describe(key: &TargetKey) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_move_is_against_what_the_build_used_and_nothing_to_compare_is_none() {
+        let when = Timestamp::UNIX_EPOCH;
+        let mut status = ImageBuildStatus::default();
+        status
+            .resolved_images
+            .insert("r/busybox:1".into(), "sha256:old".into());
+        status.source = Some(crate::api::SourceStatus {
+            commit: "c1".into(),
+        });
+        let seen = |digest: &str, commit: &str| Seen {
+            images: vec![("r/busybox:1".into(), digest.into(), when)],
+            source: Some(("main".into(), commit.into(), when)),
+            errors: Vec::new(),
+        };
+        assert_eq!(moved(&status, &seen("sha256:old", "c1")), None);
+        assert_eq!(
+            moved(&status, &seen("sha256:new", "c1")),
+            Some(BASE_IMAGE_MOVED)
+        );
+        assert_eq!(
+            moved(&status, &seen("sha256:old", "c2")),
+            Some(SOURCE_MOVED)
+        );
+        // An image the build did not resolve, a build with no commit: no move.
+        let other = Seen {
+            images: vec![("r/other:1".into(), "sha256:x".into(), when)],
+            ..Seen::default()
+        };
+        assert_eq!(moved(&status, &other), None);
+        assert_eq!(
+            moved(&ImageBuildStatus::default(), &seen("sha256:new", "c2")),
+            None
+        );
+    }
+
     fn build(name: &str) -> BuildRef {
         ObjectRef::new(name).within("default")
     }
