@@ -940,7 +940,16 @@ fn a_moved_branch_rebuilds_only_the_chain_whose_files_changed() {
         git(&work, &["add", "."]);
         git(
             &work,
-            &["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "-m", message],
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@e",
+                "commit",
+                "-q",
+                "-m",
+                message,
+            ],
         );
     };
     git(&work, &["init", "-q", "-b", "main"]);
@@ -970,7 +979,10 @@ fn a_moved_branch_rebuilds_only_the_chain_whose_files_changed() {
     let status = &rebuilt["status"];
     assert_eq!(status["phase"], "Succeeded", "{status}");
     assert_eq!(status["buildReason"], "SourceMoved", "{status}");
-    assert_ne!(status["source"]["commit"], first["status"]["source"]["commit"]);
+    assert_ne!(
+        status["source"]["commit"],
+        first["status"]["source"]["commit"]
+    );
     assert_eq!(
         status["triggers"]["source"]["commit"], status["source"]["commit"],
         "{status}"

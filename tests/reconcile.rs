@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use slimforge::api::{ImageBuild, Phase};
 use slimforge::cache::entry::{CachedExport, ChainEntry, ImageEntry};
-use slimforge::cache::lookup::CacheView;
+use slimforge::cache::lookup::{CacheView, ContextRef};
 use slimforge::controller::pods::BuildId;
 use slimforge::controller::reconcile::{
     Decision, Observed, PodPhase, PodState, Waiting, current_build,
@@ -1369,4 +1369,30 @@ fn a_rebuild_asks_the_cache_again_and_may_find_the_whole_image() {
     assert!(done.image.unwrap().cached);
     assert!(!world.created.iter().any(|p| p.starts_with("goapp-g1b1-")));
     assert_settled(&mut world);
+}
+
+#[test]
+fn a_git_build_the_cache_has_runs_only_its_clone_and_keys_with_its_digests() {
+    let mut world = World::new(image_build(GIT));
+    world.cache = seed_cache(true, true);
+    world.step();
+    assert_eq!(world.created, ["goapp-g1-0"]);
+    let mut result: serde_json::Value =
+        serde_json::from_str(&clone_result(GIT_DOCKERFILE)).unwrap();
+    result["contextDigests"] =
+        serde_json::json!({"0123456789abcdef": format!("sha256:{}", "d".repeat(64))});
+    world.finish(0, PodPhase::Succeeded, &result.to_string());
+    // The lookup the core asks for carries what the clone digested.
+    let request = reconcile(&world.ib, &world.observed(), &world.settings, world.now)
+        .lookup
+        .expect("a lookup once the clone is done");
+    match &request.context {
+        ContextRef::Digests(digests) => assert_eq!(digests.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let decision = world.step();
+    assert!(decision.create_pods.is_empty(), "{:?}", world.created);
+    assert_eq!(world.phase(), Phase::Succeeded);
+    assert!(world.ib.status.clone().unwrap().image.unwrap().cached);
+    assert_eq!(world.created, ["goapp-g1-0"]);
 }

@@ -168,6 +168,7 @@ fn largest_fitting(max: usize, fits: impl Fn(usize) -> bool) -> usize {
 
 /// The context pod's result: `{"commit", "dockerfile"}` or `{"error"}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CloneResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,

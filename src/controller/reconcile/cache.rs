@@ -14,7 +14,7 @@ use super::pod_results::image_status;
 use super::{Decision, Inputs, Pass, Planned, PodState, notice};
 use crate::api::{ImageBuildStatus, Phase, StageStatus, human_size};
 use crate::cache::lookup::{CacheView, ContextRef, LookupRequest};
-use crate::controller::pods::{Unit, UnitKind};
+use crate::controller::pods::{CONTEXT_UNIT, Unit, UnitKind};
 use crate::controller::status::{BuildState, Reason};
 
 impl Pass<'_> {
@@ -110,7 +110,8 @@ impl Pass<'_> {
         let Some(entry) = view.and_then(|v| v.image.as_ref()) else {
             return ControlFlow::Continue(());
         };
-        if !planned.latest.is_empty() {
+        // A git context's clone is the one pod such a build has run.
+        if planned.latest.keys().any(|n| *n != CONTEXT_UNIT) {
             return ControlFlow::Continue(());
         }
         let message = format!(
