@@ -183,8 +183,15 @@ fn the_seed_builds_end_to_end_runs_and_is_reproducible() {
     );
     assert_nothing_left(&name);
 
-    // Built again: the same digest.
-    let second = slimforge_build(&text);
+    // Built again without the stage cache (which would hand back the same
+    // image without building it): every pod runs, and the digest is the same.
+    let uncached = text.replace("timeout: 10m", "timeout: 10m\n  cache:\n    noCache: true");
+    assert_ne!(uncached, text);
+    let second = slimforge_build(&uncached);
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("builder        succeeded"),
+        "the builder ran again"
+    );
     assert!(second.status.success());
     assert_eq!(last_line(&second), reference);
     assert_nothing_left(&name);

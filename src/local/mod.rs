@@ -29,7 +29,8 @@ use self::pods::local_config_map;
 use self::shell::{PodInputs, PodmanShell};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
 use crate::controller::Settings;
-use crate::controller::driver::until_terminal;
+use crate::controller::driver::{Shell as _, until_terminal};
+use crate::controller::reconcile::reconcile;
 use crate::controller::reconcile::{Invalid, Validated, validate, validate_spec};
 use crate::controller::status::{READY, find};
 
@@ -112,9 +113,21 @@ async fn run(
     // Bad input ends here, before anything is published or started.
     let validated = validate_manifest(manifest)?;
     let git_credentials_dir = check_references(manifest, options, workdir)?;
+    let (auth, auth_dir) = push_credentials(&mut ib, options, workdir)?;
+    shell.set_inputs(PodInputs {
+        auth_dir,
+        git_credentials_dir,
+        context_config_map: manifest
+            .context_config_map()
+            .map(|cm| local_config_map(cm, &format!("{}-g1-context", ib.name_any()))),
+        dockerfile_from_context: manifest.dockerfile_from_config_map(),
+    });
+    // An image the cache has whole needs no lock, no helper and no pod.
+    if let Some(status) = cached_image(shell, &ib).await? {
+        return outcome(status, Vec::new());
+    }
     let lock = lock::lock_build(shell.podman(), &ib.name_any(), &shell.progress).await?;
     shell.hold(lock);
-    let (auth, auth_dir) = push_credentials(&mut ib, options, workdir)?;
     let settings = Settings {
         helper_image: helper_image(
             shell,
@@ -128,19 +141,34 @@ async fn run(
         ..Settings::default()
     };
     announce(shell, &ib, validated.as_ref());
-    shell.set_inputs(PodInputs {
-        auth_dir,
-        git_credentials_dir,
-        context_config_map: manifest
-            .context_config_map()
-            .map(|cm| local_config_map(cm, &format!("{}-g1-context", ib.name_any()))),
-        dockerfile_from_context: manifest.dockerfile_from_config_map(),
-    });
     let decision = until_terminal(shell, &mut ib, &settings, POLL).await?;
     shell.show_last_phases().await;
     let timeline = shell.timeline();
     shell.progress.timeline(&timeline);
     outcome(decision.status, timeline)
+}
+
+/// The status of a build whose whole image the stage cache has, where the
+/// output's tags point already: the core's first pass, asked before
+/// anything is started (the shell keeps the cache's answer for the build
+/// proper when it is not that).
+async fn cached_image(
+    shell: &mut PodmanShell,
+    ib: &ImageBuild,
+) -> Result<Option<ImageBuildStatus>, LocalError> {
+    let settings = Settings::default();
+    let now = jiff::Timestamp::now();
+    let mut observed = shell.observe(ib).await?;
+    let first = reconcile(ib, &observed, &settings, now);
+    let Some(request) = first.lookup else {
+        return Ok(None);
+    };
+    observed.cache = Some(shell.look_up(ib, first.build, &request).await?);
+    let decision = reconcile(ib, &observed, &settings, now);
+    let done = decision.status.phase == Some(Phase::Succeeded)
+        && decision.create_pods.is_empty()
+        && decision.status.image.as_ref().is_some_and(|i| i.cached);
+    Ok(done.then_some(decision.status))
 }
 
 /// The push credentials (`--push-secret`, else the usual auth file) and
