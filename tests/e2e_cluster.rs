@@ -74,7 +74,13 @@ fn image_build(cluster: &Cluster, name: &str, spec: Value) -> Value {
 }
 
 /// Applies ImageBuild `name` with `spec` (defaults filled in) in `ns`.
+/// Unless the spec says otherwise, its stage cache is the namespace's own:
+/// a test sees its pods run however often the tests ran on this registry.
 fn apply_build(cluster: &Cluster, ns: &TestNamespace, name: &str, spec: Value) {
+    let mut spec = spec;
+    if spec.get("cache").is_none() {
+        spec["cache"] = json!({"repository": format!("{}/e2e/cache-{}", cluster.registry, ns.name)});
+    }
     apply(cluster, ns, &image_build(cluster, name, spec));
 }
 

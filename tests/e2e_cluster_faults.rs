@@ -43,10 +43,19 @@ fn build_with(cluster: &Cluster, name: &str, run: &str) -> Value {
             "context": {"inline": {"hello.txt": "hello\n"}},
             "dockerfile": format!("FROM {busybox} AS build\nRUN {run}\n\nFROM {busybox}\nCOPY --from=build /out /out\nCOPY hello.txt /\n"),
             "output": {"image": format!("{}/faults/{name}:v1", cluster.registry), "insecure": true},
+            // A stage cache of this run's own: the pods these tests disrupt
+            // run however often the tests ran on this registry.
+            "cache": {"repository": format!("{}/faults/cache-{}", cluster.registry, run_id())},
             "timeout": "10m",
             "ttlSecondsAfterFinished": 3600,
         },
     })
+}
+
+/// This test process's own name, for its cache repository.
+fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| support::unique_name("run"))
 }
 
 /// A build whose builder stage sleeps [`STAGE_SECONDS`].
