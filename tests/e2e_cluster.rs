@@ -79,7 +79,8 @@ fn image_build(cluster: &Cluster, name: &str, spec: Value) -> Value {
 fn apply_build(cluster: &Cluster, ns: &TestNamespace, name: &str, spec: Value) {
     let mut spec = spec;
     if spec.get("cache").is_none() {
-        spec["cache"] = json!({"repository": format!("{}/e2e/cache-{}", cluster.registry, ns.name)});
+        spec["cache"] =
+            json!({"repository": format!("{}/e2e/cache-{}", cluster.registry, ns.name)});
     }
     apply(cluster, ns, &image_build(cluster, name, spec));
 }
