@@ -69,7 +69,7 @@ pub struct Context {
 
 /// The cache's answers by build (uid, generation and rebuild: a rebuild
 /// asks again, and may find new entries). A build that ends drops its
-/// own; the map never holds more than [`MAX_CACHE_VIEWS`].
+/// own; the map never holds more than `MAX_CACHE_VIEWS`.
 pub type CacheViews = Arc<Mutex<BTreeMap<CacheKey, CacheView>>>;
 
 /// A build's key in [`CacheViews`]: the ImageBuild's uid, its generation
