@@ -409,8 +409,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         &output,
                     )?;
                     // What the controller asks to be stored in the cache.
-                    if let Ok(json) = std::env::var(slimforge::contract::CACHE_STORE_ENV) {
-                        let store: slimforge::contract::CacheStore = serde_json::from_str(&json)?;
+                    let store_env = slimforge::contract::CACHE_STORE_ENV;
+                    if let Ok(json) = std::env::var(store_env) {
+                        let store: slimforge::contract::CacheStore = serde_json::from_str(&json)
+                            .map_err(|e| anyhow::anyhow!("${store_env}: {e}"))?;
                         let workspace = slimforge::contract::Workspace::new(&workspace);
                         spec.cache = Some(recipe::cache_store_spec(&store, &plan, &workspace));
                     }

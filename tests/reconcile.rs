@@ -7,6 +7,7 @@ use kube::Resource;
 use slimforge::api::{ImageBuild, Phase};
 use slimforge::cache::entry::{CachedExport, ChainEntry, ImageEntry};
 use slimforge::cache::lookup::{CacheView, ContextRef};
+use slimforge::contract::CACHE_STORE_ENV;
 use slimforge::controller::pods::BuildId;
 use slimforge::controller::reconcile::{
     Decision, Observed, PodPhase, PodState, Waiting, current_build,
@@ -1059,7 +1060,7 @@ fn a_cached_chain_runs_no_pod_and_is_restored_for_the_assembly() {
     let assemble = decision.create_pods.first().expect("the assembly");
     // It stores the image's entry, not the chain the cache had.
     let store: serde_json::Value =
-        serde_json::from_str(&env_of(assemble, "SLIMFORGE_CACHE").unwrap()).unwrap();
+        serde_json::from_str(&env_of(assemble, CACHE_STORE_ENV).unwrap()).unwrap();
     assert_eq!(store["units"], serde_json::json!({}));
     assert_eq!(store["image"], format!("sha256:{}", "i".repeat(64)));
     assert_eq!(store["repository"], "registry.example/team/goapp/cache");
@@ -1075,8 +1076,7 @@ fn a_chain_that_ran_is_stored_by_the_assembly() {
     world.finish(2, PodPhase::Succeeded, "{}");
     let decision = world.step();
     let store: serde_json::Value =
-        serde_json::from_str(&env_of(&decision.create_pods[0], "SLIMFORGE_CACHE").unwrap())
-            .unwrap();
+        serde_json::from_str(&env_of(&decision.create_pods[0], CACHE_STORE_ENV).unwrap()).unwrap();
     assert_eq!(
         store["units"]["builder"],
         format!("sha256:{}", "c".repeat(64))

@@ -53,7 +53,7 @@ pub const CONTEXT_ENV: &str = "SLIMFORGE_CONTEXT";
 pub const WORKDIR_ENV: &str = "SLIMFORGE_WORKDIR";
 /// What the assemble pod writes to the cache after its push
 /// ([`CacheStore`], JSON).
-pub const CACHE_STORE_ENV: &str = "SLIMFORGE_CACHE";
+pub const CACHE_STORE_ENV: &str = "SLIMFORGE_CACHE_STORE";
 /// What the git context pod keys its files for ([`ContextPlanRequest`], JSON).
 pub const PLAN_REQUEST_ENV: &str = "SLIMFORGE_PLAN_REQUEST";
 /// The `slimforge cache restore` spec's JSON, when no `--spec` file is given.
