@@ -113,6 +113,18 @@ impl ImageBuildSpec {
     pub fn cache_enabled(&self) -> bool {
         self.cache.as_ref().and_then(|c| c.enabled).unwrap_or(true)
     }
+
+    /// The Secrets whose registry credentials the operator reads for the
+    /// cache and the triggers: the push secret, then the pull secrets.
+    pub fn registry_secrets(&self) -> Vec<String> {
+        let pull = self.pod_template.iter().flat_map(|t| &t.image_pull_secrets);
+        self.output
+            .push_secret
+            .iter()
+            .cloned()
+            .chain(pull.map(|s| s.name.clone()))
+            .collect()
+    }
 }
 
 /// Where the build context comes from: exactly one of these.

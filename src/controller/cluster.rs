@@ -174,16 +174,7 @@ async fn trigger_credentials(
     namespace: &str,
     ib: &ImageBuild,
 ) -> Result<Credentials, ClusterError> {
-    let template = ib.spec.pod_template.clone().unwrap_or_default();
-    let names: Vec<String> = ib
-        .spec
-        .output
-        .push_secret
-        .iter()
-        .cloned()
-        .chain(template.image_pull_secrets.iter().map(|s| s.name.clone()))
-        .collect();
-    let configs = docker_configs(client, namespace, &names).await?;
+    let configs = docker_configs(client, namespace, &ib.spec.registry_secrets()).await?;
     let mut git = None;
     let secret = ib
         .spec

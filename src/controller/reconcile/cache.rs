@@ -78,14 +78,6 @@ impl Pass<'_> {
         } else {
             ContextRef::None
         };
-        let template = spec.pod_template.clone().unwrap_or_default();
-        let secrets = spec
-            .output
-            .push_secret
-            .iter()
-            .cloned()
-            .chain(template.image_pull_secrets.iter().map(|s| s.name.clone()))
-            .collect();
         let cache = spec.cache.clone().unwrap_or_default();
         LookupRequest {
             plan: plan.clone(),
@@ -94,7 +86,7 @@ impl Pass<'_> {
             additional_tags: spec.output.additional_tags.clone(),
             repository: cache.repository,
             insecure: spec.output.insecure,
-            secrets,
+            secrets: spec.registry_secrets(),
             no_cache: cache.no_cache,
         }
     }
