@@ -414,7 +414,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         let store: slimforge::contract::CacheStore = serde_json::from_str(&json)
                             .map_err(|e| anyhow::anyhow!("${store_env}: {e}"))?;
                         let workspace = slimforge::contract::Workspace::new(&workspace);
-                        spec.cache = Some(recipe::cache_store_spec(&store, &plan, &workspace));
+                        spec.cache = Some(recipe::cache_store_spec(&store, &plan, &recipe, &workspace));
                     }
                     spec
                 }

@@ -16,11 +16,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::assemble::{
-    AssembleSpec, CacheChainSpec, CacheExportSpec, CacheImageSpec, CacheStoreSpec, CopyLayerSpec,
-    DirectorySpec, LayerSpec,
+    AssembleSpec, CacheChainSpec, CacheExportSpec, CacheImageSpec, CacheLayersSpec, CacheStoreSpec,
+    CopyLayerSpec, DirectorySpec, LayerSpec,
 };
 use crate::contract::{
-    CacheStore, ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT, RecipeLayer,
+    BaseEnvironment, CacheStore, ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT, RecipeLayer,
     SNAPSHOT_LAYER, Workspace,
 };
 use crate::dockerfile::eval::{CopyPlan, DEFAULT_PATH, Effect, Evaluator, image_env};
@@ -167,7 +167,12 @@ pub fn evaluate(plan: &BuildPlan, base: &BaseView<'_>) -> Result<FinalRecipe, Re
             });
         }
     }
-    Ok(evaluation.finish())
+    let mut recipe = evaluation.finish();
+    recipe.base_environment = Some(BaseEnvironment {
+        env: base.env.clone(),
+        workdir: base.workdir.display().to_string(),
+    });
+    Ok(recipe)
 }
 
 struct Evaluation<'a> {
@@ -194,6 +199,7 @@ impl<'a> Evaluation<'a> {
             layers: self.layers,
             config: self.rules.config(),
             base_directories: self.base_directories,
+            base_environment: None,
         }
     }
 
@@ -496,10 +502,12 @@ pub fn assemble_spec(
 
 /// What the assembly stores, from the controller's [`CacheStore`] and the
 /// plan: each unit's result and export archives where the workspace has
-/// them, and the image's key.
+/// them, the image's key, and the layers' with the `recipe` they are made
+/// from (not for a snapshot: its files were made on the base).
 pub fn cache_store_spec(
     store: &CacheStore,
     plan: &BuildPlan,
+    recipe: &FinalRecipe,
     workspace: &Workspace,
 ) -> CacheStoreSpec {
     let chains = store
@@ -529,6 +537,14 @@ pub fn cache_store_spec(
         repository: store.repository.clone(),
         chains,
         image: store.image.clone().map(|key| CacheImageSpec { key }),
+        layers: store
+            .layers
+            .clone()
+            .filter(|_| matches!(plan.final_image, FinalImage::Assemble(_)))
+            .map(|key| CacheLayersSpec {
+                key,
+                recipe: recipe.clone(),
+            }),
     }
 }
 

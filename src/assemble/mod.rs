@@ -13,8 +13,8 @@ mod push;
 mod spec;
 
 pub use self::spec::{
-    AssembleSpec, CacheChainSpec, CacheExportSpec, CacheImageSpec, CacheStoreSpec, CopyLayerSpec,
-    DirectorySpec, LayerSpec,
+    AssembleSpec, CacheChainSpec, CacheExportSpec, CacheImageSpec, CacheLayersSpec, CacheStoreSpec,
+    CopyLayerSpec, DirectorySpec, LayerSpec,
 };
 
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use self::layers::{base_directories, plan_layers, write_layers};
 use self::push::{PARALLEL_BLOBS, tag_references, transfer_base_blobs};
+use crate::cache::entry::{CachedLayer, LayersEntry};
 use crate::contract::AssembleResult;
 use crate::oci::Platform;
 use crate::oci::config::{self, AddedLayer, ConfigError};
@@ -171,6 +172,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
             created_by: created_by.clone(),
         })
         .collect();
+    let base_environment = LayersEntry::environment_of(&image_config);
     let created = config::rfc3339(layer::source_date_epoch());
     config::apply(&mut image_config, &spec.config, &added, &created)?;
     let config_bytes = serde_json::to_vec(&image_config)
@@ -239,9 +241,21 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         cache_warnings: Vec::new(),
     };
     if let Some(cache) = &spec.cache {
-        result.cache_warnings = store_cache(&registry, &target, &options, cache, &result).await;
+        let own = OwnLayers {
+            created_by: added.into_iter().map(|l| l.created_by).collect(),
+            base_environment,
+        };
+        result.cache_warnings =
+            store_cache(&registry, &target, &options, cache, &result, &own).await;
     }
     Ok(result)
+}
+
+/// What the layers entry needs beyond the result: each new layer's
+/// history entry, and the base's environment.
+struct OwnLayers {
+    created_by: Vec<String>,
+    base_environment: Value,
 }
 
 /// Stores the chains' entries, then the image's, in the cache repository;
@@ -253,6 +267,7 @@ async fn store_cache(
     options: &RegistryOptions,
     cache: &CacheStoreSpec,
     result: &AssembleResult,
+    own: &OwnLayers,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut warn = |warning: String| {
@@ -272,7 +287,8 @@ async fn store_cache(
     let registry = if reference.resolve_registry() == target.resolve_registry() {
         registry
     } else {
-        match Registry::connect(options, &[&reference]).await {
+        // The layers entry copies blobs from the target's registry.
+        match Registry::connect(options, &[&reference, target]).await {
             Ok(connected) => {
                 other = connected;
                 &other
@@ -315,6 +331,29 @@ async fn store_cache(
         match crate::cache::entry::store_image(registry, repository, &image.key, result).await {
             Ok(_) => tracing::info!(key = %image.key, "image cached"),
             Err(e) => warn(format!("caching the image in {repository}: {e}")),
+        }
+    }
+    if let (Some(layers), Some(base)) = (&cache.layers, &result.base) {
+        let entry = LayersEntry {
+            key: layers.key.clone(),
+            recipe: layers.recipe.clone(),
+            base_config: own.base_environment.clone(),
+            base: base.clone(),
+            layers: result
+                .layers
+                .iter()
+                .zip(&own.created_by)
+                .map(|(layer, created_by)| CachedLayer {
+                    digest: layer.digest.clone(),
+                    size: layer.size,
+                    diff_id: layer.diff_id.clone(),
+                    created_by: created_by.clone(),
+                })
+                .collect(),
+        };
+        match crate::cache::entry::store_layers(registry, repository, target, &entry).await {
+            Ok(()) => tracing::info!(key = %layers.key, "layers cached"),
+            Err(e) => warn(format!("caching the layers in {repository}: {e}")),
         }
     }
     warnings

@@ -54,6 +54,19 @@ pub struct CacheStoreSpec {
     pub chains: Vec<CacheChainSpec>,
     /// The final image, stored under its key with what the assembly pushed.
     pub image: Option<CacheImageSpec>,
+    /// The final image's own layers and the recipe they were made from,
+    /// stored under its layers key (for a rebase).
+    #[serde(default)]
+    pub layers: Option<CacheLayersSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheLayersSpec {
+    /// `sha256:<hex>`.
+    pub key: String,
+    /// The recipe the assembly's layers were made from.
+    pub recipe: crate::contract::FinalRecipe,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,6 +1,6 @@
 //! Cache entries in a registry: one OCI image manifest per entry, in the
 //! cache repository ([`cache_repository`]), tagged by its key
-//! ([`entry_tag`]: `chain-<hex>` or `image-<hex>`).
+//! ([`entry_tag`]: `chain-<hex>`, `image-<hex>` or `layers-<hex>`).
 //!
 //! The manifest (`application/vnd.oci.image.manifest.v1+json`,
 //! schemaVersion 2):
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::contract::{AssembleResult, export_file_name};
+use crate::contract::{AssembleResult, FinalRecipe, export_file_name};
 use crate::oci::reference;
 use crate::oci::registry::{
     self, OCI_MANIFEST, Registry, RegistryError, RegistryOptions, repository_name,
@@ -81,6 +81,9 @@ pub enum EntryKind {
     Chain,
     /// The final image's assembly.
     Image,
+    /// The final image's own layers and recipe, whatever its base's
+    /// digest: what a rebase puts on a new base.
+    Layers,
 }
 
 /// The tag of the entry for `key` (`sha256:<hex>`): `chain-<hex>` or
@@ -90,6 +93,7 @@ pub fn entry_tag(kind: EntryKind, key: &str) -> String {
     match kind {
         EntryKind::Chain => format!("chain-{hex}"),
         EntryKind::Image => format!("image-{hex}"),
+        EntryKind::Layers => format!("layers-{hex}"),
     }
 }
 
@@ -122,6 +126,63 @@ pub struct ChainEntry {
 pub struct ImageEntry {
     pub key: String,
     pub image: AssembleResult,
+}
+
+/// The final image's own layers, as a rebase puts them on a new base, and
+/// what they were made from. Its manifest's layers are the same blobs, so
+/// the registry keeps them while the entry is there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayersEntry {
+    pub key: String,
+    /// The recipe the layers were made from (the probe's, on the old base).
+    pub recipe: FinalRecipe,
+    /// The old base's `Env`, `WorkingDir` and `User`: the probe's
+    /// environment came from them, so a new base must have the same.
+    pub base_config: Value,
+    /// The base they were made on (`repository@sha256:…`).
+    pub base: String,
+    /// In the image's order, after the base's.
+    pub layers: Vec<CachedLayer>,
+}
+
+/// One of the final image's own layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedLayer {
+    /// `sha256:<hex>` of the gzip tar.
+    pub digest: String,
+    pub size: u64,
+    /// `sha256:<hex>` of the tar.
+    pub diff_id: String,
+    /// Its history entry.
+    pub created_by: String,
+}
+
+impl LayersEntry {
+    /// The `Env`, `WorkingDir` and `User` of an image config (`config`'s
+    /// `config` object), as [`LayersEntry::base_config`] holds them.
+    pub fn environment_of(image_config: &Value) -> Value {
+        let config = &image_config["config"];
+        json!({
+            "Env": config["Env"],
+            "WorkingDir": config["WorkingDir"],
+            "User": config["User"],
+        })
+    }
+
+    /// The layers as the manifest lists them.
+    fn as_exports(&self) -> Vec<CachedExport> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| CachedExport {
+                id: format!("layer-{i}"),
+                digest: layer.digest.clone(),
+                size: layer.size,
+            })
+            .collect()
+    }
 }
 
 /// Looks the chain entry for `key` up in `repository`; `None` on a miss
@@ -158,6 +219,50 @@ pub async fn lookup_image(
             .await?
             .map(|(entry, _)| entry),
     )
+}
+
+/// Looks the layers entry for `key` up in `repository`; `None` on a miss.
+pub async fn lookup_layers(
+    registry: &Registry,
+    repository: &str,
+    key: &str,
+) -> Result<Option<LayersEntry>, RegistryError> {
+    let Some((entry, layers)) =
+        fetch_entry::<LayersEntry>(registry, repository, EntryKind::Layers, key).await?
+    else {
+        return Ok(None);
+    };
+    if entry.as_exports() != layers {
+        tracing::info!(repository, key, "layers entry differs from its manifest: a miss");
+        return Ok(None);
+    }
+    Ok(Some(entry))
+}
+
+/// Stores the final image's layers entry: its blobs are put in the cache
+/// repository first (mounted from `image`'s repository, where the assembly
+/// pushed them, or copied when the registry declines).
+pub async fn store_layers(
+    registry: &Registry,
+    repository: &str,
+    image: &Reference,
+    entry: &LayersEntry,
+) -> Result<(), RegistryError> {
+    let target = entry_reference(repository, EntryKind::Layers, &entry.key)?;
+    registry.authorize_push(&target, &[image]).await?;
+    let same_registry = target.resolve_registry() == image.resolve_registry();
+    for layer in &entry.layers {
+        if registry.blob_exists(&target, &layer.digest).await? {
+            continue;
+        }
+        if same_registry && registry.mount(&target, image, &layer.digest).await? {
+            continue;
+        }
+        registry
+            .copy_blob(image, &target, &layer.digest, layer.size)
+            .await?;
+    }
+    push_entry(registry, &target, entry, &entry.as_exports()).await
 }
 
 /// Stores a chain's entry: `entry` is its key, chain id and result JSON,
@@ -534,6 +639,12 @@ trait Keyed {
 }
 
 impl Keyed for ChainEntry {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Keyed for LayersEntry {
     fn key(&self) -> &str {
         &self.key
     }

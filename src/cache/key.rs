@@ -134,6 +134,11 @@ pub struct Keys {
     pub units: BTreeMap<String, String>,
     /// The final image's.
     pub image: String,
+    /// The final image's layers and recipe: everything in [`Keys::image`]
+    /// but the base's digest, so a base that moved under its tag finds
+    /// them (a rebase). `None` when the final image is a runtime chain's
+    /// snapshot (its files were made on the base) or has no base.
+    pub layers: Option<String>,
 }
 
 /// Why a key could not be computed honestly.
@@ -174,10 +179,15 @@ fn keys_with_format(inputs: &KeyInputs<'_>, format: &str) -> Result<Keys, KeyErr
     for id in rest.chain(plan.extractions.iter().map(|e| &e.id)) {
         keyer.unit(id, id)?;
     }
-    let image = keyer.image()?;
+    let image = keyer.image(true)?;
+    let layers = match &plan.final_image {
+        FinalImage::Assemble(a) if a.base != SCRATCH => Some(keyer.image(false)?),
+        _ => None,
+    };
     Ok(Keys {
         units: keyer.units,
         image,
+        layers,
     })
 }
 
@@ -257,14 +267,22 @@ impl Keyer<'_, '_> {
         Ok(h.finish())
     }
 
-    /// The final image: its base by digest, the target's name, and either
+    /// The final image: its base by digest (the base's name instead,
+    /// without `with_base`: the layers' key), the target's name, and either
     /// the assembled stage (its steps, as a chain's) or the runtime
     /// chain's key and the stage it ends with.
-    fn image(&mut self) -> Result<String, KeyError> {
+    fn image(&mut self, with_base: bool) -> Result<String, KeyError> {
         let plan = self.inputs.plan;
-        let mut h = self.start("image");
         let (base, _) = plan.final_base();
-        h.str(&self.digest(base)?);
+        let mut h = if with_base {
+            let mut h = self.start("image");
+            h.str(&self.digest(base)?);
+            h
+        } else {
+            let mut h = self.start("layers");
+            h.str(base);
+            h
+        };
         h.opt(plan.target.name.as_deref());
         match &plan.final_image {
             FinalImage::Assemble(a) => {
@@ -530,12 +548,14 @@ COPY --from=c /out-c /c
         keys_with_format(&inputs, case.format).unwrap()
     }
 
-    /// Which of A, B, C and the image a variation must change.
+    /// Which of A, B, C, the image and its layers a variation must change.
     struct Changes {
         a: bool,
         b: bool,
         c: bool,
         image: bool,
+        /// The layers' key: the image's without its base digest.
+        layers: bool,
     }
 
     const NOTHING: Changes = Changes {
@@ -543,12 +563,14 @@ COPY --from=c /out-c /c
         b: false,
         c: false,
         image: false,
+        layers: false,
     };
     const EVERYTHING: Changes = Changes {
         a: true,
         b: true,
         c: true,
         image: true,
+        layers: true,
     };
     /// A and all that copies from it.
     const A: Changes = Changes {
@@ -556,6 +578,7 @@ COPY --from=c /out-c /c
         b: false,
         c: true,
         image: true,
+        layers: true,
     };
 
     fn set(map: &mut BTreeMap<String, String>, key: &str, value: &str) {
@@ -568,7 +591,9 @@ COPY --from=c /out-c /c
         let keys = compute(&case);
         let units: Vec<&str> = keys.units.keys().map(String::as_str).collect();
         assert_eq!(units, ["a", "b", "c"]);
-        for key in keys.units.values().chain([&keys.image]) {
+        let layers = keys.layers.as_ref().expect("an assembled final image has layers");
+        assert_ne!(layers, &keys.image);
+        for key in keys.units.values().chain([&keys.image, layers]) {
             assert!(key.starts_with("sha256:") && key.len() == 71, "{key}");
         }
         assert_eq!(compute(&case), keys, "keys are deterministic");
@@ -610,6 +635,7 @@ COPY --from=c /out-c /c
                 |c| set(&mut c.build_args, "FINAL", "y"),
                 Changes {
                     image: true,
+                    layers: true,
                     ..NOTHING
                 },
             ),
@@ -634,6 +660,7 @@ COPY --from=c /out-c /c
                 Changes {
                     b: true,
                     image: true,
+                    layers: true,
                     ..NOTHING
                 },
             ),
@@ -681,6 +708,7 @@ COPY --from=c /out-c /c
                 Changes {
                     c: true,
                     image: true,
+                    layers: true,
                     ..NOTHING
                 },
             ),
@@ -698,11 +726,12 @@ COPY --from=c /out-c /c
                 changed("b"),
                 changed("c"),
                 before.image != after.image,
+                before.layers != after.layers,
             ];
-            let wanted = [want.a, want.b, want.c, want.image];
+            let wanted = [want.a, want.b, want.c, want.image, want.layers];
             if got != wanted {
                 failures.push(format!(
-                    "{name}: changed [a, b, c, image] = {got:?}, want {wanted:?}"
+                    "{name}: changed [a, b, c, image, layers] = {got:?}, want {wanted:?}"
                 ));
             }
         }
@@ -888,6 +917,7 @@ COPY --from=c /out-c /c
         };
         let before = compute(&digests);
         assert_eq!(before.units.len(), 2, "{:?}", before.units);
+        assert_eq!(before.layers, None, "a snapshot is made on its base: no rebase");
         digests.insert("golang:1.22".into(), "sha256:ffff".into());
         let after = compute(&digests);
         for (id, key) in &before.units {

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use oci_client::Reference;
 
 use super::context::ContextIndex;
-use super::entry::{self, ChainEntry, ImageEntry};
+use super::entry::{self, ChainEntry, ImageEntry, LayersEntry};
 use super::key::{self, ContextIdentity, KeyInputs, Keys};
 use crate::api::ConfigMapContext;
 use crate::oci::Platform;
@@ -67,6 +67,10 @@ pub struct CacheView {
     /// The image the cache has for these inputs, when every output tag
     /// already points at it: nothing is left to do.
     pub image: Option<ImageEntry>,
+    /// When the image is not cached: its own layers and recipe from a
+    /// build on another digest of the same base, which a rebase puts on
+    /// this one.
+    pub rebase: Option<LayersEntry>,
     /// Why the cache could not be used: the build runs as if it were empty.
     pub error: Option<String>,
 }
@@ -206,6 +210,11 @@ async fn try_look_up(
         if everywhere {
             view.image = Some(image);
         }
+    }
+    if let (None, Some(key)) = (&view.image, &view.keys.layers) {
+        view.rebase = entry::lookup_layers(&registry, &view.repository, key)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(view)
 }

@@ -25,7 +25,9 @@ mod results;
 
 use std::path::{Path, PathBuf};
 
-pub use recipe::{ExportSource, FinalRecipe, InlineFile, LayerOrigin, RecipeLayer};
+pub use recipe::{
+    BaseEnvironment, ExportSource, FinalRecipe, InlineFile, LayerOrigin, RecipeLayer,
+};
 pub use results::{
     AssembleResult, ChainFailure, ChainResult, CloneResult, MAX_RESULT_BYTES, failure_json,
     keep_first_bytes, keep_last_bytes, publish_result, write_termination_message,
@@ -193,6 +195,9 @@ pub struct CacheStore {
     /// The image's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The image's layers key (its own layers and recipe, for a rebase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<String>,
 }
 
 /// What the git context pod plans the build with, once it has the

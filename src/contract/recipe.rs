@@ -19,6 +19,30 @@ pub struct FinalRecipe {
     /// assemble spec's `baseDirectories`.
     #[serde(default)]
     pub base_directories: BTreeMap<String, BaseDirectoryEntry>,
+    /// The base's environment the evaluation used: a rebase evaluates
+    /// the final stage again, against the new base's layers, with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_environment: Option<BaseEnvironment>,
+}
+
+impl FinalRecipe {
+    /// The same layers, config and base directories: what the assembly
+    /// makes of the two is the same.
+    pub fn same_image(&self, other: &FinalRecipe) -> bool {
+        self.layers == other.layers
+            && self.config == other.config
+            && self.base_directories == other.base_directories
+    }
+}
+
+/// What the final stage's evaluation took from the base besides its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseEnvironment {
+    /// The image's ENV as the probe's process had it.
+    pub env: BTreeMap<String, String>,
+    /// The image's WORKDIR.
+    pub workdir: String,
 }
 
 /// One new layer.

@@ -33,6 +33,7 @@ impl BuildObjects<'_> {
             repository: view.repository.clone(),
             units,
             image: Some(view.keys.image.clone()).filter(|k| !k.is_empty()),
+            layers: view.keys.layers.clone(),
         };
         let json = serde_json::to_string(&store).unwrap_or_default();
         Some(env_var(CACHE_STORE_ENV, json))
