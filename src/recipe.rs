@@ -29,6 +29,7 @@ use crate::rootfs::FsError;
 use crate::rootfs::resolve::{
     BaseDirectoryEntry, add_directories, is_dir, resolve, resolve_destination,
 };
+use crate::rootfs::tree::Tree;
 use crate::rootfs::users::Users;
 
 /// Variables the runtime or the kubelet put in the probe's environment that
@@ -72,14 +73,23 @@ impl RecipeError {
 }
 
 /// The base as the evaluation sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BaseView<'a> {
-    /// The base's `/` on disk.
-    pub root: &'a Path,
+    /// The base's filesystem: its `/` on disk (`&path`), or its layers.
+    pub root: &'a dyn Tree,
     /// The image's ENV.
     pub env: BTreeMap<String, String>,
     /// The image's WORKDIR (`/` when it has none).
     pub workdir: PathBuf,
+}
+
+impl std::fmt::Debug for BaseView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaseView")
+            .field("env", &self.env)
+            .field("workdir", &self.workdir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Evaluates the plan's final image in the filesystem this process runs in:
@@ -88,7 +98,14 @@ pub fn evaluate_here(plan: &BuildPlan) -> Result<FinalRecipe, RecipeError> {
     let root = Path::new("/");
     let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let env = image_environment(std::env::vars_os(), root);
-    evaluate(plan, &BaseView { root, env, workdir })
+    evaluate(
+        plan,
+        &BaseView {
+            root: &root,
+            env,
+            workdir,
+        },
+    )
 }
 
 /// Evaluates a final image on `scratch`: nothing in the base, only
@@ -108,7 +125,7 @@ pub fn evaluate_scratch(plan: &BuildPlan, work: &Path) -> Result<FinalRecipe, Re
     evaluate(
         plan,
         &BaseView {
-            root: empty.path(),
+            root: &empty.path(),
             env,
             workdir: PathBuf::from("/"),
         },
@@ -120,7 +137,7 @@ pub fn evaluate_scratch(plan: &BuildPlan, work: &Path) -> Result<FinalRecipe, Re
 /// this user (the passwd home) rather than the image's own.
 pub fn image_environment(
     vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
-    root: &Path,
+    root: &(impl Tree + ?Sized),
 ) -> BTreeMap<String, String> {
     let env: BTreeMap<String, String> = vars
         .into_iter()
@@ -171,7 +188,7 @@ pub fn evaluate(plan: &BuildPlan, base: &BaseView<'_>) -> Result<FinalRecipe, Re
 }
 
 struct Evaluation<'a> {
-    root: &'a Path,
+    root: &'a dyn Tree,
     rules: Evaluator,
     users: Option<Users>,
     layers: Vec<RecipeLayer>,

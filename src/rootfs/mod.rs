@@ -1,5 +1,6 @@
-//! Filesystem rules the build pods share: paths inside an image's root with
-//! its symlinks followed ([`resolve`]), the image's users and groups
+//! Filesystem rules the build pods share: an image's filesystem as a
+//! [`Tree`] (a directory on disk, or the image's layers);
+//! paths inside it with its symlinks followed ([`resolve`]), the image's users and groups
 //! ([`users`]), Docker's COPY/ADD ([`copy`]) and the runtime chain's
 //! snapshot ([`snapshot`]). Below both the helper's commands
 //! ([`crate::stage`]) and the assembler ([`crate::assemble`]); it knows
@@ -8,7 +9,10 @@
 pub mod copy;
 pub mod resolve;
 pub mod snapshot;
+pub mod tree;
 pub mod users;
+
+pub use tree::{Node, NodeKind, Tree};
 
 use std::io;
 use std::path::{Path, PathBuf};
