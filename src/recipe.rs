@@ -29,6 +29,7 @@ use crate::rootfs::FsError;
 use crate::rootfs::resolve::{
     BaseDirectoryEntry, add_directories, is_dir, resolve, resolve_destination,
 };
+use crate::rootfs::tree::Tree;
 use crate::rootfs::users::Users;
 
 /// Variables the runtime or the kubelet put in the probe's environment that
@@ -72,14 +73,23 @@ impl RecipeError {
 }
 
 /// The base as the evaluation sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BaseView<'a> {
-    /// The base's `/` on disk.
-    pub root: &'a Path,
+    /// The base's filesystem: its `/` on disk (`&path`), or its layers.
+    pub root: &'a dyn Tree,
     /// The image's ENV.
     pub env: BTreeMap<String, String>,
     /// The image's WORKDIR (`/` when it has none).
     pub workdir: PathBuf,
+}
+
+impl std::fmt::Debug for BaseView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaseView")
+            .field("env", &self.env)
+            .field("workdir", &self.workdir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Evaluates the plan's final image in the filesystem this process runs in:
@@ -88,7 +98,14 @@ pub fn evaluate_here(plan: &BuildPlan) -> Result<FinalRecipe, RecipeError> {
     let root = Path::new("/");
     let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let env = image_environment(std::env::vars_os(), root);
-    evaluate(plan, &BaseView { root, env, workdir })
+    evaluate(
+        plan,
+        &BaseView {
+            root: &root,
+            env,
+            workdir,
+        },
+    )
 }
 
 /// Evaluates a final image on `scratch`: nothing in the base, only
@@ -108,7 +125,7 @@ pub fn evaluate_scratch(plan: &BuildPlan, work: &Path) -> Result<FinalRecipe, Re
     evaluate(
         plan,
         &BaseView {
-            root: empty.path(),
+            root: &empty.path(),
             env,
             workdir: PathBuf::from("/"),
         },
@@ -120,7 +137,7 @@ pub fn evaluate_scratch(plan: &BuildPlan, work: &Path) -> Result<FinalRecipe, Re
 /// this user (the passwd home) rather than the image's own.
 pub fn image_environment(
     vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
-    root: &Path,
+    root: &(impl Tree + ?Sized),
 ) -> BTreeMap<String, String> {
     let env: BTreeMap<String, String> = vars
         .into_iter()
@@ -176,7 +193,7 @@ pub fn evaluate(plan: &BuildPlan, base: &BaseView<'_>) -> Result<FinalRecipe, Re
 }
 
 struct Evaluation<'a> {
-    root: &'a Path,
+    root: &'a dyn Tree,
     rules: Evaluator,
     users: Option<Users>,
     layers: Vec<RecipeLayer>,
@@ -568,5 +585,103 @@ mod tests {
             env.into_iter().collect::<Vec<_>>(),
             [("APP".into(), "1".into()), ("PATH".into(), "/bin".into())]
         );
+    }
+
+    /// The base of [`the_recipe_from_layers_is_the_recipe_from_disk`] in two
+    /// layers: directories owned by `me` but /srv (1000:50, 1750), a
+    /// merged /usr with a relative and an absolute link, /etc/group
+    /// through a link, a user and a group by name.
+    fn base_layers(me: (u32, u32)) -> Vec<Vec<u8>> {
+        use crate::rootfs::layer_tree::tests::TarLayer;
+        let lower = TarLayer::new()
+            .dir("./", 0o755, me)
+            .dir("usr/", 0o755, me)
+            .dir("usr/bin/", 0o755, me)
+            .dir("usr/lib/", 0o755, me)
+            .dir("etc/", 0o755, me)
+            .dir("home/", 0o755, me)
+            .dir("srv/", 0o1750, (1000, 50))
+            .dir("tmp/", 0o1777, me)
+            .symlink("bin", "usr/bin", me)
+            .symlink("opt", "/srv", me)
+            .file("usr/bin/sh", me, b"#!")
+            .file("etc/passwd", me, b"root:x:0:0:root:/root:/bin/sh\n")
+            .file("usr/lib/group", me, b"root:x:0:\nstaff:x:50:app\n")
+            .symlink("etc/group", "../usr/lib/group", me);
+        let upper = TarLayer::new().file(
+            "etc/passwd",
+            me,
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        );
+        vec![lower.finish(), upper.finish()]
+    }
+
+    #[test]
+    fn the_recipe_from_layers_is_the_recipe_from_disk() {
+        let me = crate::rootfs::users::current_ids().unwrap();
+        let layers = base_layers(me);
+        let disk = tempfile::tempdir().unwrap();
+        let mut tree = crate::rootfs::LayerTree::default();
+        for layer in &layers {
+            let mut archive = tar::Archive::new(&layer[..]);
+            archive.set_preserve_permissions(true);
+            archive.unpack(disk.path()).unwrap();
+            tree.apply_layer(&layer[..]).unwrap();
+        }
+        let plan = crate::plan::PlanRequest::from_text(
+            "FROM 127.0.0.1:5000/golang AS builder\nWORKDIR /go\nRUN make\n\
+             FROM 127.0.0.1:5000/busybox\n\
+             COPY --chown=app:staff --from=builder /go/app /bin/\n\
+             COPY --chown=app --from=builder /go/tool /opt/tools/\n\
+             COPY --from=builder /go/sh /bin/sh\n\
+             WORKDIR /srv\n\
+             WORKDIR /srv/new\n\
+             USER app\n\
+             WORKDIR /home/app/work\n\
+             COPY --chown=app:staff app.conf ./\n\
+             COPY --chmod=640 --chown=1234 app.conf /etc/app.conf\n\
+             CMD [\"app\"]\n",
+        )
+        .unwrap()
+        .plan()
+        .unwrap();
+        let eval = |root: &dyn Tree| {
+            let env = BTreeMap::from([("PATH".to_string(), DEFAULT_PATH.to_string())]);
+            let workdir = PathBuf::from("/");
+            evaluate(&plan, &BaseView { root, env, workdir }).unwrap()
+        };
+        let from_layers = eval(&tree);
+        let mut from_disk = eval(&disk.path());
+
+        let owner = |recipe: &FinalRecipe| -> Vec<(Option<String>, Option<String>)> {
+            let layers = recipe.layers.iter();
+            layers
+                .map(|l| (l.destination.clone(), l.owner.clone()))
+                .collect()
+        };
+        let some = |text: &str| Some(text.to_string());
+        assert_eq!(
+            owner(&from_layers),
+            [
+                (some("/usr/bin"), some("1000:50")),
+                (some("/srv/tools"), some("1000:1001")),
+                (some("/usr/bin/sh"), some("0:0")),
+                (some("/srv/new"), some("0:0")),
+                (some("/home/app/work"), some("1000:1001")),
+                (some("/home/app/work"), some("1000:50")),
+                (some("/etc/app.conf"), some("1234:1234")),
+            ]
+        );
+        let directories = &from_layers.base_directories;
+        let keys: Vec<&str> = directories.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["/etc", "/home", "/srv", "/usr", "/usr/bin"]);
+        assert_eq!(directories["/srv"].mode, "1750");
+        assert_eq!(directories["/srv"].owner, "1000:50");
+        assert_eq!(directories["/usr"].owner, format!("{}:{}", me.0, me.1));
+        // Unpacked by this process, /srv is not 1000:50 on disk.
+        let srv = from_disk.base_directories.get_mut("/srv").unwrap();
+        assert_eq!(srv.mode, "1750");
+        srv.owner = "1000:50".into();
+        assert_eq!(from_layers, from_disk);
     }
 }

@@ -76,7 +76,7 @@ fn try_eval(
     evaluate(
         plan,
         &BaseView {
-            root,
+            root: &root,
             env,
             workdir: PathBuf::from(workdir),
         },

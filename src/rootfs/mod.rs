@@ -1,14 +1,20 @@
-//! Filesystem rules the build pods share: paths inside an image's root with
-//! its symlinks followed ([`resolve`]), the image's users and groups
+//! Filesystem rules the build pods share: an image's filesystem as a
+//! [`Tree`] (a directory on disk, or the image's layers: [`LayerTree`]);
+//! paths inside it with its symlinks followed ([`resolve`]), the image's users and groups
 //! ([`users`]), Docker's COPY/ADD ([`copy`]) and the runtime chain's
 //! snapshot ([`snapshot`]). Below both the helper's commands
 //! ([`crate::stage`]) and the assembler ([`crate::assemble`]); it knows
 //! nothing of plans, pods or registries.
 
 pub mod copy;
+pub mod layer_tree;
 pub mod resolve;
 pub mod snapshot;
+pub mod tree;
 pub mod users;
+
+pub use layer_tree::LayerTree;
+pub use tree::{Node, NodeKind, Tree};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,13 @@ pub enum FsError {
     Invalid { path: PathBuf, what: String },
     #[error("writing the layer: {0}")]
     Layer(#[from] LayerError),
+    /// A layer's tar stream could not be read (layers count from 1, bottom first).
+    #[error("reading layer {layer}: {source}")]
+    Archive {
+        layer: usize,
+        #[source]
+        source: io::Error,
+    },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FsError + '_ {

@@ -1,17 +1,16 @@
-//! Paths inside an image's root (a directory on disk standing for `/`),
-//! with the image's symlinks followed as the kernel would follow them there;
-//! the base's directories along them; its /etc tables.
+//! Paths inside an image's root (a [`Tree`]: a directory on disk standing
+//! for `/`, or the image's layers), with the image's symlinks followed as the
+//! kernel would follow them there; the base's directories along them; its
+//! /etc tables.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{FsError, io_err};
+use super::FsError;
+use super::tree::{NodeKind, Tree};
 
 /// Linux gives up after 40 links in one lookup (ELOOP); so do we.
 const MAX_SYMLINKS: usize = 40;
@@ -27,7 +26,10 @@ pub struct BaseDirectoryEntry {
 
 /// A COPY destination: its parents resolved; its last component too when it
 /// names a directory (trailing `/`) or is an existing directory (or a link to one).
-pub fn resolve_destination(root: &Path, destination: &str) -> Result<PathBuf, FsError> {
+pub fn resolve_destination(
+    root: &(impl Tree + ?Sized),
+    destination: &str,
+) -> Result<PathBuf, FsError> {
     let path = Path::new(destination);
     if !path.has_root() {
         return Err(FsError::Invalid {
@@ -49,7 +51,11 @@ pub fn resolve_destination(root: &Path, destination: &str) -> Result<PathBuf, Fs
 /// `root` as its `/` (absolute targets restart at `root`, `..` stops there).
 /// Components that don't exist are kept as written; the last one is
 /// followed only when `follow_last`.
-pub fn resolve(root: &Path, path: &Path, follow_last: bool) -> Result<PathBuf, FsError> {
+pub fn resolve(
+    root: &(impl Tree + ?Sized),
+    path: &Path,
+    follow_last: bool,
+) -> Result<PathBuf, FsError> {
     let mut pending: Vec<OsString> = components(path);
     pending.reverse();
     let mut resolved: Vec<OsString> = Vec::new();
@@ -60,42 +66,36 @@ pub fn resolve(root: &Path, path: &Path, follow_last: bool) -> Result<PathBuf, F
             continue;
         }
         let is_last = pending.is_empty();
-        let on_disk = disk_path(root, &resolved).join(&part);
-        let meta = match fs::symlink_metadata(&on_disk) {
-            Ok(meta) => meta,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
+        let mut here = image_path(&resolved);
+        here.push(&part);
+        let target = match root.entry(&here)? {
+            Some(node) => match node.kind {
+                NodeKind::Symlink(target) if follow_last || !is_last => target,
+                _ => {
+                    resolved.push(part);
+                    continue;
+                }
+            },
+            None => {
                 resolved.push(part);
                 continue;
             }
-            Err(e) => return Err(io_err(&on_disk)(e)),
         };
-        if meta.file_type().is_symlink() && (follow_last || !is_last) {
-            links += 1;
-            if links > MAX_SYMLINKS {
-                return Err(FsError::Invalid {
-                    path: path.to_path_buf(),
-                    what: "too many levels of symbolic links".into(),
-                });
-            }
-            let target = fs::read_link(&on_disk).map_err(io_err(&on_disk))?;
-            if target.has_root() {
-                resolved.clear();
-            }
-            let mut target = components(&target);
-            target.reverse();
-            pending.extend(target);
-            continue;
+        links += 1;
+        if links > MAX_SYMLINKS {
+            return Err(FsError::Invalid {
+                path: path.to_path_buf(),
+                what: "too many levels of symbolic links".into(),
+            });
         }
-        resolved.push(part);
+        if target.has_root() {
+            resolved.clear();
+        }
+        let mut target = components(&target);
+        target.reverse();
+        pending.extend(target);
     }
-    let mut out = PathBuf::from("/");
-    out.extend(resolved);
-    Ok(out)
+    Ok(image_path(&resolved))
 }
 
 /// The normal and `..` components of a path (`/` and `.` dropped).
@@ -109,23 +109,22 @@ fn components(path: &Path) -> Vec<OsString> {
         .collect()
 }
 
-fn disk_path(root: &Path, parts: &[OsString]) -> PathBuf {
-    let mut path = root.to_path_buf();
+/// The absolute image path of resolved components.
+fn image_path(parts: &[OsString]) -> PathBuf {
+    let mut path = PathBuf::from("/");
     path.extend(parts);
     path
 }
 
-fn in_root(root: &Path, image_path: &Path) -> PathBuf {
-    root.join(image_path.strip_prefix("/").unwrap_or(image_path))
-}
-
-pub fn is_dir(root: &Path, image_path: &Path) -> bool {
-    fs::symlink_metadata(in_root(root, image_path)).is_ok_and(|m| m.is_dir())
+/// Whether `image_path` is a directory (not a link to one); unreadable is no.
+pub fn is_dir(root: &(impl Tree + ?Sized), image_path: &Path) -> bool {
+    root.entry(image_path)
+        .is_ok_and(|node| node.is_some_and(|node| node.is_dir()))
 }
 
 /// The existing directories among `resolved` and its ancestors (not `/`).
 pub fn add_directories(
-    root: &Path,
+    root: &(impl Tree + ?Sized),
     resolved: &Path,
     out: &mut BTreeMap<String, BaseDirectoryEntry>,
 ) -> Result<(), FsError> {
@@ -133,25 +132,14 @@ pub fn add_directories(
         if dir == Path::new("/") {
             break;
         }
-        let on_disk = in_root(root, dir);
-        let meta = match fs::symlink_metadata(&on_disk) {
-            Ok(meta) if meta.is_dir() => meta,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Err(io_err(&on_disk)(e)),
+        let Some(node) = root.entry(dir)?.filter(super::tree::Node::is_dir) else {
+            continue;
         };
         out.insert(
             dir.display().to_string(),
             BaseDirectoryEntry {
-                mode: format!("{:04o}", meta.mode() & 0o7777),
-                owner: format!("{}:{}", meta.uid(), meta.gid()),
+                mode: format!("{:04o}", node.mode),
+                owner: format!("{}:{}", node.uid, node.gid),
             },
         );
     }
@@ -160,27 +148,19 @@ pub fn add_directories(
 
 /// The text of /etc/passwd or /etc/group, found through the base's links; a
 /// missing file is empty (scratch-like bases).
-pub fn read_table(root: &Path, file: &str) -> Result<String, FsError> {
+pub fn read_table(root: &(impl Tree + ?Sized), file: &str) -> Result<String, FsError> {
     let path = resolve(root, &Path::new("/").join(file), true)?;
-    let on_disk = in_root(root, &path);
-    match fs::read(&on_disk) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Ok(String::new())
-        }
-        Err(e) => Err(io_err(&on_disk)(e)),
-    }
+    Ok(root
+        .read(&path)?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default())
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 
     /// A merged-/usr base: /bin → usr/bin, /sbin → /usr/sbin, /tmp 1777.
     pub(crate) fn base() -> tempfile::TempDir {

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::resolve::read_table;
+use super::tree::Tree;
 use super::{FsError, io_err};
 
 /// One `/etc/passwd` entry.
@@ -26,7 +27,7 @@ pub struct Users {
 
 impl Users {
     /// The tables of the image whose `/` is `root`, found through its links.
-    pub fn read(root: &Path) -> Result<Self, FsError> {
+    pub fn read(root: &(impl Tree + ?Sized)) -> Result<Self, FsError> {
         Ok(Self::parse(
             &read_table(root, "etc/passwd")?,
             &read_table(root, "etc/group")?,
@@ -35,7 +36,7 @@ impl Users {
 
     /// As [`Users::read`], an unreadable table being an empty one (the
     /// helper in a build pod: root reads what is there).
-    pub fn load(root: &Path) -> Self {
+    pub fn load(root: &(impl Tree + ?Sized)) -> Self {
         Self::read(root).unwrap_or_else(|e| {
             tracing::debug!(error = %e, "no users read");
             Self::default()
