@@ -405,6 +405,10 @@ pub struct ImageStatus {
     /// found in the cache, and no pod ran.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// The base moved and nothing else did: the layers of an earlier build
+    /// were put on the new base (`base`), and only the rebase pod ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebased: bool,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -344,6 +344,69 @@ fn main() -> ExitCode {
 
 /// Writes to standard output; a reader that went away (`slimforge plan |
 /// head`) ends the output quietly, as it does for other Unix tools.
+/// `slimforge assemble` with [`slimforge::contract::REBASE_ENV`]: the
+/// cached layers on the plan's final base, or why not, as the result.
+async fn rebase(
+    plan: Option<PathBuf>,
+    output: recipe::AssembleOutput,
+    request: &str,
+    result: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use slimforge::contract::{
+        CACHE_STORE_ENV, CacheStore, REBASE_ENV, RebaseOutcome, RebaseRequest,
+    };
+    let request: RebaseRequest =
+        serde_json::from_str(request).map_err(|e| anyhow::anyhow!("${REBASE_ENV}: {e}"))?;
+    let plan = BuildPlan::load(plan.as_deref())?;
+    let (base, platform) = recipe::final_base(&plan)?;
+    let store: Option<CacheStore> = match std::env::var(CACHE_STORE_ENV) {
+        Ok(json) => Some(
+            serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("${CACHE_STORE_ENV}: {e}"))?,
+        ),
+        Err(_) => None,
+    };
+    let spec = AssembleSpec {
+        base,
+        platform: Some(platform),
+        layers: Vec::new(),
+        config: Default::default(),
+        target: output.image,
+        additional_tags: output.additional_tags,
+        insecure: output.insecure,
+        auth: output.auth,
+        ca_bundle: output.ca_bundle,
+        base_directories: Default::default(),
+        work_dir: None,
+        cache: store.map(|store| slimforge::assemble::CacheStoreSpec {
+            repository: store.repository,
+            chains: Vec::new(),
+            image: store
+                .image
+                .map(|key| slimforge::assemble::CacheImageSpec { key }),
+            layers: None,
+        }),
+    };
+    let outcome =
+        slimforge::assemble::rebase(&spec, &plan, &request.entry, &request.repository).await?;
+    let json = serde_json::to_vec(&outcome)?;
+    if let Some(path) = result {
+        slimforge::contract::write_termination_message(&json);
+        // The rebase pod is often the first on its workspace: results/ is
+        // made if it can be, else the termination message is enough.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if path.parent().is_some_and(std::path::Path::is_dir) {
+            std::fs::write(&path, &json)
+                .map_err(|e| anyhow::anyhow!("writing result {}: {e}", path.display()))?;
+        }
+    }
+    match outcome {
+        RebaseOutcome::Rebased(image) => out(&format!("{}\n", image.reference)),
+        RebaseOutcome::Refused(why) => out(&format!("no rebase: {why}\n")),
+    }
+}
+
 fn out(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -374,6 +437,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             builder_images,
             builder_auth,
         } => {
+            if let (None, Some(image), Ok(request)) = (
+                &spec,
+                &image,
+                std::env::var(slimforge::contract::REBASE_ENV),
+            ) {
+                let output = recipe::AssembleOutput {
+                    image: image.clone(),
+                    additional_tags: tags,
+                    insecure,
+                    auth,
+                    ca_bundle,
+                };
+                return rebase(plan, output, &request, result).await;
+            }
             // A context materialised here lives until the assembly is done.
             let context_guard: Option<stage::context::Materialised>;
             let spec = match (spec, image) {
@@ -414,7 +491,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         let store: slimforge::contract::CacheStore = serde_json::from_str(&json)
                             .map_err(|e| anyhow::anyhow!("${store_env}: {e}"))?;
                         let workspace = slimforge::contract::Workspace::new(&workspace);
-                        spec.cache = Some(recipe::cache_store_spec(&store, &plan, &recipe, &workspace));
+                        spec.cache =
+                            Some(recipe::cache_store_spec(&store, &plan, &recipe, &workspace));
                     }
                     spec
                 }

@@ -20,8 +20,8 @@ use crate::assemble::{
     CopyLayerSpec, DirectorySpec, LayerSpec,
 };
 use crate::contract::{
-    BaseEnvironment, CacheStore, ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT, RecipeLayer,
-    SNAPSHOT_LAYER, Workspace,
+    BaseEnvironment, CacheStore, ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT,
+    RecipeLayer, SNAPSHOT_LAYER, Workspace,
 };
 use crate::dockerfile::eval::{CopyPlan, DEFAULT_PATH, Effect, Evaluator, image_env};
 use crate::plan::{BuildPlan, Chain, CopySource, FinalImage, PlanLoadError, RuntimePlan, Step};

@@ -11,10 +11,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use slimforge::api::ImageBuild;
-use slimforge::cache::entry::ChainEntry;
+use slimforge::cache::entry::{ChainEntry, LayersEntry};
 use slimforge::cache::lookup::CacheView;
 use slimforge::controller::Settings;
-use slimforge::controller::pods::{BuildObjects, Unit, UnitKind, build_units};
+use slimforge::controller::pods::{BuildObjects, Unit, UnitKind, build_units, rebase_units};
 use slimforge::controller::reconcile::validate;
 use support::pss::{Control, Level, assert_meets, check_pod};
 
@@ -759,6 +759,7 @@ fn all_pods() -> Vec<(UnitKind, Value)> {
     pods.extend(build_pods(CONFIG_MAP, None));
     pods.extend(build_pods(GIT, Some(GIT_DOCKERFILE)));
     pods.extend(restore_pods(GIT, GIT_DOCKERFILE));
+    pods.extend(rebase_pods(GIT, GIT_DOCKERFILE));
     pods
 }
 
@@ -808,12 +809,50 @@ fn restore_pods(yaml: &str, dockerfile: &str) -> Vec<(UnitKind, Value)> {
         .collect()
 }
 
+/// The rebase pod of `yaml`'s build, as when the cache has the final
+/// image's layers from another digest of its base.
+fn rebase_pods(yaml: &str, dockerfile: &str) -> Vec<(UnitKind, Value)> {
+    let ib: ImageBuild = serde_yaml::from_str(yaml).unwrap();
+    let settings = Settings::default();
+    let plan = validate(&ib, &settings, Some(dockerfile)).unwrap().plan;
+    let mut view = CacheView {
+        repository: "registry.example/team/goapp/cache".into(),
+        ..CacheView::default()
+    };
+    view.rebase = Some(LayersEntry {
+        key: format!("sha256:{}", "l".repeat(64)),
+        recipe: serde_json::from_value(json!({"layers": [], "config": {}})).unwrap(),
+        base_config: json!({}),
+        base: "registry.example/busybox@sha256:old".into(),
+        layers: Vec::new(),
+    });
+    let objects = BuildObjects {
+        ib: &ib,
+        plan: Some(&plan),
+        settings: &settings,
+        generation: 1,
+        rebuild: 0,
+        deadline_seconds: 900,
+        cache: Some(&view),
+    };
+    let unit = rebase_units(&ib).pop().unwrap();
+    [(0, None), (1, Some("node-a"))]
+        .into_iter()
+        .map(|(attempt, node)| {
+            let pod = serde_json::to_value(objects.pod(&unit, attempt, node)).unwrap();
+            (unit.kind.clone(), pod)
+        })
+        .collect()
+}
+
 /// The level each kind of pod must meet, and the kind's name for coverage.
 /// No wildcard arm: a new kind must be placed here to compile.
 fn required(kind: &UnitKind) -> (Level, &'static str) {
     match kind {
         // The operator's own image, as a fixed non-root user.
         UnitKind::Assemble => (Level::Restricted, "assemble"),
+        // The assembly, told to put cached layers on the base.
+        UnitKind::Rebase => (Level::Restricted, "rebase"),
         // The same, talking to the cache repository only; it may be the
         // first pod on the volume, so it has the context pod's opener.
         UnitKind::Restore { .. } => (Level::Baseline, "restore"),
@@ -833,9 +872,10 @@ fn required(kind: &UnitKind) -> (Level, &'static str) {
 }
 
 /// Every kind [`required`] names; the fixtures must produce each.
-const EVERY_KIND: [&str; 7] = [
+const EVERY_KIND: [&str; 8] = [
     "context",
     "assemble",
+    "rebase",
     "restore",
     "chain",
     "runtime",

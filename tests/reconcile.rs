@@ -5,10 +5,10 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use slimforge::api::{ImageBuild, Phase};
-use slimforge::cache::entry::{CachedExport, ChainEntry, ImageEntry};
+use slimforge::cache::entry::{CachedExport, CachedLayer, ChainEntry, ImageEntry, LayersEntry};
 use slimforge::cache::lookup::{CacheView, ContextRef};
-use slimforge::contract::CACHE_STORE_ENV;
-use slimforge::controller::pods::BuildId;
+use slimforge::contract::{CACHE_STORE_ENV, REBASE_ENV, RebaseRequest};
+use slimforge::controller::pods::{BuildId, REBASE_UNIT};
 use slimforge::controller::reconcile::{
     Decision, Observed, PodPhase, PodState, Waiting, current_build,
 };
@@ -1395,4 +1395,121 @@ fn a_git_build_the_cache_has_runs_only_its_clone_and_keys_with_its_digests() {
     assert_eq!(world.phase(), Phase::Succeeded);
     assert!(world.ib.status.clone().unwrap().image.unwrap().cached);
     assert_eq!(world.created, ["goapp-g1-0"]);
+}
+
+/// The seed's cache when its base moved: the builder's entry, and the
+/// final image's layers from a build on the base's earlier digest.
+fn moved_base_cache() -> CacheView {
+    let mut view = seed_cache(true, false);
+    let recipe: slimforge::contract::FinalRecipe = serde_json::from_value(serde_json::json!({
+        "layers": [],
+        "config": {},
+        "baseEnvironment": {"env": {"PATH": "/bin"}, "workdir": "/"}
+    }))
+    .unwrap();
+    view.keys.layers = Some(format!("sha256:{}", "l".repeat(64)));
+    view.rebase = Some(LayersEntry {
+        key: format!("sha256:{}", "l".repeat(64)),
+        recipe,
+        base_config: serde_json::json!({"Env": ["PATH=/bin"], "WorkingDir": "", "User": ""}),
+        base: "registry.example/busybox@sha256:old".into(),
+        layers: vec![CachedLayer {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 100,
+            diff_id: format!("sha256:{}", "b".repeat(64)),
+            created_by: "COPY --from=builder /app /app".into(),
+        }],
+    });
+    view
+}
+
+#[test]
+fn a_moved_base_is_rebased_by_one_restricted_pod() {
+    let mut world = World::new(image_build(SEED));
+    world.cache = moved_base_cache();
+    let decision = world.step();
+    assert_eq!(world.created, ["goapp-g1-99999"], "only the rebase pod");
+    let pod = &decision.create_pods[0];
+    let labels = pod.meta().labels.clone().unwrap_or_default();
+    assert_eq!(labels["slimforge.dev/role"], "rebase");
+    let security = pod.spec.as_ref().unwrap().security_context.clone().unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    let request: RebaseRequest =
+        serde_json::from_str(&env_of(pod, REBASE_ENV).expect("the rebase request")).unwrap();
+    assert_eq!(request.entry, world.cache.rebase.clone().unwrap());
+    assert_eq!(request.repository, "registry.example/team/goapp/cache");
+    let store: serde_json::Value =
+        serde_json::from_str(&env_of(pod, CACHE_STORE_ENV).unwrap()).unwrap();
+    assert_eq!(store["image"], format!("sha256:{}", "i".repeat(64)));
+    assert_eq!(store["units"], serde_json::json!({}));
+    assert!(
+        world.step().create_pods.is_empty(),
+        "it waits for the rebase"
+    );
+
+    let image: serde_json::Value = serde_json::from_str(ASSEMBLED).unwrap();
+    let outcome = serde_json::json!({"rebased": image}).to_string();
+    world.finish(REBASE_UNIT, PodPhase::Succeeded, &outcome);
+    let done = world.step();
+    assert_eq!(world.phase(), Phase::Succeeded);
+    assert!(done.create_pods.is_empty());
+    let status = world.ib.status.clone().unwrap();
+    let image = status.image.unwrap();
+    assert!(image.rebased && !image.cached);
+    assert!(image.digest.starts_with("sha256:0123456789ab"));
+    let stages: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(stages, ["rebase"]);
+    assert!(
+        world.ready().2.contains("rebased onto"),
+        "{}",
+        world.ready().2
+    );
+    assert_eq!(world.created.len(), 1);
+}
+
+#[test]
+fn a_rebase_that_does_not_fit_falls_back_to_the_build_and_says_why() {
+    for (phase, result, why) in [
+        (
+            PodPhase::Succeeded,
+            r#"{"refused": "line 9: COPY resolves differently on the new base"}"#,
+            "line 9: COPY resolves differently",
+        ),
+        (PodPhase::Failed, "registry down", "the rebase failed"),
+    ] {
+        let mut world = World::new(image_build(SEED));
+        world.cache = moved_base_cache();
+        world.step();
+        world.step();
+        world.finish(REBASE_UNIT, phase, result);
+        let decision = world.step();
+        assert_ne!(world.phase(), Phase::Failed, "{why}");
+        let said: Vec<_> = decision
+            .events
+            .iter()
+            .filter(|e| e.reason == "RebaseNotApplied")
+            .collect();
+        assert_eq!(said.len(), 1, "{:?}", decision.events);
+        assert!(
+            said[0].warning && said[0].note.contains(why),
+            "{}",
+            said[0].note
+        );
+        // The build as usual: the probe and the restore of the cached builder.
+        let roles: Vec<String> = decision
+            .create_pods
+            .iter()
+            .map(|p| p.meta().labels.clone().unwrap_or_default()["slimforge.dev/role"].clone())
+            .collect();
+        assert_eq!(roles, ["probe", "restore"], "{why}");
+        let status = world.ib.status.clone().unwrap();
+        let rebase = &status.stages[0];
+        assert_eq!(rebase.name, "rebase");
+        assert!(rebase.message.as_deref().unwrap_or_default().contains(why));
+        let again = world.step();
+        assert!(
+            again.events.iter().all(|e| e.reason != "RebaseNotApplied"),
+            "said once"
+        );
+    }
 }

@@ -10,8 +10,10 @@
 mod copy_layer;
 mod layers;
 mod push;
+mod rebase;
 mod spec;
 
+pub use self::rebase::rebase;
 pub use self::spec::{
     AssembleSpec, CacheChainSpec, CacheExportSpec, CacheImageSpec, CacheLayersSpec, CacheStoreSpec,
     CopyLayerSpec, DirectorySpec, LayerSpec,
@@ -28,7 +30,7 @@ use crate::cache::entry::{CachedLayer, LayersEntry};
 use crate::contract::AssembleResult;
 use crate::oci::Platform;
 use crate::oci::config::{self, AddedLayer, ConfigError};
-use crate::oci::layer::{self, LayerError};
+use crate::oci::layer::{self, LayerDigests, LayerError};
 use crate::oci::registry::{
     self, DOCKER_MANIFEST, OCI_MANIFEST, Registry, RegistryError, RegistryOptions,
 };
@@ -113,76 +115,13 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         })?;
     // New layers are written while the base's blobs move registry-side.
     let layers_written = write_layers(plans, base_dirs, work.path());
-
-    let base_part = async {
-        let Some(base) = &base else {
-            return Ok::<_, AssembleError>((
-                None,
-                config::scratch_config(&platform),
-                Vec::new(),
-                OCI_MANIFEST.to_string(),
-            ));
-        };
-        let pinned = registry.resolve(base, &platform).await?;
-        tracing::info!(base = %base, digest = %pinned.digest, "base pinned");
-        let manifest: Value =
-            serde_json::from_slice(&pinned.bytes).map_err(|e| AssembleError::Base {
-                reference: base.to_string(),
-                detail: format!("manifest is not JSON: {e}"),
-            })?;
-        let config_digest =
-            manifest["config"]["digest"]
-                .as_str()
-                .ok_or_else(|| AssembleError::Base {
-                    reference: base.to_string(),
-                    detail: "manifest has no config".into(),
-                })?;
-        let config_bytes = registry
-            .blob_bytes(&pinned.reference, config_digest)
-            .await?;
-        let config: Value =
-            serde_json::from_slice(&config_bytes).map_err(|e| AssembleError::Base {
-                reference: base.to_string(),
-                detail: format!("config is not JSON: {e}"),
-            })?;
-        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
-        transfer_base_blobs(&registry, &pinned.reference, &target, &layers).await?;
-        Ok((
-            Some(pinned.reference.to_string()),
-            config,
-            layers,
-            pinned.media_type,
-        ))
-    };
+    let base_part = pin_base(&registry, base.as_ref(), &platform, &target);
     let (written, base_part) = tokio::join!(layers_written, base_part);
     let written = written?;
-    let (base_pinned, mut image_config, mut manifest_layers, base_media_type) = base_part?;
+    let base_part = base_part?;
 
-    let docker = base_media_type == DOCKER_MANIFEST;
-    let (manifest_type, config_type, layer_type) = if docker {
-        (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER)
-    } else {
-        (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER)
-    };
-
-    let added: Vec<AddedLayer> = written
-        .iter()
-        .map(|(_, digests, created_by)| AddedLayer {
-            diff_id: digests.diff_id.clone(),
-            created_by: created_by.clone(),
-        })
-        .collect();
-    let base_environment = LayersEntry::environment_of(&image_config);
-    let created = config::rfc3339(layer::source_date_epoch());
-    config::apply(&mut image_config, &spec.config, &added, &created)?;
-    let config_bytes = serde_json::to_vec(&image_config)
-        .map_err(|e| AssembleError::Io(format!("serialising the config: {e}")))?;
-    let config_digest = registry::sha256_digest(&config_bytes);
-
-    // The config depends on the layers' diffIDs, not on their upload: all go at once.
-    let push_layers = futures::stream::iter(written.iter().map(Ok)).try_for_each_concurrent(
-        PARALLEL_BLOBS,
-        |(path, digests, _)| {
+    futures::stream::iter(written.iter().map(Ok))
+        .try_for_each_concurrent(PARALLEL_BLOBS, |(path, digests, _)| {
             let registry = &registry;
             let target = &target;
             async move {
@@ -193,19 +132,160 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
                 }
                 Ok::<_, AssembleError>(())
             }
-        },
-    );
-    let push_config = async {
-        if !registry.blob_exists(&target, &config_digest).await? {
-            registry
-                .push_bytes(&target, &config_bytes, &config_digest)
-                .await?;
-        }
-        Ok::<_, AssembleError>(())
-    };
-    futures::try_join!(push_layers, push_config)?;
+        })
+        .await?;
+    let own: Vec<(LayerDigests, String)> = written
+        .into_iter()
+        .map(|(_, digests, created_by)| (digests, created_by))
+        .collect();
+    let base_environment = LayersEntry::environment_of(&base_part.config);
+    let pushed = push_image(
+        &registry,
+        &target,
+        &extra_tags,
+        base_part,
+        &spec.config,
+        &own,
+    )
+    .await?;
+    let mut result = pushed.result(&target, &own);
+    if let Some(cache) = &spec.cache {
+        let own = OwnLayers {
+            created_by: own.into_iter().map(|(_, created_by)| created_by).collect(),
+            base_environment,
+        };
+        result.cache_warnings =
+            store_cache(&registry, &target, &options, cache, &result, &own).await;
+    }
+    Ok(result)
+}
 
-    manifest_layers.extend(written.iter().map(|(_, digests, _)| {
+/// The base as this assembly uses it: pinned by digest, its config, its
+/// layers (already in the target repository) and its manifest's type.
+struct BasePart {
+    /// `repository@sha256:…`; `None` for scratch.
+    pinned: Option<String>,
+    config: Value,
+    layers: Vec<Value>,
+    media_type: String,
+}
+
+/// Pins `base` for `platform`, reads its config, and puts its blobs in
+/// `target`'s repository (registry-side where it can). Scratch: an empty
+/// config, no layers.
+async fn pin_base(
+    registry: &Registry,
+    base: Option<&oci_client::Reference>,
+    platform: &Platform,
+    target: &oci_client::Reference,
+) -> Result<BasePart, AssembleError> {
+    let Some(base) = base else {
+        return Ok(BasePart {
+            pinned: None,
+            config: config::scratch_config(platform),
+            layers: Vec::new(),
+            media_type: OCI_MANIFEST.to_string(),
+        });
+    };
+    let pinned = registry.resolve(base, platform).await?;
+    tracing::info!(base = %base, digest = %pinned.digest, "base pinned");
+    let manifest: Value =
+        serde_json::from_slice(&pinned.bytes).map_err(|e| AssembleError::Base {
+            reference: base.to_string(),
+            detail: format!("manifest is not JSON: {e}"),
+        })?;
+    let config_digest =
+        manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| AssembleError::Base {
+                reference: base.to_string(),
+                detail: "manifest has no config".into(),
+            })?;
+    let config_bytes = registry
+        .blob_bytes(&pinned.reference, config_digest)
+        .await?;
+    let config: Value = serde_json::from_slice(&config_bytes).map_err(|e| AssembleError::Base {
+        reference: base.to_string(),
+        detail: format!("config is not JSON: {e}"),
+    })?;
+    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+    transfer_base_blobs(registry, &pinned.reference, target, &layers).await?;
+    Ok(BasePart {
+        pinned: Some(pinned.reference.to_string()),
+        config,
+        layers,
+        media_type: pinned.media_type,
+    })
+}
+
+/// What [`push_image`] pushed.
+struct Pushed {
+    digest: String,
+    size_bytes: u64,
+    base: Option<String>,
+}
+
+impl Pushed {
+    fn result(
+        &self,
+        target: &oci_client::Reference,
+        own: &[(LayerDigests, String)],
+    ) -> AssembleResult {
+        AssembleResult {
+            reference: format!("{}@{}", registry::repository_name(target), self.digest),
+            digest: self.digest.clone(),
+            size_bytes: self.size_bytes,
+            layers: own.iter().map(|(digests, _)| digests.clone()).collect(),
+            base: self.base.clone(),
+            builder_image: None,
+            builder_size_bytes: None,
+            cache_warnings: Vec::new(),
+        }
+    }
+}
+
+/// The image's config (the base's with `changes` and the `own` layers,
+/// each with its history entry) and its manifest (the base's layers, then
+/// the own ones, whose blobs are in `target`'s repository already),
+/// pushed to `target` and every extra tag.
+async fn push_image(
+    registry: &Registry,
+    target: &oci_client::Reference,
+    extra_tags: &[oci_client::Reference],
+    base: BasePart,
+    changes: &config::ConfigChanges,
+    own: &[(LayerDigests, String)],
+) -> Result<Pushed, AssembleError> {
+    let BasePart {
+        pinned,
+        config: mut image_config,
+        layers: mut manifest_layers,
+        media_type,
+    } = base;
+    let docker = media_type == DOCKER_MANIFEST;
+    let (manifest_type, config_type, layer_type) = if docker {
+        (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER)
+    } else {
+        (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER)
+    };
+    let added: Vec<AddedLayer> = own
+        .iter()
+        .map(|(digests, created_by)| AddedLayer {
+            diff_id: digests.diff_id.clone(),
+            created_by: created_by.clone(),
+        })
+        .collect();
+    let created = config::rfc3339(layer::source_date_epoch());
+    config::apply(&mut image_config, changes, &added, &created)?;
+    let config_bytes = serde_json::to_vec(&image_config)
+        .map_err(|e| AssembleError::Io(format!("serialising the config: {e}")))?;
+    let config_digest = registry::sha256_digest(&config_bytes);
+    if !registry.blob_exists(target, &config_digest).await? {
+        registry
+            .push_bytes(target, &config_bytes, &config_digest)
+            .await?;
+    }
+    manifest_layers.extend(own.iter().map(|(digests, _)| {
         json!({"mediaType": layer_type, "digest": digests.digest, "size": digests.size})
     }));
     let manifest = json!({
@@ -218,37 +298,22 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
     let manifest_bytes = serde_json::to_vec(&manifest)
         .map_err(|e| AssembleError::Io(format!("serialising the manifest: {e}")))?;
     let digest = registry::sha256_digest(&manifest_bytes);
-    for reference in std::iter::once(&target).chain(&extra_tags) {
+    for reference in std::iter::once(target).chain(extra_tags) {
         registry
             .push_manifest(reference, &manifest_bytes, manifest_type)
             .await?;
         tracing::info!(reference = %reference, %digest, "pushed");
     }
-
     let size_bytes = config_bytes.len() as u64
         + manifest_layers
             .iter()
             .map(|l| l["size"].as_u64().unwrap_or_default())
             .sum::<u64>();
-    let mut result = AssembleResult {
-        reference: format!("{}@{digest}", registry::repository_name(&target)),
+    Ok(Pushed {
         digest,
         size_bytes,
-        layers: written.into_iter().map(|(_, d, _)| d).collect(),
-        base: base_pinned,
-        builder_image: None,
-        builder_size_bytes: None,
-        cache_warnings: Vec::new(),
-    };
-    if let Some(cache) = &spec.cache {
-        let own = OwnLayers {
-            created_by: added.into_iter().map(|l| l.created_by).collect(),
-            base_environment,
-        };
-        result.cache_warnings =
-            store_cache(&registry, &target, &options, cache, &result, &own).await;
-    }
-    Ok(result)
+        base: pinned,
+    })
 }
 
 /// What the layers entry needs beyond the result: each new layer's

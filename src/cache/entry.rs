@@ -233,7 +233,11 @@ pub async fn lookup_layers(
         return Ok(None);
     };
     if entry.as_exports() != layers {
-        tracing::info!(repository, key, "layers entry differs from its manifest: a miss");
+        tracing::info!(
+            repository,
+            key,
+            "layers entry differs from its manifest: a miss"
+        );
         return Ok(None);
     }
     Ok(Some(entry))

@@ -591,7 +591,10 @@ COPY --from=c /out-c /c
         let keys = compute(&case);
         let units: Vec<&str> = keys.units.keys().map(String::as_str).collect();
         assert_eq!(units, ["a", "b", "c"]);
-        let layers = keys.layers.as_ref().expect("an assembled final image has layers");
+        let layers = keys
+            .layers
+            .as_ref()
+            .expect("an assembled final image has layers");
         assert_ne!(layers, &keys.image);
         for key in keys.units.values().chain([&keys.image, layers]) {
             assert!(key.starts_with("sha256:") && key.len() == 71, "{key}");
@@ -917,7 +920,10 @@ COPY --from=c /out-c /c
         };
         let before = compute(&digests);
         assert_eq!(before.units.len(), 2, "{:?}", before.units);
-        assert_eq!(before.layers, None, "a snapshot is made on its base: no rebase");
+        assert_eq!(
+            before.layers, None,
+            "a snapshot is made on its base: no rebase"
+        );
         digests.insert("golang:1.22".into(), "sha256:ffff".into());
         let after = compute(&digests);
         for (id, key) in &before.units {

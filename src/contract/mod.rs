@@ -60,15 +60,19 @@ pub const CACHE_STORE_ENV: &str = "SLIMFORGE_CACHE_STORE";
 pub const PLAN_REQUEST_ENV: &str = "SLIMFORGE_PLAN_REQUEST";
 /// The `slimforge cache restore` spec's JSON, when no `--spec` file is given.
 pub const RESTORE_ENV: &str = "SLIMFORGE_RESTORE";
+/// What the assemble pod rebases ([`RebaseRequest`], JSON): set, it puts
+/// cached layers on the base instead of assembling the workspace's.
+pub const REBASE_ENV: &str = "SLIMFORGE_REBASE";
 /// The variables above: the pods' plumbing, never part of a RUN's or the
 /// image's environment.
-pub const POD_ENV: [&str; 6] = [
+pub const POD_ENV: [&str; 7] = [
     PLAN_ENV,
     CONTEXT_ENV,
     WORKDIR_ENV,
     CACHE_STORE_ENV,
     PLAN_REQUEST_ENV,
     RESTORE_ENV,
+    REBASE_ENV,
 ];
 
 /// The build context, in the workspace.
@@ -198,6 +202,24 @@ pub struct CacheStore {
     /// The image's layers key (its own layers and recipe, for a rebase).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<String>,
+}
+
+/// A rebase: the cache repository and the layers entry the lookup found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RebaseRequest {
+    /// `registry/repository`.
+    pub repository: String,
+    pub entry: crate::cache::entry::LayersEntry,
+}
+
+/// The rebase pod's result: the image, or why the cached layers do not
+/// fit the base as it is now (the build then runs as usual).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RebaseOutcome {
+    Rebased(AssembleResult),
+    Refused(String),
 }
 
 /// What the git context pod plans the build with, once it has the

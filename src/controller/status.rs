@@ -62,11 +62,14 @@ pub enum Reason {
     /// Event: the stage cache could not be asked (a base that does not
     /// resolve, a registry that refuses); the build runs uncached.
     CacheUnavailable,
+    /// Event: the cached layers of the final image did not fit its base
+    /// as it is now (or the rebase pod failed); the build runs as usual.
+    RebaseNotApplied,
 }
 
 impl Reason {
     /// Every reason, in the order of the enum.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::InvalidSpec,
         Reason::InvalidDockerfile,
         Reason::ContextFailed,
@@ -88,6 +91,7 @@ impl Reason {
         Reason::ProbeFailed,
         Reason::StageFailed,
         Reason::CacheUnavailable,
+        Reason::RebaseNotApplied,
     ];
 
     /// The reason as conditions and events carry it.
@@ -114,6 +118,7 @@ impl Reason {
             Reason::ProbeFailed => "ProbeFailed",
             Reason::StageFailed => "StageFailed",
             Reason::CacheUnavailable => "CacheUnavailable",
+            Reason::RebaseNotApplied => "RebaseNotApplied",
         }
     }
 }

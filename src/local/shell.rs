@@ -486,7 +486,7 @@ fn result_file(identity: &UnitIdentity) -> Option<String> {
         "chain" | "runtime" | "extraction" => Some(chain_result(&identity.stage)),
         "probe" => Some(PROBE_RESULT.to_string()),
         "context" => Some(CONTEXT_RESULT.to_string()),
-        "assemble" => Some(ASSEMBLE_RESULT.to_string()),
+        "assemble" | "rebase" => Some(ASSEMBLE_RESULT.to_string()),
         _ => None,
     }
 }

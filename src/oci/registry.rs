@@ -607,6 +607,21 @@ impl Registry {
         Ok(data)
     }
 
+    /// A blob as a stream of its bytes, not verified: the reader checks
+    /// the digest of what it read. Only opening the stream is retried.
+    pub async fn blob_stream(
+        &self,
+        reference: &Reference,
+        digest: &str,
+    ) -> Result<
+        impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+        RegistryError,
+    > {
+        let what = format!("{}@{digest}", repository_name(reference));
+        let sized = retry_oci(&what, || self.oci.pull_blob_stream(reference, digest)).await?;
+        Ok(sized.stream)
+    }
+
     /// A bearer token to pull from `reference`'s repository, for registries
     /// that use tokens (oci-client asks for one per repository by itself
     /// only with a password; this also covers identity tokens).

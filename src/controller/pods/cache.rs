@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use crate::cache::entry::RestoreSpec;
 use crate::cache::lookup::CacheView;
 use crate::contract::{
-    AUTH_MOUNT, CACHE_STORE_ENV, CacheStore, EXPORTS_DIR, RESTORE_ENV, WORKSPACE_MOUNT, Workspace,
+    AUTH_MOUNT, CACHE_STORE_ENV, CacheStore, EXPORTS_DIR, REBASE_ENV, RESTORE_ENV, RebaseRequest,
+    WORKSPACE_MOUNT, Workspace,
 };
 use crate::plan::{BuildPlan, ChainRole};
 
@@ -37,6 +38,34 @@ impl BuildObjects<'_> {
         };
         let json = serde_json::to_string(&store).unwrap_or_default();
         Some(env_var(CACHE_STORE_ENV, json))
+    }
+
+    /// The rebase pod's [`REBASE_ENV`] (the layers entry the lookup found)
+    /// and [`CACHE_STORE_ENV`] (the image's key only: the layers entry is
+    /// there already). Empty without a layers entry.
+    pub(super) fn rebase_env(&self) -> Vec<EnvVar> {
+        let Some((view, entry)) = self.cache.and_then(|v| Some((v, v.rebase.clone()?))) else {
+            return Vec::new();
+        };
+        let request = RebaseRequest {
+            repository: view.repository.clone(),
+            entry,
+        };
+        let store = CacheStore {
+            repository: view.repository.clone(),
+            image: Some(view.keys.image.clone()),
+            ..CacheStore::default()
+        };
+        vec![
+            env_var(
+                REBASE_ENV,
+                serde_json::to_string(&request).unwrap_or_default(),
+            ),
+            env_var(
+                CACHE_STORE_ENV,
+                serde_json::to_string(&store).unwrap_or_default(),
+            ),
+        ]
     }
 
     /// The restore pod's container: `cache restore` of the entries of `ids`

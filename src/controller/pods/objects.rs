@@ -180,7 +180,10 @@ impl BuildObjects<'_> {
                 context_mounts.push(read_only_mount("context", CONTEXT_MOUNT));
             }
         }
-        let assemble = matches!(unit.kind, UnitKind::Assemble | UnitKind::Restore { .. });
+        let assemble = matches!(
+            unit.kind,
+            UnitKind::Assemble | UnitKind::Restore { .. } | UnitKind::Rebase
+        );
         let (init, main) = match &unit.kind {
             UnitKind::Chain { id, runtime } => {
                 self.chain_containers(unit, id, *runtime, env, context_mounts)
@@ -191,6 +194,12 @@ impl BuildObjects<'_> {
             UnitKind::Assemble => {
                 env.extend(self.cache_store(plan));
                 let (container, secrets) = self.assemble_container(plan, env, context_mounts);
+                volumes.extend(secrets);
+                (Vec::new(), container)
+            }
+            UnitKind::Rebase => {
+                env.extend(self.rebase_env());
+                let (container, secrets) = self.assemble_container(plan, env, Vec::new());
                 volumes.extend(secrets);
                 (Vec::new(), container)
             }

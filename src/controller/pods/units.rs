@@ -15,6 +15,13 @@ use crate::plan::{BuildPlan, FinalImage};
 pub const CONTEXT_STAGE: &str = "git clone";
 /// The context pod's unit number: it comes before every other pod.
 pub const CONTEXT_UNIT: usize = 0;
+/// The rebase pod's unit number: past any plan's units (a plan has at most
+/// [`crate::dockerfile::MAX_STAGES`] chains and one extraction per
+/// instruction), so a build that falls back from a rebase numbers its own
+/// pods as usual.
+pub const REBASE_UNIT: usize = 99_999;
+const _: () =
+    assert!(REBASE_UNIT > crate::dockerfile::MAX_STAGES + crate::dockerfile::MAX_INSTRUCTIONS + 3);
 
 /// One pod of the build, before it exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +55,9 @@ pub enum UnitKind {
     /// Puts the exports of cached chains and extractions back on the
     /// workspace, from the cache repository, for the units that copy them.
     Restore { ids: Vec<String> },
+    /// Puts the final image's cached layers on its base's current digest
+    /// (the assemble pod, told to rebase).
+    Rebase,
 }
 
 impl UnitKind {
@@ -60,6 +70,7 @@ impl UnitKind {
             UnitKind::Probe => "probe",
             UnitKind::Assemble => "assemble",
             UnitKind::Restore { .. } => "restore",
+            UnitKind::Rebase => "rebase",
         }
     }
 
@@ -135,6 +146,26 @@ pub fn units(plan: &BuildPlan) -> Vec<Unit> {
         from_line: None,
     });
     units
+}
+
+/// A rebase's pods: the rebase pod, after the context pod for a git
+/// context (the clone says which commit the cached layers are checked
+/// against).
+pub fn rebase_units(ib: &ImageBuild) -> Vec<Unit> {
+    let git = ib.spec.context.git.is_some();
+    let rebase = Unit {
+        n: REBASE_UNIT,
+        kind: UnitKind::Rebase,
+        depends_on: if git { vec![CONTEXT_UNIT] } else { Vec::new() },
+        name: "rebase".into(),
+        image: String::new(),
+        from_line: None,
+    };
+    if git {
+        vec![context_unit(), rebase]
+    } else {
+        vec![rebase]
+    }
 }
 
 /// The context pod of a git build.

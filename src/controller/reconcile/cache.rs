@@ -11,10 +11,11 @@ use std::ops::ControlFlow;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::pod_results::image_status;
-use super::{Decision, Inputs, Pass, Planned, PodState, notice};
+use super::{Decision, Inputs, Pass, Planned, PodPhase, PodState, notice};
 use crate::api::{ImageBuildStatus, Phase, StageStatus, human_size};
 use crate::cache::lookup::{CacheView, ContextRef, LookupRequest};
-use crate::controller::pods::{CONTEXT_UNIT, Unit, UnitKind};
+use crate::contract::{AssembleResult, RebaseOutcome};
+use crate::controller::pods::{CONTEXT_UNIT, REBASE_UNIT, Unit, UnitKind};
 use crate::controller::status::{BuildState, Reason};
 
 impl Pass<'_> {
@@ -122,6 +123,122 @@ impl Pass<'_> {
         decision.events.push(notice(Reason::Succeeded, message));
         decision.requeue_after = super::ttl_requeue(self.ib, self.now, self.now);
         ControlFlow::Break(())
+    }
+}
+
+impl Pass<'_> {
+    /// The rebase pod put the cached layers on the new base: done.
+    pub(super) fn end_when_rebased(
+        &self,
+        planned: &Planned<'_>,
+        decision: &mut Decision,
+    ) -> ControlFlow<()> {
+        let Rebase::Rebased(image) = &planned.rebase else {
+            return ControlFlow::Continue(());
+        };
+        let message = format!(
+            "rebased onto {}: pushed {} ({}); no stage ran",
+            image.base.as_deref().unwrap_or("the base"),
+            image.reference,
+            human_size(image.size_bytes)
+        );
+        // The builders did not run: their size is the last build's.
+        let previous = self.previous.image.clone().unwrap_or_default();
+        let status = &mut decision.status;
+        status.image = Some(crate::api::ImageStatus {
+            rebased: true,
+            builder_image: previous.builder_image,
+            builder_size_bytes: previous.builder_size_bytes,
+            ..image_status(image.clone())
+        });
+        status.phase = Some(Phase::Succeeded);
+        status.completion_time = Some(Time(self.now));
+        status.conditions = self.conditions(BuildState::Succeeded, Reason::Succeeded, &message);
+        decision.events.push(notice(Reason::Succeeded, message));
+        decision.requeue_after = super::ttl_requeue(self.ib, self.now, self.now);
+        ControlFlow::Break(())
+    }
+
+    /// A rebase that fell back says why, once: as the build's own pods
+    /// start.
+    pub(super) fn say_why_no_rebase(&self, planned: &Planned<'_>, decision: &mut Decision) {
+        let Rebase::FellBack(why) = &planned.rebase else {
+            return;
+        };
+        let started = planned
+            .latest
+            .keys()
+            .any(|n| *n != CONTEXT_UNIT && *n != REBASE_UNIT);
+        if !started {
+            decision.events.push(super::warning(
+                Reason::RebaseNotApplied,
+                &format!("the cached layers were not rebased, so the build runs: {why}"),
+            ));
+        }
+    }
+}
+
+/// Where a rebase stands: the cache has the final image's layers from
+/// another digest of its base (and not the image itself).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Rebase {
+    /// Nothing to rebase: the build runs as usual.
+    No,
+    /// The rebase pod is to start, or runs: the build's only pod (after a
+    /// git context's clone).
+    Runs,
+    /// Done: the image.
+    Rebased(AssembleResult),
+    /// The layers did not fit the base as it is now, or the pod failed:
+    /// the build runs as usual, and says why.
+    FellBack(String),
+}
+
+impl Rebase {
+    /// What the rebase pod of `latest` (if any) says about `view`'s entry.
+    pub(super) fn of(view: &CacheView, latest: &BTreeMap<usize, &PodState>) -> Self {
+        if view.rebase.is_none() || view.image.is_some() {
+            return Rebase::No;
+        }
+        let Some(pod) = latest.get(&REBASE_UNIT) else {
+            return Rebase::Runs;
+        };
+        match pod.phase {
+            PodPhase::Succeeded => {
+                match pod
+                    .result
+                    .as_deref()
+                    .map(serde_json::from_str::<RebaseOutcome>)
+                {
+                    Some(Ok(RebaseOutcome::Rebased(image))) => Rebase::Rebased(image),
+                    Some(Ok(RebaseOutcome::Refused(why))) => Rebase::FellBack(why),
+                    _ => Rebase::FellBack(format!(
+                        "the rebase pod {}'s result is unreadable",
+                        pod.name
+                    )),
+                }
+            }
+            PodPhase::Failed => {
+                let unit = Unit {
+                    n: REBASE_UNIT,
+                    kind: UnitKind::Rebase,
+                    depends_on: Vec::new(),
+                    name: "rebase".into(),
+                    image: String::new(),
+                    from_line: None,
+                };
+                Rebase::FellBack(format!(
+                    "the rebase failed: {}",
+                    super::pod_results::failure_message(&unit, pod)
+                ))
+            }
+            _ => Rebase::Runs,
+        }
+    }
+
+    /// The rebase pod is the build.
+    pub(super) fn runs(&self) -> bool {
+        matches!(self, Rebase::Runs | Rebase::Rebased(_))
     }
 }
 

@@ -9,17 +9,18 @@ use std::time::Duration;
 use jiff::SignedDuration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::cache::{cached_stage_status, take_cached};
+use super::cache::{Rebase, cached_stage_status, take_cached};
 use super::pod_results::{CloneOutcome, clone_outcome, stage_status};
 use super::validate::{Invalid, plan_spec, validate_spec};
 use super::{
     Decision, Dockerfile, Inputs, MISSING_RETRY, Pass, Planned, PodPhase, PodState, expire,
     rebuild_annotation, warning,
 };
-use crate::api::{ImageBuildStatus, Phase, SourceStatus};
+use crate::api::{ImageBuildStatus, Phase, SourceStatus, StageStatus};
 use crate::cache::lookup::CacheView;
 use crate::controller::pods::{
-    BuildObjects, CONTEXT_UNIT, Unit, UnitKind, build_units, context_unit,
+    BuildObjects, CONTEXT_UNIT, REBASE_UNIT, Unit, UnitKind, build_units, context_unit,
+    rebase_units,
 };
 use crate::controller::status::{BuildState, Reason};
 
@@ -252,14 +253,19 @@ impl<'a> Pass<'a> {
         status: &mut ImageBuildStatus,
     ) -> Planned<'p> {
         let plan = inputs.plan.as_ref();
+        let latest = self.latest_attempts();
+        let rebase = match (plan, cache) {
+            (Some(_), Some(view)) => Rebase::of(view, &latest),
+            _ => Rebase::No,
+        };
         let mut units = match plan {
+            Some(_) if rebase.runs() => rebase_units(self.ib),
             Some(plan) => build_units(self.ib, plan),
             None => vec![context_unit()],
         };
-        let latest = self.latest_attempts();
         let cached = match cache {
-            Some(view) => take_cached(&mut units, view, &latest),
-            None => BTreeMap::new(),
+            Some(view) if !rebase.runs() => take_cached(&mut units, view, &latest),
+            _ => BTreeMap::new(),
         };
         let deadline =
             self.start + SignedDuration::try_from(inputs.timeout).unwrap_or(SignedDuration::MAX);
@@ -275,6 +281,7 @@ impl<'a> Pass<'a> {
         let planned = Planned {
             units,
             cached,
+            rebase,
             objects,
             latest,
             deadline,
@@ -297,6 +304,17 @@ impl<'a> Pass<'a> {
                 },
             )
             .collect();
+        // A rebase that fell back: its pod, and why, stay in the status.
+        if let (Rebase::FellBack(why), Some(pod)) =
+            (&planned.rebase, planned.latest.get(&REBASE_UNIT))
+        {
+            let unit = rebase_units(self.ib).pop().expect("the rebase unit");
+            let stage = StageStatus {
+                message: Some(why.clone()),
+                ..stage_status(&unit, pod, None)
+            };
+            status.stages.insert(0, stage);
+        }
         planned
     }
 

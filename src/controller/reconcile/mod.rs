@@ -356,6 +356,8 @@ impl<'a> Pass<'a> {
         let failure = self.retry_or_find_failure(&planned, decision);
         self.end_on_failure(failure, &planned, decision)?;
         self.end_when_assembled(&planned, decision)?;
+        self.end_when_rebased(&planned, decision)?;
+        self.say_why_no_rebase(&planned, decision);
         self.start_ready_pods(&planned, decision);
         // status
         self.report_progress(&planned, decision);
@@ -387,6 +389,8 @@ struct Planned<'a> {
     units: Vec<Unit>,
     /// Units the cache had, done without a pod: their keys.
     cached: BTreeMap<usize, String>,
+    /// Where a rebase stands (the units are the rebase's while it runs).
+    rebase: cache::Rebase,
     objects: BuildObjects<'a>,
     latest: BTreeMap<usize, &'a PodState>,
     deadline: Timestamp,

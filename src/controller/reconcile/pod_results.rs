@@ -29,6 +29,7 @@ pub(super) fn image_status(outcome: AssembleResult) -> ImageStatus {
         layers: outcome.layers.into_iter().map(|l| l.digest).collect(),
         base: outcome.base,
         cached: false,
+        rebased: false,
         reference: outcome.reference,
         digest: outcome.digest,
     }
@@ -75,7 +76,10 @@ pub(super) fn pod_failure(
             && !waiting.message.contains(KUBELET_PULL_THROTTLED)
         {
             let helper = waiting.container == "install"
-                || matches!(unit.kind, UnitKind::Assemble | UnitKind::Context);
+                || matches!(
+                    unit.kind,
+                    UnitKind::Assemble | UnitKind::Context | UnitKind::Rebase
+                );
             let what = if helper {
                 format!("the helper image {}", settings.helper_image)
             } else {
@@ -113,7 +117,7 @@ pub(super) fn pod_failure(
     }
     let reason = match unit.kind {
         UnitKind::Context => Reason::ContextFailed,
-        UnitKind::Assemble => Reason::AssembleFailed,
+        UnitKind::Assemble | UnitKind::Rebase => Reason::AssembleFailed,
         UnitKind::Probe => Reason::ProbeFailed,
         _ => Reason::StageFailed,
     };
