@@ -265,6 +265,7 @@ mod tests {
             "ProbeFailed",
             "StageFailed",
             "CacheUnavailable",
+            "RebaseNotApplied",
         ];
         let got: Vec<String> = Reason::ALL.iter().map(Reason::to_string).collect();
         assert_eq!(got, want);
