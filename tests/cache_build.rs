@@ -322,3 +322,86 @@ fn cache_entries(reg: &Registry, repository: &str) -> Vec<(String, String, Vec<S
     }
     entries
 }
+
+/// The seed's shape on a base of its own tag: a builder, and a final stage
+/// that copies its output, owned by a named user of the base.
+const ON_OWN_BASE: &str = r#"FROM {busybox} AS builder
+RUN mkdir /out && echo built > /out/app
+
+FROM {base}
+COPY --from=builder --chown=nobody:nogroup /out/app /srv/app
+WORKDIR /srv
+CMD ["sh", "-c", "cat /srv/app /marker; stat -c %u /srv/app"]
+"#;
+
+#[test]
+fn a_moved_base_is_rebased_and_falls_back_when_its_users_changed() {
+    let reg = Registry::start();
+    let name = unique_name("cache-rebase");
+    let image = reg.image("rebase", "v1");
+    let busybox = push_busybox(&reg, "busybox", Format::Docker);
+    let base = format!("{}/base:1", reg.addr());
+    support::push_base_as(&busybox, &base, &[("/marker", "first base\n")]);
+    let dockerfile = ON_OWN_BASE
+        .replace("{busybox}", &busybox)
+        .replace("{base}", &base);
+    let text = manifest(&name, &dockerfile, &[], json!({}), &image);
+    let first = build(&name, &text);
+    let first_image = first.reference();
+    assert_eq!(podman_run(&first_image, &[]), "built\nfirst base\n65534\n");
+
+    // The base's tag moves (a fix in the base): the cached layers go on
+    // the new base in one pod; no builder, probe or restore pod.
+    support::push_base_as(&busybox, &base, &[("/marker", "fixed base\n")]);
+    let second = build(&name, &text);
+    let second_image = second.reference();
+    assert_eq!(second.stages_run(), ["rebase"], "{}", second.stderr());
+    assert_eq!(podman_run(&second_image, &[]), "built\nfixed base\n65534\n");
+    let layers = |reference: &str| -> Vec<Value> {
+        skopeo_inspect_raw(reference)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].clone())
+            .collect()
+    };
+    let (before, after) = (layers(&first_image), layers(&second_image));
+    let base_layers = layers(&base).len();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(
+        after[base_layers..],
+        before[base_layers..],
+        "the same own layers"
+    );
+    assert_eq!(
+        after[..base_layers],
+        layers(&base)[..],
+        "the new base's layers"
+    );
+    // Built from scratch on the new base, the image is the same.
+    let clean = text.replace("timeout: 10m", "timeout: 10m\n  cache:\n    noCache: true");
+    assert_eq!(build(&name, &clean).reference(), second_image);
+
+    // Now `nobody` has another uid in the new base: the layers' owner would
+    // be wrong, so no rebase; the build runs (the builder from the cache)
+    // and says why.
+    let passwd =
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:4242:65534:nobody:/nonexistent:/bin/false\n";
+    support::push_base_as(
+        &busybox,
+        &base,
+        &[("/marker", "third base\n"), ("/etc/passwd", passwd)],
+    );
+    let third = build(&name, &text);
+    let third_image = third.reference();
+    let run = third.stages_run();
+    assert!(run.contains(&"rebase".to_string()), "{run:?}");
+    assert!(run.contains(&"probe".to_string()), "{run:?}");
+    assert!(!run.contains(&"builder".to_string()), "{run:?}");
+    assert!(
+        third.stderr().contains("/srv/app"),
+        "the reason names the COPY: {}",
+        third.stderr()
+    );
+    assert_eq!(podman_run(&third_image, &[]), "built\nthird base\n4242\n");
+}

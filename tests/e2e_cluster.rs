@@ -857,34 +857,12 @@ fn a_missing_push_secret_is_ready_false_naming_the_field_and_creates_nothing() {
     assert_eq!(claims["items"], json!([]), "no claim either");
 }
 
-/// Pushes `base` again as `target`, with `/marker` holding `marker` when
-/// given: a new image under the same tag, as a base's security fix is.
-fn push_base_as(base: &str, target: &str, marker: Option<&str>) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut layers = Vec::new();
-    if let Some(text) = marker {
-        std::fs::write(dir.path().join("marker"), text).unwrap();
-        layers.push(json!({"source": "marker", "destination": "/marker", "chmod": "0644"}));
-    }
-    let spec = json!({
-        "base": base, "layers": layers, "target": target, "insecure": true,
-    });
-    let file = dir.path().join("spec.json");
-    std::fs::write(&file, spec.to_string()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slimforge"))
-        .args(["assemble", "--spec"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 #[test]
-fn a_moved_runtime_base_rebuilds_without_the_builder_and_the_image_has_its_files() {
+fn a_moved_runtime_base_is_rebased_by_one_pod_and_the_image_has_its_files() {
     let (cluster, ns) = operator_and_namespace("trigger", "baseline");
     let (_, busybox) = cluster.base_images();
     let base = format!("{}/e2e/base-{}:1", cluster.registry, ns.name);
-    push_base_as(busybox, &base, None);
+    support::push_base_as(busybox, &base, &[]);
     let dockerfile = format!(
         "FROM {busybox} AS builder\nRUN echo built > /out\n\nFROM {base}\nCOPY --from=builder /out /out\nCMD [\"cat\", \"/marker\"]\n"
     );
@@ -905,7 +883,7 @@ fn a_moved_runtime_base_rebuilds_without_the_builder_and_the_image_has_its_files
     assert!(status["resolvedImages"][&base].is_string(), "{status}");
 
     // The base's tag moves to an image with one more file.
-    push_base_as(busybox, &base, Some("the fixed base\n"));
+    support::push_base_as(busybox, &base, &[("/marker", "the fixed base\n")]);
     let rebuilt = wait_rebuilt(cluster, &ns, "moved", 1, 1);
     let status = &rebuilt["status"];
     assert_eq!(status["phase"], "Succeeded", "{status}");
@@ -914,8 +892,30 @@ fn a_moved_runtime_base_rebuilds_without_the_builder_and_the_image_has_its_files
         status["resolvedImages"][&base], first["status"]["resolvedImages"][&base],
         "{status}"
     );
-    let builder = stages_named(status, "builder").expect("the builder stage");
-    assert_eq!(builder["cached"], true, "no builder pod: {status}");
+    // A rebase: the cached layers on the new base, by one pod.
+    assert_eq!(status["image"]["rebased"], true, "{status}");
+    let stages: Vec<&str> = status["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        stages,
+        ["rebase"],
+        "no builder, probe or restore pod: {status}"
+    );
+    let new_base = status["resolvedImages"][&base].as_str().unwrap();
+    assert!(
+        status["image"]["base"]
+            .as_str()
+            .is_some_and(|b| b.ends_with(new_base)),
+        "{status}"
+    );
+    assert_eq!(
+        status["image"]["layers"], first["status"]["image"]["layers"],
+        "the same own layers"
+    );
     assert_eq!(
         status["triggers"]["images"]
             .as_array()

@@ -68,6 +68,11 @@ pub trait Shell {
         build: BuildId,
         request: &LookupRequest,
     ) -> Result<CacheView, Self::Error>;
+
+    /// A warning the core gave, for a shell that shows them as they come
+    /// ([`until_terminal`] hands each one here; the cluster records events
+    /// itself).
+    fn warn(&mut self, _event: &BuildEvent) {}
 }
 
 /// One observe → reconcile → apply, at `now`; returns the decision carried
@@ -154,6 +159,9 @@ pub async fn until_terminal<S: Shell>(
 ) -> Result<Decision, S::Error> {
     loop {
         let decision = pass(shell, ib, settings, Timestamp::now()).await?;
+        for event in decision.events.iter().filter(|e| e.warning) {
+            shell.warn(event);
+        }
         ib.status = Some(decision.status.clone());
         if decision.status.phase.is_some_and(Phase::is_terminal) {
             return Ok(decision);

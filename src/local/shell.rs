@@ -21,7 +21,7 @@ use crate::cache::lookup::{CacheView, LookupRequest, look_up};
 use crate::contract::{ASSEMBLE_RESULT, CONTEXT_RESULT, PROBE_RESULT, chain_result};
 use crate::controller::driver::{Created, Shell};
 use crate::controller::pods::{BuildId, UnitIdentity};
-use crate::controller::reconcile::{Observed, PodPhase, PodState, current_build};
+use crate::controller::reconcile::{BuildEvent, Observed, PodPhase, PodState, current_build};
 use crate::oci::registry::RegistryOptions;
 
 /// A `kube play` running in the background: podman's output, or its error.
@@ -79,6 +79,11 @@ pub(super) struct PodmanShell {
 
 impl Shell for PodmanShell {
     type Error = LocalError;
+
+    fn warn(&mut self, event: &BuildEvent) {
+        self.progress
+            .line(&format!("warning: {}: {}", event.reason, event.note));
+    }
 
     async fn observe(&mut self, ib: &ImageBuild) -> Result<Observed, LocalError> {
         let pods = self.observe_pods().await;

@@ -372,3 +372,28 @@ fn which(program: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} not found on PATH; run scripts/install-deps"))
 }
+
+/// Pushes `base` again as `target` (plain HTTP) with one more layer that
+/// writes each `(path, text)` (0644): a new image under the same tag, as a
+/// base's security fix is. Made by `slimforge assemble --spec`.
+pub fn push_base_as(base: &str, target: &str, files: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut layers = Vec::new();
+    for (i, (path, text)) in files.iter().enumerate() {
+        let name = format!("file-{i}");
+        std::fs::write(dir.path().join(&name), text).unwrap();
+        layers.push(serde_json::json!({"source": name, "destination": path, "chmod": "0644"}));
+    }
+    let spec = serde_json::json!({
+        "base": base, "layers": layers, "target": target, "insecure": true,
+    });
+    let file = dir.path().join("spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .args(["assemble", "--spec"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}

@@ -24,8 +24,8 @@ mod token;
 pub use git::{GitDaemon, git};
 pub use http::{HttpReply, basic_auth, http_get, http_request, percent_decode, percent_encode};
 pub use images::{
-    BusyboxLayout, Format, push_busybox, push_busybox_at, push_busybox_with, push_golang,
-    push_golang_at, seed_app,
+    BusyboxLayout, Format, push_base_as, push_busybox, push_busybox_at, push_busybox_with,
+    push_golang, push_golang_at, seed_app,
 };
 pub use podman::{
     container_tool, containers_dir, podman, podman_env, podman_run, podman_run_for,
