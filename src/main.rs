@@ -391,10 +391,14 @@ async fn rebase(
     let json = serde_json::to_vec(&outcome)?;
     if let Some(path) = result {
         slimforge::contract::write_termination_message(&json);
-        // The rebase pod is often the first on its workspace: results/ is
-        // made if it can be, else the termination message is enough.
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        // The rebase pod is often the first on its workspace: it makes the
+        // shared directories as every pod does (1777, for the pods of a
+        // build that falls back), if it can; else the termination message
+        // is enough.
+        if let Some(workspace) = path.parent().and_then(std::path::Path::parent)
+            && let Err(e) = stage::run::prepare_workspace(workspace)
+        {
+            tracing::debug!(error = %e, "the workspace is not prepared");
         }
         if path.parent().is_some_and(std::path::Path::is_dir) {
             std::fs::write(&path, &json)

@@ -468,6 +468,13 @@ pub async fn restore(spec: &RestoreSpec) -> Result<Vec<String>, RestoreError> {
     };
     let source =
         registry::parse_reference(&spec.repository).map_err(|e| registry_error(e.to_string()))?;
+    // The exports directory is shared (1777) like every pod makes it: this
+    // pod may be the first on the workspace, and chains write there next.
+    if let Some(workspace) = spec.into.parent()
+        && let Err(e) = crate::stage::run::prepare_workspace(workspace)
+    {
+        tracing::debug!(error = %e, "the workspace is not prepared");
+    }
     std::fs::create_dir_all(&spec.into)
         .map_err(|e| RestoreError::Spec(format!("{}: {e}", spec.into.display())))?;
     let options = RegistryOptions {
