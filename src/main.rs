@@ -384,6 +384,7 @@ async fn rebase(
                 .image
                 .map(|key| slimforge::assemble::CacheImageSpec { key }),
             layers: None,
+            recipe: None,
         }),
     };
     let outcome =

@@ -21,7 +21,7 @@ use crate::assemble::{
 };
 use crate::contract::{
     BaseEnvironment, CacheStore, ExportSource, FinalRecipe, InlineFile, LayerOrigin, PROBE_RESULT,
-    RecipeLayer, SNAPSHOT_LAYER, Workspace,
+    RECIPE_ENV, RecipeLayer, SNAPSHOT_LAYER, Workspace,
 };
 use crate::dockerfile::eval::{CopyPlan, DEFAULT_PATH, Effect, Evaluator, image_env};
 use crate::plan::{BuildPlan, Chain, CopySource, FinalImage, PlanLoadError, RuntimePlan, Step};
@@ -391,12 +391,19 @@ pub fn final_base(plan: &BuildPlan) -> Result<(String, String), RecipeError> {
     }
 }
 
-/// The recipe for the assemble pod: the probe's answer in the workspace,
-/// or, on `scratch` (no probe pod), evaluated here against nothing.
+/// The recipe for the assemble pod: the stage cache's (given in
+/// [`RECIPE_ENV`]), the probe's answer in the workspace, or, on `scratch`
+/// (no probe pod), evaluated here against nothing.
 pub fn load_recipe(plan: &BuildPlan, workspace: &Path) -> Result<FinalRecipe, RecipeError> {
     let (base, _) = final_base(plan)?;
     if base.trim() == "scratch" {
         return evaluate_scratch(plan, &workspace.join("tmp"));
+    }
+    if let Ok(json) = std::env::var(RECIPE_ENV) {
+        return serde_json::from_str(&json).map_err(|e| RecipeError::File {
+            path: PathBuf::from(format!("${RECIPE_ENV}")),
+            message: e.to_string(),
+        });
     }
     let path = workspace.join(PROBE_RESULT);
     let bytes = std::fs::read(&path).map_err(|e| RecipeError::File {
@@ -562,6 +569,10 @@ pub fn cache_store_spec(
                 key,
                 recipe: recipe.clone(),
             }),
+        recipe: store.recipe.clone().map(|key| CacheLayersSpec {
+            key,
+            recipe: recipe.clone(),
+        }),
     }
 }
 

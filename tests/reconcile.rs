@@ -5,9 +5,11 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use slimforge::api::{ImageBuild, Phase};
-use slimforge::cache::entry::{CachedExport, CachedLayer, ChainEntry, ImageEntry, LayersEntry};
+use slimforge::cache::entry::{
+    CachedExport, CachedLayer, ChainEntry, ImageEntry, LayersEntry, RecipeEntry,
+};
 use slimforge::cache::lookup::{CacheView, ContextRef};
-use slimforge::contract::{CACHE_STORE_ENV, REBASE_ENV, RebaseRequest};
+use slimforge::contract::{CACHE_STORE_ENV, REBASE_ENV, RECIPE_ENV, RebaseRequest};
 use slimforge::controller::pods::{BuildId, REBASE_UNIT};
 use slimforge::controller::reconcile::{
     Decision, Observed, PodPhase, PodState, Waiting, current_build,
@@ -1064,6 +1066,35 @@ fn a_cached_chain_runs_no_pod_and_is_restored_for_the_assembly() {
     assert_eq!(store["units"], serde_json::json!({}));
     assert_eq!(store["image"], format!("sha256:{}", "i".repeat(64)));
     assert_eq!(store["repository"], "registry.example/team/goapp/cache");
+}
+
+#[test]
+fn a_cached_recipe_runs_no_probe_and_goes_to_the_assembly() {
+    let mut world = World::new(image_build(SEED));
+    world.cache = seed_cache(false, false);
+    let recipe: slimforge::contract::FinalRecipe =
+        serde_json::from_value(serde_json::json!({"layers": [], "config": {"cmd": ["./app"]}}))
+            .unwrap();
+    world.cache.recipe = Some(RecipeEntry {
+        key: format!("sha256:{}", "r".repeat(64)),
+        recipe: recipe.clone(),
+    });
+    world.step();
+    world.step();
+    assert_eq!(world.created, ["goapp-g1-1"], "the builder only, no probe");
+    let status = world.ib.status.clone().unwrap();
+    let probe = status.stages.iter().find(|s| s.name == "probe").unwrap();
+    assert_eq!(probe.cached, Some(true));
+    assert_eq!(probe.pod, "");
+    world.finish(1, PodPhase::Succeeded, r#"{"status":"succeeded"}"#);
+    let decision = world.step();
+    let assemble = decision.create_pods.first().expect("the assembly");
+    let given: slimforge::contract::FinalRecipe =
+        serde_json::from_str(&env_of(assemble, RECIPE_ENV).expect("the cached recipe")).unwrap();
+    assert_eq!(given, recipe);
+    let store: serde_json::Value =
+        serde_json::from_str(&env_of(assemble, CACHE_STORE_ENV).unwrap()).unwrap();
+    assert_eq!(store["recipe"], serde_json::Value::Null, "stored already");
 }
 
 #[test]

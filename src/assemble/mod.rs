@@ -398,6 +398,16 @@ async fn store_cache(
             Err(e) => warn(format!("caching the image in {repository}: {e}")),
         }
     }
+    if let Some(recipe) = &cache.recipe {
+        let entry = crate::cache::entry::RecipeEntry {
+            key: recipe.key.clone(),
+            recipe: recipe.recipe.clone(),
+        };
+        match crate::cache::entry::store_recipe(registry, repository, &entry).await {
+            Ok(()) => tracing::info!(key = %recipe.key, "recipe cached"),
+            Err(e) => warn(format!("caching the recipe in {repository}: {e}")),
+        }
+    }
     if let (Some(layers), Some(base)) = (&cache.layers, &result.base) {
         let entry = LayersEntry {
             key: layers.key.clone(),

@@ -58,6 +58,9 @@ pub struct CacheStoreSpec {
     /// stored under its layers key (for a rebase).
     #[serde(default)]
     pub layers: Option<CacheLayersSpec>,
+    /// The probe's answer, stored under the recipe key.
+    #[serde(default)]
+    pub recipe: Option<CacheLayersSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,6 +1,7 @@
 //! Cache entries in a registry: one OCI image manifest per entry, in the
 //! cache repository ([`cache_repository`]), tagged by its key
-//! ([`entry_tag`]: `chain-<hex>`, `image-<hex>` or `layers-<hex>`).
+//! ([`entry_tag`]: `chain-<hex>`, `image-<hex>`, `layers-<hex>` or
+//! `recipe-<hex>`).
 //!
 //! The manifest (`application/vnd.oci.image.manifest.v1+json`,
 //! schemaVersion 2):
@@ -84,6 +85,8 @@ pub enum EntryKind {
     /// The final image's own layers and recipe, whatever its base's
     /// digest: what a rebase puts on a new base.
     Layers,
+    /// The probe's answer: the final stage's recipe on a base digest.
+    Recipe,
 }
 
 /// The tag of the entry for `key` (`sha256:<hex>`): `chain-<hex>` or
@@ -94,6 +97,7 @@ pub fn entry_tag(kind: EntryKind, key: &str) -> String {
         EntryKind::Chain => format!("chain-{hex}"),
         EntryKind::Image => format!("image-{hex}"),
         EntryKind::Layers => format!("layers-{hex}"),
+        EntryKind::Recipe => format!("recipe-{hex}"),
     }
 }
 
@@ -144,6 +148,14 @@ pub struct LayersEntry {
     pub base: String,
     /// In the image's order, after the base's.
     pub layers: Vec<CachedLayer>,
+}
+
+/// The probe's answer for a recipe key ([`super::key::Keys::recipe`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipeEntry {
+    pub key: String,
+    pub recipe: FinalRecipe,
 }
 
 /// One of the final image's own layers.
@@ -219,6 +231,30 @@ pub async fn lookup_image(
             .await?
             .map(|(entry, _)| entry),
     )
+}
+
+/// Looks the recipe entry for `key` up in `repository`; `None` on a miss.
+pub async fn lookup_recipe(
+    registry: &Registry,
+    repository: &str,
+    key: &str,
+) -> Result<Option<RecipeEntry>, RegistryError> {
+    Ok(
+        fetch_entry::<RecipeEntry>(registry, repository, EntryKind::Recipe, key)
+            .await?
+            .map(|(entry, _)| entry),
+    )
+}
+
+/// Stores the probe's answer under its recipe key: a config, no layer.
+pub async fn store_recipe(
+    registry: &Registry,
+    repository: &str,
+    entry: &RecipeEntry,
+) -> Result<(), RegistryError> {
+    let target = entry_reference(repository, EntryKind::Recipe, &entry.key)?;
+    registry.authorize_push(&target, &[]).await?;
+    push_entry(registry, &target, entry, &[]).await
 }
 
 /// Looks the layers entry for `key` up in `repository`; `None` on a miss.
@@ -650,6 +686,12 @@ trait Keyed {
 }
 
 impl Keyed for ChainEntry {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Keyed for RecipeEntry {
     fn key(&self) -> &str {
         &self.key
     }

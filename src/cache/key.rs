@@ -18,7 +18,9 @@ use super::context::ContextIndex;
 use crate::dockerfile::Instruction;
 use crate::dockerfile::expand_word;
 use crate::dockerfile::instruction::is_remote;
-use crate::plan::{BuildPlan, Chain, ChainRole, CopySource, Export, Extraction, FinalImage, Step};
+use crate::plan::{
+    AssemblePlan, BuildPlan, Chain, ChainRole, CopySource, Export, Extraction, FinalImage, Step,
+};
 
 /// The base of an empty root: no image, so no digest.
 const SCRATCH: &str = "scratch";
@@ -139,6 +141,10 @@ pub struct Keys {
     /// them (a rebase). `None` when the final image is a runtime chain's
     /// snapshot (its files were made on the base) or has no base.
     pub layers: Option<String>,
+    /// The probe's answer (the final stage's recipe): the base's digest and
+    /// the final stage's steps, and not what its COPYs read (the recipe
+    /// names files, it does not hold them). `None` as for `layers`.
+    pub recipe: Option<String>,
 }
 
 /// Why a key could not be computed honestly.
@@ -180,14 +186,17 @@ fn keys_with_format(inputs: &KeyInputs<'_>, format: &str) -> Result<Keys, KeyErr
         keyer.unit(id, id)?;
     }
     let image = keyer.image(true)?;
-    let layers = match &plan.final_image {
-        FinalImage::Assemble(a) if a.base != SCRATCH => Some(keyer.image(false)?),
-        _ => None,
+    let (layers, recipe) = match &plan.final_image {
+        FinalImage::Assemble(a) if a.base != SCRATCH => {
+            (Some(keyer.image(false)?), Some(keyer.recipe(a)?))
+        }
+        _ => (None, None),
     };
     Ok(Keys {
         units: keyer.units,
         image,
         layers,
+        recipe,
     })
 }
 
@@ -296,6 +305,54 @@ impl Keyer<'_, '_> {
                 h.str("runtime");
                 h.str(&self.unit(&r.chain, "the final image")?);
                 h.opt(r.stage.name.as_deref());
+            }
+        }
+        Ok(h.finish())
+    }
+
+    /// The final stage's recipe, as the probe makes it on the base: the
+    /// base by digest, the target's name, the stage's steps as parsed with
+    /// their ARG bindings, and for each COPY/ADD where its files come from
+    /// by name (the unit, its paths and exports), never what they hold.
+    fn recipe(&mut self, stage: &AssemblePlan) -> Result<String, KeyError> {
+        let plan = self.inputs.plan;
+        let mut h = self.start("recipe");
+        h.str(&self.digest(&stage.base)?);
+        h.opt(plan.target.name.as_deref());
+        h.str(&stage.platform);
+        h.str(&plan.escape.to_string());
+        h.opt(stage.stage.name.as_deref());
+        h.count(stage.steps.len());
+        for step in &stage.steps {
+            h.json(&step.instruction);
+            h.json(&step.args);
+            match &step.source {
+                None => h.str("none"),
+                Some(CopySource::Inline) => h.str("inline"),
+                Some(CopySource::Context) => h.str("context"),
+                Some(CopySource::Stage {
+                    chain,
+                    stage,
+                    paths,
+                    exports,
+                }) => {
+                    h.str("stage");
+                    h.str(chain);
+                    h.str(stage);
+                    h.list(paths);
+                    h.list(exports);
+                }
+                Some(CopySource::Image {
+                    extraction,
+                    image: _,
+                    paths,
+                    exports,
+                }) => {
+                    h.str("image");
+                    h.str(extraction);
+                    h.list(paths);
+                    h.list(exports);
+                }
             }
         }
         Ok(h.finish())
@@ -556,6 +613,8 @@ COPY --from=c /out-c /c
         image: bool,
         /// The layers' key: the image's without its base digest.
         layers: bool,
+        /// The probe's: the base and the final stage's steps.
+        recipe: bool,
     }
 
     const NOTHING: Changes = Changes {
@@ -564,6 +623,7 @@ COPY --from=c /out-c /c
         c: false,
         image: false,
         layers: false,
+        recipe: false,
     };
     const EVERYTHING: Changes = Changes {
         a: true,
@@ -571,6 +631,7 @@ COPY --from=c /out-c /c
         c: true,
         image: true,
         layers: true,
+        recipe: true,
     };
     /// A and all that copies from it.
     const A: Changes = Changes {
@@ -579,6 +640,7 @@ COPY --from=c /out-c /c
         c: true,
         image: true,
         layers: true,
+        recipe: false,
     };
 
     fn set(map: &mut BTreeMap<String, String>, key: &str, value: &str) {
@@ -639,6 +701,7 @@ COPY --from=c /out-c /c
                 Changes {
                     image: true,
                     layers: true,
+                    recipe: true,
                     ..NOTHING
                 },
             ),
@@ -702,6 +765,7 @@ COPY --from=c /out-c /c
                 |c| set(&mut c.digests, "busybox", "sha256:eeee"),
                 Changes {
                     image: true,
+                    recipe: true,
                     ..NOTHING
                 },
             ),
@@ -712,6 +776,16 @@ COPY --from=c /out-c /c
                     c: true,
                     image: true,
                     layers: true,
+                    ..NOTHING
+                },
+            ),
+            (
+                "destination of a COPY in the final stage",
+                |c| c.dockerfile = c.dockerfile.replace("/out-c /c", "/out-c /srv/c"),
+                Changes {
+                    image: true,
+                    layers: true,
+                    recipe: true,
                     ..NOTHING
                 },
             ),
@@ -730,11 +804,12 @@ COPY --from=c /out-c /c
                 changed("c"),
                 before.image != after.image,
                 before.layers != after.layers,
+                before.recipe != after.recipe,
             ];
-            let wanted = [want.a, want.b, want.c, want.image, want.layers];
+            let wanted = [want.a, want.b, want.c, want.image, want.layers, want.recipe];
             if got != wanted {
                 failures.push(format!(
-                    "{name}: changed [a, b, c, image, layers] = {got:?}, want {wanted:?}"
+                    "{name}: changed [a, b, c, image, layers, recipe] = {got:?}, want {wanted:?}"
                 ));
             }
         }
@@ -924,6 +999,7 @@ COPY --from=c /out-c /c
             before.layers, None,
             "a snapshot is made on its base: no rebase"
         );
+        assert_eq!(before.recipe, None, "nor a probe");
         digests.insert("golang:1.22".into(), "sha256:ffff".into());
         let after = compute(&digests);
         for (id, key) in &before.units {

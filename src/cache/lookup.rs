@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use oci_client::Reference;
 
 use super::context::ContextIndex;
-use super::entry::{self, ChainEntry, ImageEntry, LayersEntry};
+use super::entry::{self, ChainEntry, ImageEntry, LayersEntry, RecipeEntry};
 use super::key::{self, ContextIdentity, KeyInputs, Keys};
 use crate::api::ConfigMapContext;
 use crate::oci::Platform;
@@ -71,6 +71,9 @@ pub struct CacheView {
     /// build on another digest of the same base, which a rebase puts on
     /// this one.
     pub rebase: Option<LayersEntry>,
+    /// When the image is not cached: the probe's answer for this base and
+    /// final stage (the build then runs no probe pod).
+    pub recipe: Option<RecipeEntry>,
     /// Why the cache could not be used: the build runs as if it were empty.
     pub error: Option<String>,
 }
@@ -213,6 +216,11 @@ async fn try_look_up(
     }
     if let (None, Some(key)) = (&view.image, &view.keys.layers) {
         view.rebase = entry::lookup_layers(&registry, &view.repository, key)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if let (None, Some(key)) = (&view.image, &view.keys.recipe) {
+        view.recipe = entry::lookup_recipe(&registry, &view.repository, key)
             .await
             .map_err(|e| e.to_string())?;
     }

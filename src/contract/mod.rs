@@ -63,9 +63,12 @@ pub const RESTORE_ENV: &str = "SLIMFORGE_RESTORE";
 /// What the assemble pod rebases ([`RebaseRequest`], JSON): set, it puts
 /// cached layers on the base instead of assembling the workspace's.
 pub const REBASE_ENV: &str = "SLIMFORGE_REBASE";
+/// The final stage's recipe ([`FinalRecipe`], JSON) the stage cache had:
+/// the assembly takes it instead of the probe's result, and no probe ran.
+pub const RECIPE_ENV: &str = "SLIMFORGE_RECIPE";
 /// The variables above: the pods' plumbing, never part of a RUN's or the
 /// image's environment.
-pub const POD_ENV: [&str; 7] = [
+pub const POD_ENV: [&str; 8] = [
     PLAN_ENV,
     CONTEXT_ENV,
     WORKDIR_ENV,
@@ -73,6 +76,7 @@ pub const POD_ENV: [&str; 7] = [
     PLAN_REQUEST_ENV,
     RESTORE_ENV,
     REBASE_ENV,
+    RECIPE_ENV,
 ];
 
 /// The build context, in the workspace.
@@ -202,6 +206,9 @@ pub struct CacheStore {
     /// The image's layers key (its own layers and recipe, for a rebase).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<String>,
+    /// The recipe key, when the probe ran: its answer is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
 }
 
 /// A rebase: the cache repository and the layers entry the lookup found.

@@ -76,8 +76,9 @@ impl Progress {
         }
     }
 
-    /// What the cache had: a line per cached chain, the whole image when
-    /// it had that, or why it could not be used.
+    /// What the cache had: a line per cached chain, the probe's answer,
+    /// the final layers from another base digest, the whole image when it
+    /// had that, or why it could not be used.
     pub fn cache(&self, view: &CacheView) {
         if let Some(error) = &view.error {
             self.line(&format!("cache          not used: {error}"));
@@ -85,6 +86,19 @@ impl Progress {
         }
         for (id, entry) in &view.hits {
             self.line(&format!("{id:<14} cached ({})", short_key(&entry.key)));
+        }
+        if let Some(recipe) = &view.recipe {
+            self.line(&format!(
+                "probe          cached ({})",
+                short_key(&recipe.key)
+            ));
+        }
+        if let Some(rebase) = &view.rebase {
+            self.line(&format!(
+                "layers         cached ({}): built on {}",
+                short_key(&rebase.key),
+                rebase.base
+            ));
         }
         if let Some(image) = &view.image {
             self.line(&format!(

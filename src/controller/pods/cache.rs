@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use crate::cache::entry::RestoreSpec;
 use crate::cache::lookup::CacheView;
 use crate::contract::{
-    AUTH_MOUNT, CACHE_STORE_ENV, CacheStore, EXPORTS_DIR, REBASE_ENV, RESTORE_ENV, RebaseRequest,
-    WORKSPACE_MOUNT, Workspace,
+    AUTH_MOUNT, CACHE_STORE_ENV, CacheStore, EXPORTS_DIR, REBASE_ENV, RECIPE_ENV, RESTORE_ENV,
+    RebaseRequest, WORKSPACE_MOUNT, Workspace,
 };
 use crate::plan::{BuildPlan, ChainRole};
 
@@ -35,9 +35,21 @@ impl BuildObjects<'_> {
             units,
             image: Some(view.keys.image.clone()).filter(|k| !k.is_empty()),
             layers: view.keys.layers.clone(),
+            // The probe ran: its answer is stored.
+            recipe: view.keys.recipe.clone().filter(|_| view.recipe.is_none()),
         };
         let json = serde_json::to_string(&store).unwrap_or_default();
         Some(env_var(CACHE_STORE_ENV, json))
+    }
+
+    /// The assembly's [`RECIPE_ENV`]: the probe's answer the cache had
+    /// (there was no probe pod).
+    pub(super) fn cached_recipe(&self) -> Option<EnvVar> {
+        let recipe = &self.cache?.recipe.as_ref()?.recipe;
+        Some(env_var(
+            RECIPE_ENV,
+            serde_json::to_string(recipe).unwrap_or_default(),
+        ))
     }
 
     /// The rebase pod's [`REBASE_ENV`] (the layers entry the lookup found)

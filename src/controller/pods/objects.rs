@@ -193,6 +193,7 @@ impl BuildObjects<'_> {
             UnitKind::Context => return self.context_pod(unit, attempt, node),
             UnitKind::Assemble => {
                 env.extend(self.cache_store(plan));
+                env.extend(self.cached_recipe());
                 let (container, secrets) = self.assemble_container(plan, env, context_mounts);
                 volumes.extend(secrets);
                 (Vec::new(), container)

@@ -251,6 +251,14 @@ pub(super) fn take_cached(
     latest: &BTreeMap<usize, &PodState>,
 ) -> BTreeMap<usize, String> {
     let mut cached = BTreeMap::new();
+    // The probe's answer: the assembly takes it from the cache.
+    if let Some(entry) = &view.recipe {
+        for unit in units.iter().filter(|u| u.kind == UnitKind::Probe) {
+            if !latest.contains_key(&unit.n) {
+                cached.insert(unit.n, entry.key.clone());
+            }
+        }
+    }
     for unit in units.iter() {
         let (UnitKind::Chain { id, runtime: false } | UnitKind::Extraction { id }) = &unit.kind
         else {
