@@ -509,3 +509,31 @@ async fn removed_watches_stop_their_polls() {
         "no watcher, no poll"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_ends_the_watches_of_builds_that_are_gone() {
+    let registry = Registry::start();
+    let image = registry.image("swept", "v1");
+    push_image(&image, "swept", None).await;
+    let (watches, _changes) = Watches::with_floor(INTERVAL);
+    for name in ["kept", "deleted"] {
+        watches.set(
+            build(name),
+            image_watch(&[image.as_str()], Credentials::default()),
+        );
+    }
+    let _running = start(&watches);
+    wait_for(&watches, &build("kept"), Duration::from_secs(10), |s| {
+        !s.images.is_empty()
+    })
+    .await;
+    // What the operator's sweep does with the informer's store: only
+    // `kept` is still there.
+    let gone = watches.retain(|b| b.name == "kept");
+    assert_eq!(gone, 1);
+    assert_eq!(watches.seen(&build("deleted")), Seen::default());
+    assert_ne!(watches.seen(&build("kept")), Seen::default());
+    assert_eq!(watches.target_count(), 1);
+    assert_eq!(watches.retain(|_| false), 1);
+    assert_eq!(watches.target_count(), 0, "no watcher, no target");
+}

@@ -156,6 +156,13 @@ async fn watch_triggers(
     Ok(())
 }
 
+impl Context {
+    /// Forgets the trigger registrations of builds `exists` says are gone.
+    pub fn forget_triggered(&self, exists: impl Fn(&ObjectRef<ImageBuild>) -> bool) {
+        lock_registered(&self.triggered_builds).retain(|build, _| exists(build));
+    }
+}
+
 /// Builds whose triggers are registered, by the build they watch for.
 pub type TriggeredBuilds = Mutex<HashMap<ObjectRef<ImageBuild>, BuildId>>;
 

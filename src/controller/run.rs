@@ -214,7 +214,9 @@ fn controller(
         "watching ImageBuilds"
     );
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    Controller::new(builds, watcher::Config::default())
+    let controller = Controller::new(builds, watcher::Config::default());
+    let sweep = sweep_deleted(controller.store(), namespace, context.clone());
+    let run = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns(pods, ours.clone())
         .owns(claims, ours)
@@ -232,7 +234,46 @@ fn controller(
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile");
             }
-        })
+        });
+    async move {
+        tokio::select! {
+            _ = run => {}
+            _ = sweep => {}
+        }
+    }
+}
+
+/// How often the watches of deleted ImageBuilds are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Ends the trigger watches of ImageBuilds that are gone: a deleted build
+/// is never reconciled again, so only its absence from the informer's
+/// `store` says so. Builds of another scope (`namespace`) are left alone.
+async fn sweep_deleted(
+    store: kube::runtime::reflector::Store<DeserializeGuard<ImageBuild>>,
+    namespace: Option<String>,
+    context: Arc<Context>,
+) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let exists = |build: &BuildRef| {
+            let in_scope = namespace.is_none() || build.namespace == namespace;
+            let name = ObjectRef::<DeserializeGuard<ImageBuild>>::new(&build.name);
+            let name = match &build.namespace {
+                Some(ns) => name.within(ns),
+                None => name,
+            };
+            !in_scope || store.get(&name).is_some()
+        };
+        let gone = context.watches.retain(exists);
+        context.forget_triggered(exists);
+        if gone > 0 {
+            tracing::info!(gone, "trigger watches of deleted ImageBuilds ended");
+        }
+    }
 }
 
 async fn serve(address: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {

@@ -443,6 +443,24 @@ impl Watches {
         self.inner.wake.notify_one();
     }
 
+    /// Keeps the builds `keep` says still exist (a deleted ImageBuild's
+    /// reconcile never comes: a sweep against the informer's store ends
+    /// its watch); returns how many went.
+    pub fn retain(&self, keep: impl Fn(&BuildRef) -> bool) -> usize {
+        let gone: Vec<BuildRef> = self
+            .inner
+            .lock()
+            .builds
+            .keys()
+            .filter(|b| !keep(b))
+            .cloned()
+            .collect();
+        for build in &gone {
+            self.remove(build);
+        }
+        gone.len()
+    }
+
     /// What `build`'s targets last saw, and their errors.
     pub fn seen(&self, build: &BuildRef) -> Seen {
         let state = self.inner.lock();
