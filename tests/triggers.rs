@@ -19,7 +19,7 @@ use slimforge::controller::triggers::{
 use slimforge::oci::registry::{
     OCI_MANIFEST, Registry as Client, RegistryOptions, parse_reference, sha256_digest,
 };
-use support::{CountingProxy, GitDaemon, Registry, basic_auth, git};
+use support::{CountingProxy, GitDaemon, Registry, TokenPolicy, basic_auth, git};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 
@@ -536,4 +536,30 @@ async fn a_sweep_ends_the_watches_of_builds_that_are_gone() {
     assert_eq!(watches.target_count(), 1);
     assert_eq!(watches.retain(|_| false), 1);
     assert_eq!(watches.target_count(), 0, "no watcher, no target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polls_of_a_token_registry_reuse_their_token_until_it_expires() {
+    let registry = Registry::start_token_auth(TokenPolicy::grant_all());
+    let image = registry.image("tokens", "v1");
+    push_image(&image, "tokens", None).await;
+    let (watches, _changes) = Watches::with_floor(INTERVAL);
+    watches.set(
+        build("a"),
+        image_watch(&[image.as_str()], Credentials::default()),
+    );
+    let before = registry.token_requests().len();
+    let (polls_before, _) = manifest_requests(&registry, "tokens");
+    let _running = start(&watches);
+    tokio::time::sleep(INTERVAL * 10).await;
+    let (polls_after, _) = manifest_requests(&registry, "tokens");
+    let tokens = registry.token_requests().len() - before;
+    assert!(polls_after - polls_before >= 5, "it polled");
+    // A connection's check and its first poll may each ask; later polls
+    // take the token they have (it lives 300 s).
+    assert!(
+        tokens <= 2,
+        "{tokens} token requests for {} polls",
+        polls_after - polls_before
+    );
 }

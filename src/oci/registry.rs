@@ -139,7 +139,16 @@ pub struct Registry {
     schemes: HashMap<String, &'static str>,
     challenges: HashMap<String, Challenge>,
     credentials: HashMap<String, Credential>,
+    /// Bearer tokens by host and scopes, until shortly before they expire:
+    /// a registry polled every minute is not asked for a token each time.
+    tokens: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// A token is used until this long before the expiry its server gave.
+const TOKEN_MARGIN: Duration = Duration::from_secs(10);
+/// The lifetime of a token whose server gave none (the distribution spec's
+/// default).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
 impl Registry {
     /// Reaches every registry in `references` once: chooses the scheme (plain
@@ -184,6 +193,7 @@ impl Registry {
             schemes: HashMap::new(),
             challenges: HashMap::new(),
             credentials: HashMap::new(),
+            tokens: std::sync::Mutex::new(HashMap::new()),
         };
         for reference in references {
             let host = reference.resolve_registry().to_string();
@@ -331,6 +341,13 @@ impl Registry {
         }
         let credential = self.credentials.get(host).unwrap_or(&Credential::Anonymous);
         let joined_scopes = scopes.join(" ");
+        let cache_key = format!("{host} {joined_scopes}");
+        let now = std::time::Instant::now();
+        if let Some((token, until)) = self.cached_tokens().get(&cache_key)
+            && *until > now
+        {
+            return Ok(Some(token.clone()));
+        }
         let response = retry(realm, || async {
             let request = match credential {
                 Credential::IdentityToken(token) => {
@@ -381,18 +398,37 @@ impl Registry {
         struct TokenResponse {
             token: Option<String>,
             access_token: Option<String>,
+            expires_in: Option<u64>,
         }
         let body: TokenResponse = response.json().await.map_err(|e| RegistryError::Request {
             what: format!("token server {realm}"),
             detail: e.to_string(),
         })?;
-        body.token
+        let lifetime = body
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        let token = body
+            .token
             .or(body.access_token)
-            .map(Some)
             .ok_or_else(|| RegistryError::Request {
                 what: format!("token server {realm}"),
                 detail: "answer holds no token".into(),
-            })
+            })?;
+        if let Some(usable) = lifetime.checked_sub(TOKEN_MARGIN) {
+            let mut tokens = self.cached_tokens();
+            // Expired ones go; the map holds a few scopes per registry.
+            tokens.retain(|_, (_, until)| *until > now);
+            tokens.insert(cache_key, (token.clone(), now + usable));
+        }
+        Ok(Some(token))
+    }
+
+    fn cached_tokens(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, std::time::Instant)>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Prepares pushes to `target`, with pull rights on `mount_sources` (same
