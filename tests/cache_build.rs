@@ -359,6 +359,11 @@ fn a_moved_base_is_rebased_and_falls_back_when_its_users_changed() {
     let second = build(&name, &text);
     let second_image = second.reference();
     assert_eq!(second.stages_run(), ["rebase"], "{}", second.stderr());
+    assert!(
+        second
+            .stderr()
+            .contains("(a rebase of the cached layers: 1 pod)")
+    );
     assert_eq!(podman_run(&second_image, &[]), "built\nfixed base\n65534\n");
     let layers = |reference: &str| -> Vec<Value> {
         skopeo_inspect_raw(reference)["layers"]

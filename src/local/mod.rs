@@ -290,11 +290,21 @@ async fn helper_image(
 /// repository cloned first.
 fn announce(shell: &PodmanShell, ib: &ImageBuild, validated: Option<&Validated>) {
     let image = &ib.spec.output.image;
+    let view = shell.cache_view().filter(|v| v.error.is_none());
     let line = match validated {
-        Some(validated) => format!(
-            "building {image} ({} pods)",
-            crate::controller::pods::units(&validated.plan).len()
-        ),
+        Some(_) if view.is_some_and(|v| v.rebase.is_some() && v.image.is_none()) => {
+            format!("building {image} (a rebase of the cached layers: 1 pod)")
+        }
+        Some(validated) => {
+            let all = crate::controller::pods::units(&validated.plan).len();
+            // What the cache has runs no pod; a restore pod may come.
+            let cached = view.map_or(0, |v| v.hits.len() + usize::from(v.recipe.is_some()));
+            if cached == 0 {
+                format!("building {image} ({all} pods)")
+            } else {
+                format!("building {image} (of {all} pods, {cached} from the cache)")
+            }
+        }
         None => format!(
             "building {image} from {} (cloned first)",
             crate::api::redacted_url(

@@ -157,6 +157,11 @@ impl Shell for PodmanShell {
 }
 
 impl PodmanShell {
+    /// The cache's answer, once asked.
+    pub fn cache_view(&self) -> Option<&CacheView> {
+        self.cache.as_ref().map(|(_, view)| view)
+    }
+
     /// Nothing started yet; pod files go to `workdir`.
     pub fn new(podman: Podman, workdir: PathBuf) -> Self {
         PodmanShell {
