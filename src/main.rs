@@ -385,6 +385,7 @@ async fn rebase(
                 .map(|key| slimforge::assemble::CacheImageSpec { key }),
             layers: None,
             recipe: None,
+            restore: Vec::new(),
         }),
     };
     let outcome =
@@ -464,6 +465,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     let plan = BuildPlan::load(plan.as_deref())?;
                     let workspace = workspace
                         .unwrap_or_else(|| PathBuf::from(slimforge::contract::WORKSPACE_MOUNT));
+                    // It may be the build's first pod (everything else
+                    // cached): the shared directories, as every pod makes them.
+                    if let Err(e) = stage::run::prepare_workspace(&workspace) {
+                        tracing::debug!(error = %e, "the workspace is not prepared");
+                    }
                     let recipe = recipe::load_recipe(&plan, &workspace)?;
                     // The assemble pod gets the build context as chain pods do.
                     context_guard =
@@ -483,23 +489,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         auth,
                         ca_bundle,
                     };
-                    let mut spec = recipe::assemble_spec(
-                        &plan,
-                        &recipe,
-                        &workspace,
-                        context.as_deref(),
-                        &output,
-                    )?;
                     // What the controller asks to be stored in the cache.
                     let store_env = slimforge::contract::CACHE_STORE_ENV;
-                    if let Ok(json) = std::env::var(store_env) {
-                        let store: slimforge::contract::CacheStore = serde_json::from_str(&json)
-                            .map_err(|e| anyhow::anyhow!("${store_env}: {e}"))?;
-                        let workspace = slimforge::contract::Workspace::new(&workspace);
-                        spec.cache =
-                            Some(recipe::cache_store_spec(&store, &plan, &recipe, &workspace));
+                    match std::env::var(store_env) {
+                        Ok(json) => {
+                            let store: slimforge::contract::CacheStore =
+                                serde_json::from_str(&json)
+                                    .map_err(|e| anyhow::anyhow!("${store_env}: {e}"))?;
+                            recipe::assemble_spec_cached(
+                                &plan,
+                                &recipe,
+                                &workspace,
+                                context.as_deref(),
+                                &output,
+                                &store,
+                            )?
+                        }
+                        Err(_) => recipe::assemble_spec(
+                            &plan,
+                            &recipe,
+                            &workspace,
+                            context.as_deref(),
+                            &output,
+                        )?,
                     }
-                    spec
                 }
                 (None, None) => {
                     anyhow::bail!("give --spec FILE, or --image REF to assemble the plan")

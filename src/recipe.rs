@@ -427,7 +427,76 @@ pub fn assemble_spec(
     context: Option<&Path>,
     output: &AssembleOutput,
 ) -> Result<AssembleSpec, RecipeError> {
+    spec_of(plan, recipe, workspace, context, output, None)
+}
+
+/// [`assemble_spec`] with the stage cache: what the assembly stores
+/// ([`cache_store_spec`]), each `COPY --from` layer's key
+/// ([`crate::cache::key::layer_key`]), and the exports of cached units,
+/// which the assembly reads from the cache repository when it must make
+/// a layer of them (their archives are not on the workspace).
+pub fn assemble_spec_cached(
+    plan: &BuildPlan,
+    recipe: &FinalRecipe,
+    workspace: &Path,
+    context: Option<&Path>,
+    output: &AssembleOutput,
+    store: &CacheStore,
+) -> Result<AssembleSpec, RecipeError> {
+    let mut spec = spec_of(plan, recipe, workspace, context, output, Some(store))?;
+    let epoch = crate::oci::layer::source_date_epoch();
+    for (layer, recipe_layer) in spec.layers.iter_mut().zip(&recipe.layers) {
+        let LayerOrigin::Exports { exports } = &recipe_layer.source else {
+            continue;
+        };
+        let keyed: Option<Vec<(&str, &str)>> = exports
+            .iter()
+            .map(|export| {
+                let unit = unit_of_export(plan, &export.id)?;
+                Some((export.id.as_str(), store.keys.get(unit)?.as_str()))
+            })
+            .collect();
+        layer.cache_key = keyed.map(|exports| {
+            crate::cache::key::layer_key(recipe_layer, &recipe.base_directories, epoch, &exports)
+        });
+    }
+    let mut cache = cache_store_spec(store, plan, recipe, &Workspace::new(workspace));
+    cache.restore = store.hits.clone();
+    spec.cache = Some(cache);
+    Ok(spec)
+}
+
+/// The chain or extraction that exports `id`.
+fn unit_of_export<'p>(plan: &'p BuildPlan, id: &str) -> Option<&'p str> {
+    let chain = plan
+        .chains
+        .iter()
+        .find(|c| c.exports.iter().any(|e| e.id == id))
+        .map(|c| c.id.as_str());
+    chain.or_else(|| {
+        plan.extractions
+            .iter()
+            .find(|e| e.exports.iter().any(|x| x.id == id))
+            .map(|e| e.id.as_str())
+    })
+}
+
+fn spec_of(
+    plan: &BuildPlan,
+    recipe: &FinalRecipe,
+    workspace: &Path,
+    context: Option<&Path>,
+    output: &AssembleOutput,
+    store: Option<&CacheStore>,
+) -> Result<AssembleSpec, RecipeError> {
     let (base, platform) = final_base(plan)?;
+    // Exports the cache repository has: their archives need not be here.
+    let restorable: std::collections::BTreeSet<&str> = store
+        .into_iter()
+        .flat_map(|s| &s.hits)
+        .flat_map(|entry| &entry.exports)
+        .map(|export| export.id.as_str())
+        .collect();
     let context = context.map_or_else(|| workspace.join("context"), Path::to_path_buf);
     let mut layers = Vec::with_capacity(recipe.layers.len());
     for layer in &recipe.layers {
@@ -462,7 +531,7 @@ pub fn assemble_spec(
                         for export in exports {
                             let archive =
                                 workspace.join("exports").join(format!("{}.tar", export.id));
-                            if !archive.is_file() {
+                            if !archive.is_file() && !restorable.contains(export.id.as_str()) {
                                 return Err(missing(&archive, "the export archive"));
                             }
                             copy.archives.push(archive);
@@ -561,6 +630,7 @@ pub fn cache_store_spec(
         repository: store.repository.clone(),
         chains,
         image: store.image.clone().map(|key| CacheImageSpec { key }),
+        restore: Vec::new(),
         layers: store
             .layers
             .clone()

@@ -1017,55 +1017,51 @@ fn an_image_the_cache_has_succeeds_without_a_pod() {
 }
 
 #[test]
-fn a_cached_chain_runs_no_pod_and_is_restored_for_the_assembly() {
+fn a_cached_chain_runs_no_pod_and_the_assembly_reads_it_from_the_cache() {
     let mut world = World::new(image_build(SEED));
     world.cache = seed_cache(true, false);
     world.step();
-    // Wave one: the probe and the restore pod, no chain pod.
+    // Wave one: the probe alone; no chain pod, no restore pod (the
+    // assembly is the builder's only reader, and reads the cache itself).
     world.step();
-    assert_eq!(world.created.len(), 2, "{:?}", world.created);
-    assert!(world.step().create_pods.is_empty());
+    assert_eq!(world.created, ["goapp-g1-2"], "{:?}", world.created);
     let status = world.ib.status.clone().unwrap();
     let builder = status.stages.iter().find(|s| s.name == "builder").unwrap();
     assert_eq!(builder.cached, Some(true));
     assert_eq!(builder.pod, "");
     assert_eq!(builder.phase, "Succeeded");
-    let restore = world
-        .pods
-        .iter()
-        .find(|p| {
-            status
-                .stages
-                .iter()
-                .any(|s| s.pod == p.name && s.name == "restore")
-        })
-        .expect("a restore pod")
-        .unit;
-    let probe = world
-        .pods
-        .iter()
-        .find(|p| {
-            status
-                .stages
-                .iter()
-                .any(|s| s.pod == p.name && s.name == "probe")
-        })
-        .expect("the probe")
-        .unit;
-    world.finish(probe, PodPhase::Succeeded, "{}");
-    assert!(
-        world.step().create_pods.is_empty(),
-        "the assembly waits for the restore"
-    );
-    world.finish(restore, PodPhase::Succeeded, "{}");
+    world.finish(2, PodPhase::Succeeded, "{}");
     let decision = world.step();
     let assemble = decision.create_pods.first().expect("the assembly");
-    // It stores the image's entry, not the chain the cache had.
+    // It stores the image's entry, not the chain the cache had, and gets
+    // the chain's entry and every key (for its COPY --from layers).
     let store: serde_json::Value =
         serde_json::from_str(&env_of(assemble, CACHE_STORE_ENV).unwrap()).unwrap();
     assert_eq!(store["units"], serde_json::json!({}));
     assert_eq!(store["image"], format!("sha256:{}", "i".repeat(64)));
     assert_eq!(store["repository"], "registry.example/team/goapp/cache");
+    assert_eq!(
+        store["keys"]["builder"],
+        format!("sha256:{}", "c".repeat(64))
+    );
+    assert_eq!(store["hits"][0]["chain"], "builder");
+    assert_eq!(store["hits"][0]["exports"][0]["id"], "builder-0");
+}
+
+#[test]
+fn a_chain_that_copies_a_cached_one_waits_for_the_restore_pod() {
+    let mut world = World::new(image_build(&SEED.replace(
+        "FROM busybox\n",
+        "FROM golang:1.22 AS tester\n    COPY --from=builder /go/app /app\n    RUN /app --version > /ok\n\n    FROM busybox\n    COPY --from=tester /ok /ok\n",
+    )));
+    world.cache = seed_cache(true, false);
+    for _ in 0..3 {
+        world.step();
+    }
+    let status = world.ib.status.clone().unwrap();
+    let names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"restore"), "{names:?}");
+    assert!(!names.contains(&"tester"), "the tester waits: {names:?}");
 }
 
 #[test]
@@ -1526,13 +1522,14 @@ fn a_rebase_that_does_not_fit_falls_back_to_the_build_and_says_why() {
             "{}",
             said[0].note
         );
-        // The build as usual: the probe and the restore of the cached builder.
+        // The build as usual: the probe (the cached builder is read by the
+        // assembly itself).
         let roles: Vec<String> = decision
             .create_pods
             .iter()
             .map(|p| p.meta().labels.clone().unwrap_or_default()["slimforge.dev/role"].clone())
             .collect();
-        assert_eq!(roles, ["probe", "restore"], "{why}");
+        assert_eq!(roles, ["probe"], "{why}");
         let status = world.ib.status.clone().unwrap();
         let rebase = &status.stages[0];
         assert_eq!(rebase.name, "rebase");

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use self::layers::{base_directories, plan_layers, write_layers};
 use self::push::{PARALLEL_BLOBS, tag_references, transfer_base_blobs};
 use crate::cache::entry::{CachedLayer, LayersEntry};
-use crate::contract::AssembleResult;
+use crate::contract::{AssembleResult, export_file_name};
 use crate::oci::Platform;
 use crate::oci::config::{self, AddedLayer, ConfigError};
 use crate::oci::layer::{self, LayerDigests, LayerError};
@@ -88,8 +88,13 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         "scratch" => None,
         other => Some(registry::parse_reference(other)?),
     };
-    let plans = plan_layers(spec)?;
+    // Checked whole first: a bad spec fails before any registry is asked.
+    plan_layers(spec)?;
     let base_dirs = base_directories(spec)?;
+    let cache_repository = match &spec.cache {
+        Some(cache) => Some(registry::parse_reference(&cache.repository)?),
+        None => None,
+    };
 
     let options = RegistryOptions {
         insecure: spec.insecure,
@@ -99,10 +104,31 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
     };
     let mut references = vec![&target];
     references.extend(base.as_ref());
+    references.extend(cache_repository.as_ref());
     let registry = Registry::connect(&options, &references).await?;
-    registry
-        .authorize_push(&target, &base.iter().collect::<Vec<_>>())
-        .await?;
+    let sources: Vec<&oci_client::Reference> =
+        base.iter().chain(cache_repository.as_ref()).collect();
+    registry.authorize_push(&target, &sources).await?;
+
+    // `COPY --from` layers the cache has are mounted, not made; the
+    // exports of the others are read from the cache if not on disk.
+    let copies = match (&spec.cache, &cache_repository) {
+        (Some(cache), Some(repository)) => {
+            cached_copies(&registry, spec, cache, repository, &target).await?
+        }
+        _ => vec![None; spec.layers.len()],
+    };
+    let to_make = AssembleSpec {
+        layers: spec
+            .layers
+            .iter()
+            .zip(&copies)
+            .filter(|(_, cached)| cached.is_none())
+            .map(|(layer, _)| layer.clone())
+            .collect(),
+        ..spec.clone()
+    };
+    let plans = plan_layers(&to_make)?;
 
     let scratch = spec.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&scratch)
@@ -134,9 +160,44 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
             }
         })
         .await?;
-    let own: Vec<(LayerDigests, String)> = written
+    let made: Vec<(LayerDigests, String)> = written
         .into_iter()
         .map(|(_, digests, created_by)| (digests, created_by))
+        .collect();
+    // In the spec's order: each layer cached or made.
+    let mut made_iter = made.iter();
+    let own: Vec<(LayerDigests, String)> = copies
+        .iter()
+        .filter_map(|cached| match cached {
+            Some(layer) => Some((
+                LayerDigests {
+                    digest: layer.digest.clone(),
+                    size: layer.size,
+                    diff_id: layer.diff_id.clone(),
+                },
+                layer.created_by.clone(),
+            )),
+            None => made_iter.next().cloned(),
+        })
+        .collect();
+    // The layers made, with their keys: stored after the push.
+    let made_keys: Vec<(String, CachedLayer)> = spec
+        .layers
+        .iter()
+        .zip(&copies)
+        .zip(&own)
+        .filter(|((_, cached), _)| cached.is_none())
+        .filter_map(|((layer, _), (digests, created_by))| {
+            Some((
+                layer.cache_key.clone()?,
+                CachedLayer {
+                    digest: digests.digest.clone(),
+                    size: digests.size,
+                    diff_id: digests.diff_id.clone(),
+                    created_by: created_by.clone(),
+                },
+            ))
+        })
         .collect();
     let base_environment = LayersEntry::environment_of(&base_part.config);
     let pushed = push_image(
@@ -153,6 +214,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         let own = OwnLayers {
             created_by: own.into_iter().map(|(_, created_by)| created_by).collect(),
             base_environment,
+            copies: made_keys,
         };
         result.cache_warnings =
             store_cache(&registry, &target, &options, cache, &result, &own).await;
@@ -317,10 +379,73 @@ async fn push_image(
 }
 
 /// What the layers entry needs beyond the result: each new layer's
-/// history entry, and the base's environment.
+/// history entry, and the base's environment; and the `COPY --from`
+/// layers made, by key.
 struct OwnLayers {
     created_by: Vec<String>,
     base_environment: Value,
+    copies: Vec<(String, CachedLayer)>,
+}
+
+/// For each layer of `spec`, the cached `COPY --from` layer (its blob put
+/// in `target`'s repository), or `None`: then its export archives are
+/// downloaded from the cache repository where they are not on disk.
+async fn cached_copies(
+    registry: &Registry,
+    spec: &AssembleSpec,
+    cache: &CacheStoreSpec,
+    repository: &oci_client::Reference,
+    target: &oci_client::Reference,
+) -> Result<Vec<Option<CachedLayer>>, AssembleError> {
+    let mut copies = Vec::with_capacity(spec.layers.len());
+    for layer in &spec.layers {
+        let hit = match &layer.cache_key {
+            Some(key) => crate::cache::entry::lookup_copy(registry, &cache.repository, key)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "stage cache: a layer's lookup failed");
+                    None
+                }),
+            None => None,
+        };
+        if let Some(hit) = hit {
+            crate::cache::entry::put_blob(
+                registry,
+                repository,
+                target,
+                &hit.layer.digest,
+                hit.layer.size,
+            )
+            .await?;
+            tracing::info!(key = %hit.key, digest = %hit.layer.digest, "layer from the cache");
+            copies.push(Some(hit.layer));
+            continue;
+        }
+        for archive in layer.copy.iter().flat_map(|c| &c.archives) {
+            if archive.is_file() {
+                continue;
+            }
+            let export = cache
+                .restore
+                .iter()
+                .flat_map(|entry| &entry.exports)
+                .find(|e| {
+                    Some(std::ffi::OsStr::new(&export_file_name(&e.id))) == archive.file_name()
+                });
+            let Some(export) = export else {
+                return Err(AssembleError::Io(format!(
+                    "{}: no such export archive, and the cache has none",
+                    archive.display()
+                )));
+            };
+            registry
+                .download_blob(repository, &export.digest, archive)
+                .await?;
+            tracing::info!(export = %export.id, "export read from the cache");
+        }
+        copies.push(None);
+    }
+    Ok(copies)
 }
 
 /// Stores the chains' entries, then the image's, in the cache repository;
@@ -396,6 +521,16 @@ async fn store_cache(
         match crate::cache::entry::store_image(registry, repository, &image.key, result).await {
             Ok(_) => tracing::info!(key = %image.key, "image cached"),
             Err(e) => warn(format!("caching the image in {repository}: {e}")),
+        }
+    }
+    for (key, layer) in &own.copies {
+        let entry = crate::cache::entry::CopyEntry {
+            key: key.clone(),
+            layer: layer.clone(),
+        };
+        match crate::cache::entry::store_copy(registry, repository, target, &entry).await {
+            Ok(()) => tracing::info!(%key, "layer cached"),
+            Err(e) => warn(format!("caching a layer in {repository}: {e}")),
         }
     }
     if let Some(recipe) = &cache.recipe {

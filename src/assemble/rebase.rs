@@ -109,17 +109,8 @@ pub async fn rebase(
     }
 
     // The own layers go from the cache repository to the target's.
-    let same_registry = cache.resolve_registry() == target.resolve_registry();
     for layer in &entry.layers {
-        if registry.blob_exists(&target, &layer.digest).await? {
-            continue;
-        }
-        if same_registry && registry.mount(&target, &cache, &layer.digest).await? {
-            continue;
-        }
-        registry
-            .copy_blob(&cache, &target, &layer.digest, layer.size)
-            .await?;
+        entry::put_blob(&registry, &cache, &target, &layer.digest, layer.size).await?;
     }
     let own: Vec<(LayerDigests, String)> = entry
         .layers

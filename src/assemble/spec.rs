@@ -61,6 +61,10 @@ pub struct CacheStoreSpec {
     /// The probe's answer, stored under the recipe key.
     #[serde(default)]
     pub recipe: Option<CacheLayersSpec>,
+    /// Entries whose exports a layer reads when its archive is not on
+    /// disk: downloaded from the cache repository first.
+    #[serde(default)]
+    pub restore: Vec<crate::cache::entry::ChainEntry>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +130,10 @@ pub struct LayerSpec {
     pub created_by: Option<String>,
     /// A Dockerfile COPY/ADD with Docker's rules; `owner` and `chmod` apply.
     pub copy: Option<CopyLayerSpec>,
+    /// The layer's key in the stage cache (`cache` gives the repository):
+    /// a layer cached under it is mounted, not made; one made is stored.
+    #[serde(default)]
+    pub cache_key: Option<String>,
 }
 
 /// COPY/ADD onto an image that is not on this disk: sources matched (globs,

@@ -87,6 +87,8 @@ pub enum EntryKind {
     Layers,
     /// The probe's answer: the final stage's recipe on a base digest.
     Recipe,
+    /// One `COPY --from` layer of the final image, made from exports.
+    Copy,
 }
 
 /// The tag of the entry for `key` (`sha256:<hex>`): `chain-<hex>` or
@@ -98,6 +100,7 @@ pub fn entry_tag(kind: EntryKind, key: &str) -> String {
         EntryKind::Image => format!("image-{hex}"),
         EntryKind::Layers => format!("layers-{hex}"),
         EntryKind::Recipe => format!("recipe-{hex}"),
+        EntryKind::Copy => format!("copy-{hex}"),
     }
 }
 
@@ -156,6 +159,15 @@ pub struct LayersEntry {
 pub struct RecipeEntry {
     pub key: String,
     pub recipe: FinalRecipe,
+}
+
+/// One `COPY --from` layer of the final image, by its key
+/// ([`super::key::layer_key`]); the manifest's one layer is its blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyEntry {
+    pub key: String,
+    pub layer: CachedLayer,
 }
 
 /// One of the final image's own layers.
@@ -233,6 +245,70 @@ pub async fn lookup_image(
     )
 }
 
+/// Looks the copy-layer entry for `key` up in `repository`; `None` on a
+/// miss (its blob gone too).
+pub async fn lookup_copy(
+    registry: &Registry,
+    repository: &str,
+    key: &str,
+) -> Result<Option<CopyEntry>, RegistryError> {
+    let Some((entry, layers)) =
+        fetch_entry::<CopyEntry>(registry, repository, EntryKind::Copy, key).await?
+    else {
+        return Ok(None);
+    };
+    if layers.len() != 1 || layers[0].digest != entry.layer.digest {
+        return Ok(None);
+    }
+    Ok(Some(entry))
+}
+
+/// Stores a copy-layer entry, its blob mounted from `image`'s repository
+/// (where the assembly pushed it), or copied.
+pub async fn store_copy(
+    registry: &Registry,
+    repository: &str,
+    image: &Reference,
+    entry: &CopyEntry,
+) -> Result<(), RegistryError> {
+    let target = entry_reference(repository, EntryKind::Copy, &entry.key)?;
+    registry.authorize_push(&target, &[image]).await?;
+    put_blob(
+        registry,
+        image,
+        &target,
+        &entry.layer.digest,
+        entry.layer.size,
+    )
+    .await?;
+    let layers = [CachedExport {
+        id: "layer".into(),
+        digest: entry.layer.digest.clone(),
+        size: entry.layer.size,
+    }];
+    push_entry(registry, &target, entry, &layers).await
+}
+
+/// Puts blob `digest` in `target`'s repository from `source`'s: there
+/// already, mounted (same registry), or copied.
+pub async fn put_blob(
+    registry: &Registry,
+    source: &Reference,
+    target: &Reference,
+    digest: &str,
+    size: u64,
+) -> Result<(), RegistryError> {
+    if registry.blob_exists(target, digest).await? {
+        return Ok(());
+    }
+    if target.resolve_registry() == source.resolve_registry()
+        && registry.mount(target, source, digest).await?
+    {
+        return Ok(());
+    }
+    registry.copy_blob(source, target, digest, size).await
+}
+
 /// Looks the recipe entry for `key` up in `repository`; `None` on a miss.
 pub async fn lookup_recipe(
     registry: &Registry,
@@ -290,17 +366,8 @@ pub async fn store_layers(
 ) -> Result<(), RegistryError> {
     let target = entry_reference(repository, EntryKind::Layers, &entry.key)?;
     registry.authorize_push(&target, &[image]).await?;
-    let same_registry = target.resolve_registry() == image.resolve_registry();
     for layer in &entry.layers {
-        if registry.blob_exists(&target, &layer.digest).await? {
-            continue;
-        }
-        if same_registry && registry.mount(&target, image, &layer.digest).await? {
-            continue;
-        }
-        registry
-            .copy_blob(image, &target, &layer.digest, layer.size)
-            .await?;
+        put_blob(registry, image, &target, &layer.digest, layer.size).await?;
     }
     push_entry(registry, &target, entry, &entry.as_exports()).await
 }
@@ -686,6 +753,12 @@ trait Keyed {
 }
 
 impl Keyed for ChainEntry {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Keyed for CopyEntry {
     fn key(&self) -> &str {
         &self.key
     }

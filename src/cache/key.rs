@@ -456,6 +456,32 @@ impl Keyer<'_, '_> {
     }
 }
 
+/// The key of one layer of the final image made from exports only: the
+/// recipe's `layer` as the probe gave it (destination through the base's
+/// links, owner, mode, sources), the base's directories the layer's parents
+/// take their modes from, the layers' timestamp (`SOURCE_DATE_EPOCH`), and
+/// the key of the unit behind each export it reads. The same key, the same
+/// layer blob: the assembly mounts it instead of making it.
+pub fn layer_key(
+    layer: &crate::contract::RecipeLayer,
+    base_directories: &BTreeMap<String, crate::rootfs::resolve::BaseDirectoryEntry>,
+    source_date_epoch: u64,
+    exports: &[(&str, &str)],
+) -> String {
+    let mut h = Hasher::default();
+    h.str(FORMAT);
+    h.str("layer");
+    h.json(layer);
+    h.json(base_directories);
+    h.str(&source_date_epoch.to_string());
+    h.count(exports.len());
+    for (id, unit_key) in exports {
+        h.str(id);
+        h.str(unit_key);
+    }
+    h.finish()
+}
+
 /// What a unit hands on: each export's id (what consumers and the cache
 /// entry's layers are named by), the stage it is taken at, its path.
 fn exports(h: &mut Hasher, exports: &[Export], with_stage: bool) {

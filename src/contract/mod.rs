@@ -192,7 +192,7 @@ pub fn scratch_name(prefix: &str, chain: &str) -> String {
 /// The entries the assemble pod writes once the image is pushed: one per
 /// chain or extraction that ran (its exports and result are in the
 /// workspace), and the image's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheStore {
     /// `registry/repository`.
@@ -209,6 +209,15 @@ pub struct CacheStore {
     /// The recipe key, when the probe ran: its answer is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<String>,
+    /// Every chain's and extraction's key: the final stage's `COPY --from`
+    /// layers are cached under keys made of them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub keys: std::collections::BTreeMap<String, String>,
+    /// The entries of the units the cache had: the assembly reads their
+    /// exports from the cache repository itself when it must make a layer
+    /// of them (no restore pod runs for the assembly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hits: Vec<crate::cache::entry::ChainEntry>,
 }
 
 /// A rebase: the cache repository and the layers entry the lookup found.

@@ -37,6 +37,8 @@ impl BuildObjects<'_> {
             layers: view.keys.layers.clone(),
             // The probe ran: its answer is stored.
             recipe: view.keys.recipe.clone().filter(|_| view.recipe.is_none()),
+            keys: view.keys.units.clone(),
+            hits: view.hits.values().cloned().collect(),
         };
         let json = serde_json::to_string(&store).unwrap_or_default();
         Some(env_var(CACHE_STORE_ENV, json))

@@ -268,9 +268,11 @@ pub(super) fn take_cached(
             cached.insert(unit.n, entry.key.clone());
         }
     }
+    // The assembly reads the exports it needs from the cache itself (when
+    // their layer is not cached): only chains that copy them need a restore.
     let restored: Vec<String> = units
         .iter()
-        .filter(|u| !cached.contains_key(&u.n))
+        .filter(|u| !cached.contains_key(&u.n) && u.kind != UnitKind::Assemble)
         .flat_map(|u| u.depends_on.iter())
         .filter(|n| cached.contains_key(n))
         .filter_map(|n| units.iter().find(|u| u.n == *n))
@@ -285,7 +287,10 @@ pub(super) fn take_cached(
         return cached;
     }
     let n = units.iter().map(|u| u.n).max().unwrap_or(0) + 1;
-    for unit in units.iter_mut().filter(|u| !cached.contains_key(&u.n)) {
+    for unit in units
+        .iter_mut()
+        .filter(|u| !cached.contains_key(&u.n) && u.kind != UnitKind::Assemble)
+    {
         if unit.depends_on.iter().any(|d| cached.contains_key(d)) {
             unit.depends_on.retain(|d| !cached.contains_key(d));
             unit.depends_on.push(n);
