@@ -1049,6 +1049,19 @@ fn a_cached_chain_runs_no_pod_and_the_assembly_reads_it_from_the_cache() {
 }
 
 #[test]
+fn a_cache_on_another_registry_is_restored_for_the_assembly() {
+    let mut world = World::new(image_build(SEED));
+    world.cache = seed_cache(true, false);
+    world.cache.repository = "cache.example/goapp-cache".into();
+    for _ in 0..3 {
+        world.step();
+    }
+    let status = world.ib.status.clone().unwrap();
+    let names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"restore"), "{names:?}");
+}
+
+#[test]
 fn a_chain_that_copies_a_cached_one_waits_for_the_restore_pod() {
     let mut world = World::new(image_build(&SEED.replace(
         "FROM busybox\n",

@@ -91,8 +91,12 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
     // Checked whole first: a bad spec fails before any registry is asked.
     plan_layers(spec)?;
     let base_dirs = base_directories(spec)?;
+    // The cache repository is read here only on the target's registry (the
+    // default, `<output>/cache`): blobs mount from it, and one connection
+    // serves both.
     let cache_repository = match &spec.cache {
-        Some(cache) => Some(registry::parse_reference(&cache.repository)?),
+        Some(cache) => Some(registry::parse_reference(&cache.repository)?)
+            .filter(|c| c.resolve_registry() == target.resolve_registry()),
         None => None,
     };
 

@@ -242,14 +242,28 @@ impl Rebase {
     }
 }
 
-/// Marks the units the cache has (and that have no pod) as cached, and
-/// adds the restore pod when a unit that still runs copies from one of
-/// them. Returns the cached units' numbers and keys.
+/// Marks the units the cache has (and that have no pod) as cached, the
+/// probe too when the cache has its answer, and adds the restore pod when
+/// a unit that still runs copies from a cached one: a chain, or the
+/// assembly when the cache repository is not on the `output` image's
+/// registry (on it, the assembly reads the cache itself). Returns the
+/// cached units' numbers and keys.
 pub(super) fn take_cached(
     units: &mut Vec<Unit>,
     view: &CacheView,
     latest: &BTreeMap<usize, &PodState>,
+    output: &str,
 ) -> BTreeMap<usize, String> {
+    // The assembly reads the cache itself when it is on the output's
+    // registry (the default): then only chains need a restore pod.
+    let host = |image: &str| {
+        crate::oci::registry::parse_reference(image)
+            .map(|r| r.resolve_registry().to_string())
+            .ok()
+    };
+    let assembly_reads_cache =
+        host(&view.repository).is_some() && host(&view.repository) == host(output);
+    let restores_for = |unit: &Unit| unit.kind != UnitKind::Assemble || !assembly_reads_cache;
     let mut cached = BTreeMap::new();
     // The probe's answer: the assembly takes it from the cache.
     if let Some(entry) = &view.recipe {
@@ -268,11 +282,9 @@ pub(super) fn take_cached(
             cached.insert(unit.n, entry.key.clone());
         }
     }
-    // The assembly reads the exports it needs from the cache itself (when
-    // their layer is not cached): only chains that copy them need a restore.
     let restored: Vec<String> = units
         .iter()
-        .filter(|u| !cached.contains_key(&u.n) && u.kind != UnitKind::Assemble)
+        .filter(|u| !cached.contains_key(&u.n) && restores_for(u))
         .flat_map(|u| u.depends_on.iter())
         .filter(|n| cached.contains_key(n))
         .filter_map(|n| units.iter().find(|u| u.n == *n))
@@ -289,7 +301,7 @@ pub(super) fn take_cached(
     let n = units.iter().map(|u| u.n).max().unwrap_or(0) + 1;
     for unit in units
         .iter_mut()
-        .filter(|u| !cached.contains_key(&u.n) && u.kind != UnitKind::Assemble)
+        .filter(|u| !cached.contains_key(&u.n) && restores_for(u))
     {
         if unit.depends_on.iter().any(|d| cached.contains_key(d)) {
             unit.depends_on.retain(|d| !cached.contains_key(d));

@@ -264,7 +264,9 @@ impl<'a> Pass<'a> {
             None => vec![context_unit()],
         };
         let cached = match cache {
-            Some(view) if !rebase.runs() => take_cached(&mut units, view, &latest),
+            Some(view) if !rebase.runs() => {
+                take_cached(&mut units, view, &latest, &self.ib.spec.output.image)
+            }
             _ => BTreeMap::new(),
         };
         let deadline =
