@@ -124,9 +124,7 @@ impl Pass<'_> {
         decision.requeue_after = super::ttl_requeue(self.ib, self.now, self.now);
         ControlFlow::Break(())
     }
-}
 
-impl Pass<'_> {
     /// The rebase pod put the cached layers on the new base: done.
     pub(super) fn end_when_rebased(
         &self,
