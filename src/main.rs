@@ -342,8 +342,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes to standard output; a reader that went away (`slimforge plan |
-/// head`) ends the output quietly, as it does for other Unix tools.
 /// `slimforge assemble` with [`slimforge::contract::REBASE_ENV`]: the
 /// cached layers on the plan's final base, or why not, as the result.
 async fn rebase(
@@ -413,6 +411,8 @@ async fn rebase(
     }
 }
 
+/// Writes to standard output; a reader that went away (`slimforge plan |
+/// head`) ends the output quietly, as it does for other Unix tools.
 fn out(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();

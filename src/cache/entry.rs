@@ -1,17 +1,20 @@
 //! Cache entries in a registry: one OCI image manifest per entry, in the
 //! cache repository ([`cache_repository`]), tagged by its key
-//! ([`entry_tag`]: `chain-<hex>`, `image-<hex>`, `layers-<hex>` or
-//! `recipe-<hex>`).
+//! ([`entry_tag`]: `chain-<hex>`, `image-<hex>`, `layers-<hex>`,
+//! `recipe-<hex>` or `copy-<hex>`).
 //!
 //! The manifest (`application/vnd.oci.image.manifest.v1+json`,
 //! schemaVersion 2):
-//! - `config`: the entry itself as JSON ([`ChainEntry`] or [`ImageEntry`]),
-//!   media type [`CONFIG_MEDIA_TYPE`];
+//! - `config`: the entry itself as JSON ([`ChainEntry`], [`ImageEntry`],
+//!   [`LayersEntry`], [`RecipeEntry`] or [`CopyEntry`]), media type
+//!   [`CONFIG_MEDIA_TYPE`];
 //! - `layers`: a chain's exports, each the gzip tar `stage run` wrote, media
 //!   type [`LAYER_MEDIA_TYPE`], annotated [`EXPORT_ANNOTATION`] = the
-//!   export's id. An image entry has none: CNCF Distribution (2.8) takes an
-//!   OCI manifest with an empty `layers` list and a config media type of
-//!   its own, and so do registries that follow the OCI artifact guidance.
+//!   export's id; or the final image's own layer blobs (a layers or copy
+//!   entry), which the registry then keeps. Image and recipe entries have
+//!   none: CNCF Distribution (2.8) takes an OCI manifest with an empty
+//!   `layers` list and a config media type of its own, and so do
+//!   registries that follow the OCI artifact guidance.
 //!
 //! A lookup costs a manifest GET, a config GET and one HEAD per export. An
 //! entry that is absent, is not ours, does not parse, names another key or
