@@ -14,7 +14,7 @@ use slimforge::api::ImageBuild;
 use slimforge::cache::entry::{ChainEntry, LayersEntry};
 use slimforge::cache::lookup::CacheView;
 use slimforge::controller::Settings;
-use slimforge::controller::pods::{BuildObjects, Unit, UnitKind, build_units, rebase_units};
+use slimforge::controller::pods::{BuildObjects, Unit, UnitKind, build_units, rebase_unit};
 use slimforge::controller::reconcile::validate;
 use support::pss::{Control, Level, assert_meets, check_pod};
 
@@ -766,52 +766,50 @@ fn all_pods() -> Vec<(UnitKind, Value)> {
 /// The restore pod of `yaml`'s build, as when the cache has its first
 /// chain: first attempt and a retry pinned to a node.
 fn restore_pods(yaml: &str, dockerfile: &str) -> Vec<(UnitKind, Value)> {
-    let ib: ImageBuild = serde_yaml::from_str(yaml).unwrap();
-    let settings = Settings::default();
-    let plan = validate(&ib, &settings, Some(dockerfile)).unwrap().plan;
-    let chain = plan.chains[0].id.clone();
-    let mut view = CacheView {
-        repository: "registry.example/team/goapp/cache".into(),
-        ..CacheView::default()
-    };
-    view.hits.insert(
-        chain.clone(),
-        ChainEntry {
-            key: format!("sha256:{}", "c".repeat(64)),
-            chain: chain.clone(),
-            result: json!({"status": "succeeded"}),
-            exports: Vec::new(),
-        },
-    );
-    let objects = BuildObjects {
-        ib: &ib,
-        plan: Some(&plan),
-        settings: &settings,
-        generation: 1,
-        rebuild: 0,
-        deadline_seconds: 900,
-        cache: Some(&view),
-    };
-    let unit = Unit {
-        n: 9,
-        kind: UnitKind::Restore { ids: vec![chain] },
-        depends_on: Vec::new(),
-        name: "restore".into(),
-        image: String::new(),
-        from_line: None,
-    };
-    [(0, None), (1, Some("node-a"))]
-        .into_iter()
-        .map(|(attempt, node)| {
-            let pod = serde_json::to_value(objects.pod(&unit, attempt, node)).unwrap();
-            (unit.kind.clone(), pod)
-        })
-        .collect()
+    cached_build_pods(yaml, dockerfile, |plan, view| {
+        let chain = plan.chains[0].id.clone();
+        view.hits.insert(
+            chain.clone(),
+            ChainEntry {
+                key: format!("sha256:{}", "c".repeat(64)),
+                chain: chain.clone(),
+                result: json!({"status": "succeeded"}),
+                exports: Vec::new(),
+            },
+        );
+        Unit {
+            n: 9,
+            kind: UnitKind::Restore { ids: vec![chain] },
+            depends_on: Vec::new(),
+            name: "restore".into(),
+            image: String::new(),
+            from_line: None,
+        }
+    })
 }
 
 /// The rebase pod of `yaml`'s build, as when the cache has the final
 /// image's layers from another digest of its base.
 fn rebase_pods(yaml: &str, dockerfile: &str) -> Vec<(UnitKind, Value)> {
+    cached_build_pods(yaml, dockerfile, |_, view| {
+        view.rebase = Some(LayersEntry {
+            key: format!("sha256:{}", "l".repeat(64)),
+            recipe: serde_json::from_value(json!({"layers": [], "config": {}})).unwrap(),
+            base_config: json!({}),
+            base: "registry.example/busybox@sha256:old".into(),
+            layers: Vec::new(),
+        });
+        rebase_unit()
+    })
+}
+
+/// The pod of the unit `cached` returns, for `yaml`'s build with the cache
+/// answer it fills in: first attempt and a retry pinned to a node.
+fn cached_build_pods(
+    yaml: &str,
+    dockerfile: &str,
+    cached: impl FnOnce(&slimforge::plan::BuildPlan, &mut CacheView) -> Unit,
+) -> Vec<(UnitKind, Value)> {
     let ib: ImageBuild = serde_yaml::from_str(yaml).unwrap();
     let settings = Settings::default();
     let plan = validate(&ib, &settings, Some(dockerfile)).unwrap().plan;
@@ -819,13 +817,7 @@ fn rebase_pods(yaml: &str, dockerfile: &str) -> Vec<(UnitKind, Value)> {
         repository: "registry.example/team/goapp/cache".into(),
         ..CacheView::default()
     };
-    view.rebase = Some(LayersEntry {
-        key: format!("sha256:{}", "l".repeat(64)),
-        recipe: serde_json::from_value(json!({"layers": [], "config": {}})).unwrap(),
-        base_config: json!({}),
-        base: "registry.example/busybox@sha256:old".into(),
-        layers: Vec::new(),
-    });
+    let unit = cached(&plan, &mut view);
     let objects = BuildObjects {
         ib: &ib,
         plan: Some(&plan),
@@ -835,7 +827,6 @@ fn rebase_pods(yaml: &str, dockerfile: &str) -> Vec<(UnitKind, Value)> {
         deadline_seconds: 900,
         cache: Some(&view),
     };
-    let unit = rebase_units(&ib).pop().unwrap();
     [(0, None), (1, Some("node-a"))]
         .into_iter()
         .map(|(attempt, node)| {

@@ -70,12 +70,7 @@ pub enum AssembleError {
 
 /// Runs the whole assembly and pushes the result.
 pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleError> {
-    let platform: Platform = match &spec.platform {
-        Some(p) => p
-            .parse()
-            .map_err(|detail| AssembleError::Invalid(format!("platform: {detail}")))?,
-        None => Platform::default(),
-    };
+    let platform = spec.platform()?;
     let target = registry::parse_reference(&spec.target)?;
     if target.digest().is_some() {
         return Err(AssembleError::Invalid(format!(
@@ -100,12 +95,7 @@ pub async fn assemble(spec: &AssembleSpec) -> Result<AssembleResult, AssembleErr
         None => None,
     };
 
-    let options = RegistryOptions {
-        insecure: spec.insecure,
-        ca_bundle: spec.ca_bundle.clone(),
-        auth_file: spec.auth.clone(),
-        auth_json: None,
-    };
+    let options = spec.registry_options();
     let mut references = vec![&target];
     references.extend(base.as_ref());
     references.extend(cache_repository.as_ref());

@@ -14,7 +14,6 @@
 use std::io::{self, Read};
 
 use flate2::read::GzDecoder;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -22,9 +21,8 @@ use super::push::tag_references;
 use super::{AssembleError, AssembleSpec, pin_base, push_image};
 use crate::cache::entry::{self, LayersEntry};
 use crate::contract::{FinalRecipe, RebaseOutcome};
-use crate::oci::Platform;
 use crate::oci::layer::LayerDigests;
-use crate::oci::registry::{self, Registry, RegistryOptions};
+use crate::oci::registry::{self, Registry};
 use crate::plan::BuildPlan;
 use crate::recipe::{BaseView, evaluate};
 use crate::rootfs::LayerTree;
@@ -38,12 +36,7 @@ pub async fn rebase(
     entry: &LayersEntry,
     cache_repository: &str,
 ) -> Result<RebaseOutcome, AssembleError> {
-    let platform: Platform = match &spec.platform {
-        Some(p) => p
-            .parse()
-            .map_err(|detail| AssembleError::Invalid(format!("platform: {detail}")))?,
-        None => Platform::default(),
-    };
+    let platform = spec.platform()?;
     let target = registry::parse_reference(&spec.target)?;
     let extra_tags = tag_references(&target, &spec.additional_tags)?;
     let base = registry::parse_reference(spec.base.trim())?;
@@ -53,12 +46,7 @@ pub async fn rebase(
             "the cached recipe does not say which environment it was made in",
         ));
     };
-    let options = RegistryOptions {
-        insecure: spec.insecure,
-        ca_bundle: spec.ca_bundle.clone(),
-        auth_file: spec.auth.clone(),
-        auth_json: None,
-    };
+    let options = spec.registry_options();
     let registry = Registry::connect(&options, &[&target, &base, &cache]).await?;
     registry.authorize_push(&target, &[&base, &cache]).await?;
 
@@ -259,17 +247,10 @@ fn difference(cached: &FinalRecipe, now: &FinalRecipe) -> Option<String> {
 }
 
 fn summary(layer: &crate::contract::RecipeLayer) -> String {
-    let value = serde_json::json!({
-        "destination": layer.destination,
-        "owner": layer.owner,
-        "dir": layer.destination_is_dir,
-    });
-    match value {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => other.to_string(),
-    }
+    format!(
+        "{}{} owned by {}",
+        layer.destination.as_deref().unwrap_or("?"),
+        if layer.destination_is_dir { "/" } else { "" },
+        layer.owner.as_deref().unwrap_or("?")
+    )
 }

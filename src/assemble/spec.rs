@@ -168,6 +168,26 @@ pub struct CopyLayerSpec {
 }
 
 impl AssembleSpec {
+    /// The platform to pin the base for (linux/amd64 when not given).
+    pub fn platform(&self) -> Result<crate::oci::Platform, AssembleError> {
+        match &self.platform {
+            Some(p) => p
+                .parse()
+                .map_err(|detail| AssembleError::Invalid(format!("platform: {detail}"))),
+            None => Ok(crate::oci::Platform::default()),
+        }
+    }
+
+    /// How the registries are reached.
+    pub fn registry_options(&self) -> crate::oci::registry::RegistryOptions {
+        crate::oci::registry::RegistryOptions {
+            insecure: self.insecure,
+            ca_bundle: self.ca_bundle.clone(),
+            auth_file: self.auth.clone(),
+            auth_json: None,
+        }
+    }
+
     /// Reads a spec; relative paths in it are taken from the spec's directory.
     pub fn load(path: &Path) -> Result<Self, AssembleError> {
         let spec_error = |detail: String| AssembleError::Spec {

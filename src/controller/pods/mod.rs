@@ -26,5 +26,5 @@ pub use self::objects::{BuildObjects, DEFAULT_WORKSPACE_SIZE, claim_name, pod_na
 pub use self::security::{restricted_container_security, restricted_pod_security};
 pub use self::units::{
     BuildId, CONTEXT_STAGE, CONTEXT_UNIT, REBASE_UNIT, Unit, UnitIdentity, UnitKind, build_units,
-    context_unit, rebase_units, units,
+    context_unit, rebase_unit, rebase_units, units,
 };

@@ -152,19 +152,25 @@ pub fn units(plan: &BuildPlan) -> Vec<Unit> {
 /// context (the clone says which commit the cached layers are checked
 /// against).
 pub fn rebase_units(ib: &ImageBuild) -> Vec<Unit> {
-    let git = ib.spec.context.git.is_some();
+    if ib.spec.context.git.is_none() {
+        return vec![rebase_unit()];
+    }
     let rebase = Unit {
+        depends_on: vec![CONTEXT_UNIT],
+        ..rebase_unit()
+    };
+    vec![context_unit(), rebase]
+}
+
+/// The rebase pod's unit, depending on nothing.
+pub fn rebase_unit() -> Unit {
+    Unit {
         n: REBASE_UNIT,
         kind: UnitKind::Rebase,
-        depends_on: if git { vec![CONTEXT_UNIT] } else { Vec::new() },
+        depends_on: Vec::new(),
         name: "rebase".into(),
         image: String::new(),
         from_line: None,
-    };
-    if git {
-        vec![context_unit(), rebase]
-    } else {
-        vec![rebase]
     }
 }
 

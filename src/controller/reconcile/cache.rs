@@ -8,15 +8,13 @@
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
 use super::pod_results::image_status;
-use super::{Decision, Inputs, Pass, Planned, PodPhase, PodState, notice};
+use super::{Decision, Inputs, Pass, Planned, PodPhase, PodState};
 use crate::api::{ImageBuildStatus, Phase, StageStatus, human_size};
 use crate::cache::lookup::{CacheView, ContextRef, LookupRequest};
 use crate::contract::{AssembleResult, RebaseOutcome};
-use crate::controller::pods::{CONTEXT_UNIT, REBASE_UNIT, Unit, UnitKind};
-use crate::controller::status::{BuildState, Reason};
+use crate::controller::pods::{CONTEXT_UNIT, REBASE_UNIT, Unit, UnitKind, rebase_unit};
+use crate::controller::status::Reason;
 
 impl Pass<'_> {
     /// The view the shell found, or a request for one (the shell answers
@@ -112,16 +110,11 @@ impl Pass<'_> {
             entry.image.reference,
             human_size(entry.image.size_bytes)
         );
-        let status = &mut decision.status;
-        status.image = Some(crate::api::ImageStatus {
+        let image = crate::api::ImageStatus {
             cached: true,
             ..image_status(entry.image.clone())
-        });
-        status.phase = Some(Phase::Succeeded);
-        status.completion_time = Some(Time(self.now));
-        status.conditions = self.conditions(BuildState::Succeeded, Reason::Succeeded, &message);
-        decision.events.push(notice(Reason::Succeeded, message));
-        decision.requeue_after = super::ttl_requeue(self.ib, self.now, self.now);
+        };
+        self.succeed_with(image, message, decision);
         ControlFlow::Break(())
     }
 
@@ -142,18 +135,13 @@ impl Pass<'_> {
         );
         // The builders did not run: their size is the last build's.
         let previous = self.previous.image.clone().unwrap_or_default();
-        let status = &mut decision.status;
-        status.image = Some(crate::api::ImageStatus {
+        let image = crate::api::ImageStatus {
             rebased: true,
             builder_image: previous.builder_image,
             builder_size_bytes: previous.builder_size_bytes,
             ..image_status(image.clone())
-        });
-        status.phase = Some(Phase::Succeeded);
-        status.completion_time = Some(Time(self.now));
-        status.conditions = self.conditions(BuildState::Succeeded, Reason::Succeeded, &message);
-        decision.events.push(notice(Reason::Succeeded, message));
-        decision.requeue_after = super::ttl_requeue(self.ib, self.now, self.now);
+        };
+        self.succeed_with(image, message, decision);
         ControlFlow::Break(())
     }
 
@@ -216,20 +204,10 @@ impl Rebase {
                     )),
                 }
             }
-            PodPhase::Failed => {
-                let unit = Unit {
-                    n: REBASE_UNIT,
-                    kind: UnitKind::Rebase,
-                    depends_on: Vec::new(),
-                    name: "rebase".into(),
-                    image: String::new(),
-                    from_line: None,
-                };
-                Rebase::FellBack(format!(
-                    "the rebase failed: {}",
-                    super::pod_results::failure_message(&unit, pod)
-                ))
-            }
+            PodPhase::Failed => Rebase::FellBack(format!(
+                "the rebase failed: {}",
+                super::pod_results::failure_message(&rebase_unit(), pod)
+            )),
             _ => Rebase::Runs,
         }
     }

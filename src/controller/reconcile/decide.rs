@@ -151,8 +151,19 @@ impl Pass<'_> {
             outcome.reference,
             human_size(outcome.size_bytes)
         );
+        self.succeed_with(image_status(outcome), message, decision);
+    }
+
+    /// The build succeeded with `image`: the status, the event saying
+    /// `message`, and the TTL's requeue.
+    pub(super) fn succeed_with(
+        &self,
+        image: crate::api::ImageStatus,
+        message: String,
+        decision: &mut Decision,
+    ) {
         let status = &mut decision.status;
-        status.image = Some(image_status(outcome));
+        status.image = Some(image);
         status.phase = Some(Phase::Succeeded);
         status.completion_time = Some(Time(self.now));
         status.conditions = self.conditions(BuildState::Succeeded, Reason::Succeeded, &message);

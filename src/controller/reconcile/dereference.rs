@@ -20,7 +20,7 @@ use crate::api::{ImageBuildStatus, Phase, SourceStatus, StageStatus};
 use crate::cache::lookup::CacheView;
 use crate::controller::pods::{
     BuildObjects, CONTEXT_UNIT, REBASE_UNIT, Unit, UnitKind, build_units, context_unit,
-    rebase_units,
+    rebase_unit, rebase_units,
 };
 use crate::controller::status::{BuildState, Reason};
 
@@ -310,10 +310,9 @@ impl<'a> Pass<'a> {
         if let (Rebase::FellBack(why), Some(pod)) =
             (&planned.rebase, planned.latest.get(&REBASE_UNIT))
         {
-            let unit = rebase_units(self.ib).pop().expect("the rebase unit");
             let stage = StageStatus {
                 message: Some(why.clone()),
-                ..stage_status(&unit, pod, None)
+                ..stage_status(&rebase_unit(), pod, None)
             };
             status.stages.insert(0, stage);
         }
