@@ -250,6 +250,7 @@ fn seed_instructions_keep_their_words_and_lines() {
         Instruction::Run(dockerfile::RunArgs {
             command: CommandForm::Shell("apt-get update && apt-get install -y golang-go".into()),
             heredocs: vec![],
+            mounts: vec![],
         })
     );
     let last = &file.stages[1].instructions;
@@ -285,6 +286,7 @@ fn continuations_join_lines_and_keep_the_first_line_number() {
                 "CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH     go build -trimpath -ldflags=\"-s -w\" -o /out/server ./cmd/server".into()
             ),
             heredocs: vec![],
+            mounts: vec![],
         })
     );
     let maven = parse_fixture("maven.Dockerfile");
@@ -354,6 +356,7 @@ fn the_escape_directive_changes_continuations_and_escapes() {
         Instruction::Run(dockerfile::RunArgs {
             command: CommandForm::Shell("echo one     two".into()),
             heredocs: vec![],
+            mounts: vec![],
         })
     );
     let got = expand_word("C:\\app\\`$literal", file.escape, &mut |_| None);
@@ -442,6 +445,7 @@ CMD
         &Instruction::Run(dockerfile::RunArgs {
             command: CommandForm::Exec(vec!["/bin/ash".into(), "-c".into(), "echo hi".into()]),
             heredocs: vec![],
+            mounts: vec![],
         })
     );
     assert_eq!(
@@ -505,10 +509,16 @@ fn every_error_names_its_line() {
         ("FROM a\nCOPY --chmod=rwx x y\n", 2, "COPY", "octal mode"),
         ("FROM a\nENV --x=1 A=1\n", 2, "ENV", "unknown flag --x"),
         (
-            "FROM a\nRUN --mount=type=cache,target=/root/.cache \\\n  go build\n",
+            "FROM a\nRUN --mount=type=ssh \\\n  git clone git@example.com:x\n",
             2,
             "RUN",
-            "RUN --mount is not supported",
+            "type=ssh is not supported",
+        ),
+        (
+            "FROM a\nRUN --mount=type=cache,target=/x,colour=red true\n",
+            2,
+            "RUN",
+            "unknown key `colour` for type=cache",
         ),
         (
             "FROM a\nRUN --network=none true\n",

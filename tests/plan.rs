@@ -1085,8 +1085,8 @@ fn plan_command_errors_exit_non_zero_with_the_line() {
             "error: line 2: ONBUILD: ONBUILD is not supported",
         ),
         (
-            "FROM alpine\nRUN --mount=type=secret,id=x cat /run/secrets/x\n",
-            "error: line 2: RUN: RUN --mount is not supported yet",
+            "FROM alpine\nRUN --mount=type=ssh git clone x\n",
+            "error: line 2: RUN: --mount=type=ssh: type=ssh is not supported",
         ),
         (
             "FROM alpine\nADD http://example.com/a.tgz /\n",

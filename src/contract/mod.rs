@@ -45,6 +45,54 @@ pub const AUTH_MOUNT: &str = "/.slimforge-auth";
 pub const PULL_AUTH_MOUNT: &str = "/.slimforge-pull";
 /// Where the git credentials Secret is mounted in the context pod.
 pub const GIT_CREDENTIALS_MOUNT: &str = "/.slimforge-git";
+/// Where a chain pod mounts the cache volume of one `--mount=type=cache`
+/// id: this prefix and the volume's name ([`cache_volume`]).
+pub const CACHE_MOUNT_PREFIX: &str = "/.slimforge-cache-";
+/// Where a chain pod mounts the build secrets its RUNs ask for, one file
+/// per secret id.
+pub const SECRETS_MOUNT: &str = "/.slimforge-secrets";
+/// A chain pod's memory-backed scratch: tmpfs mounts and secret copies.
+pub const MEMORY_MOUNT: &str = "/.slimforge-memory";
+/// `{"<volume>": bytes}`: the size each cache volume is kept under.
+pub const CACHE_LIMITS_ENV: &str = "SLIMFORGE_CACHE_LIMITS";
+/// The label every cache volume carries, its value [`cache_volume`]'s hash.
+pub const CACHE_LABEL: &str = "slimforge.dev/cache";
+/// The annotation holding a cache volume's id as written.
+pub const CACHE_ID_ANNOTATION: &str = "slimforge.dev/cache-id";
+
+/// The volume (PVC, or podman volume) of a cache id in a namespace:
+/// `slimforge-cache-` then the id made a name (letters, digits and `-`,
+/// at most 30 characters) and a hash of the whole id.
+pub fn cache_volume(id: &str) -> String {
+    let mut slug = String::new();
+    for c in id.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug: String = slug.chars().take(30).collect();
+    let slug = slug.trim_end_matches('-');
+    let hash = cache_hash(id);
+    if slug.is_empty() {
+        format!("slimforge-cache-{hash}")
+    } else {
+        format!("slimforge-cache-{slug}-{hash}")
+    }
+}
+
+/// Ten hex digits of the id's SHA-256: its volume's label value.
+pub fn cache_hash(id: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(id.as_bytes())[..5])
+}
+
+/// Where a chain pod mounts the volume of cache `id`.
+pub fn cache_mount(id: &str) -> String {
+    format!("{CACHE_MOUNT_PREFIX}{}", cache_hash(id))
+}
 
 /// The build plan's JSON, in every pod that evaluates the Dockerfile.
 pub const PLAN_ENV: &str = "SLIMFORGE_PLAN";

@@ -38,7 +38,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::instruction::written_as_directory;
+use super::instruction::{RunMount, parse_mount, written_as_directory};
 use super::lexer::heredoc_marker;
 use super::{
     CommandForm, CopyArgs, Healthcheck as HealthcheckInstruction, Heredoc, Instruction, RunArgs,
@@ -151,6 +151,8 @@ pub struct RunPlan {
     pub env: BTreeMap<String, String>,
     /// No HOME in `env`: the caller sets the RUN user's passwd home.
     pub needs_home: bool,
+    /// `--mount`s, expanded, targets absolute.
+    pub mounts: Vec<RunMount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,11 +423,27 @@ impl Evaluator {
         env.extend(self.env.clone());
         env.entry("PATH".into())
             .or_insert_with(|| DEFAULT_PATH.into());
+        let mounts = args
+            .mounts
+            .iter()
+            .map(|spec| self.mount(spec))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RunPlan {
             command,
             env,
             needs_home: !self.image_home,
+            mounts,
         })
+    }
+
+    /// One `--mount` value, expanded and checked, its target absolute.
+    pub fn mount(&self, spec: &str) -> Result<RunMount, String> {
+        let expanded = self.expand(spec)?;
+        let mut mount = parse_mount(&expanded).map_err(|e| format!("--mount={expanded}: {e}"))?;
+        mount
+            .resolve_target(&self.workdir)
+            .map_err(|e| format!("--mount={expanded}: {e}"))?;
+        Ok(mount)
     }
 }
 

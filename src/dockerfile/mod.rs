@@ -17,7 +17,7 @@ pub use dockerignore::DockerIgnore;
 pub use expand::{ExpandError, expand_heredoc, expand_word};
 pub use instruction::{
     ArgDeclaration, CommandForm, CopyArgs, FromArgs, Healthcheck, HealthcheckArgs, Instruction,
-    KeyValue, RunArgs,
+    KeyValue, RunArgs, RunMount, parse_mount,
 };
 pub use lexer::Heredoc;
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ImageBuildSpec;
 use crate::contract::PLAN_ENV;
 pub use crate::dockerfile::eval::{ArgBinding, ArgOrigin};
-use crate::dockerfile::{DockerfileError, Instruction};
+use crate::dockerfile::{DockerfileError, Instruction, RunMount};
 use crate::schema::{DockerfileSource, DockerfileSourceError, dockerfile_source};
 
 pub mod planner;
@@ -196,6 +196,47 @@ pub struct StageRef {
     pub line: usize,
 }
 
+impl Chain {
+    /// Every RUN `--mount` of the chain, in order.
+    pub fn mounts(&self) -> impl Iterator<Item = &RunMount> {
+        self.stages
+            .iter()
+            .flat_map(|s| &s.steps)
+            .flat_map(|s| &s.mounts)
+            .map(|m| &m.mount)
+    }
+
+    /// The cache ids its RUNs mount, sorted, once each.
+    pub fn cache_ids(&self) -> Vec<String> {
+        let ids: std::collections::BTreeSet<&str> = self
+            .mounts()
+            .filter_map(|m| match m {
+                RunMount::Cache(c) => Some(c.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        ids.into_iter().map(str::to_string).collect()
+    }
+
+    /// The secret ids its RUNs mount, sorted, once each.
+    pub fn secret_ids(&self) -> Vec<String> {
+        let ids: std::collections::BTreeSet<&str> = self
+            .mounts()
+            .filter_map(|m| match m {
+                RunMount::Secret(s) => Some(s.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        ids.into_iter().map(str::to_string).collect()
+    }
+
+    /// Some RUN mounts a tmpfs or a secret: the pod has a memory volume.
+    pub fn needs_memory(&self) -> bool {
+        self.mounts()
+            .any(|m| matches!(m, RunMount::Tmpfs(_) | RunMount::Secret(_)))
+    }
+}
+
 impl StageRef {
     /// The name, or the index for an unnamed stage (as `--from=N` names it).
     pub fn id(&self) -> String {
@@ -262,6 +303,20 @@ pub struct Step {
     /// ARG: where each value comes from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<ArgBinding>,
+    /// RUN: its `--mount`s as the planner expanded them, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<PlannedMount>,
+}
+
+/// A RUN's `--mount`, expanded with the Dockerfile's variables (its
+/// target is made absolute in the pod, against the WORKDIR there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedMount {
+    pub mount: RunMount,
+    /// `from=` a stage or an image: the export holding its `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<CopySource>,
 }
 
 /// Where a COPY or ADD takes its files.

@@ -5,6 +5,7 @@
 pub mod clone;
 pub mod context;
 pub mod install;
+mod mounts;
 pub mod probe;
 pub mod run;
 pub mod whoami;

@@ -92,6 +92,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use super::context::{BuildContext, Materialised};
+use super::mounts::{MountPaths, MountSources, mount_all};
 use super::{StageError, io_err};
 use crate::contract::{
     ChainFailure, ChainResult, POD_ENV, SHARED_DIRS, WORKDIR_ENV, Workspace, failure_json,
@@ -251,6 +252,8 @@ struct Runner {
     rules: Evaluator,
     /// uid:gid for RUN.
     user: (u32, u32),
+    /// Where RUN `--mount`s find their volumes.
+    mounts: MountPaths,
 }
 
 type StepResult<T> = Result<T, Box<ChainFailure>>;
@@ -304,6 +307,7 @@ impl Runner {
             ignore,
             rules: Evaluator::new(plan.escape, env, workdir),
             user,
+            mounts: MountPaths::pod(),
         })
     }
 
@@ -505,14 +509,34 @@ impl Runner {
     }
 
     fn run(&mut self, stage: &ChainStage, step: &Step, run: RunPlan) -> Result<(), StepError> {
-        let (argv, script) = self.argv(run.command)?;
-        let Some((program, rest)) = argv.split_first() else {
-            return Err(StepError::Other("empty command".into()));
+        let sources = MountSources {
+            workspace: &self.workspace,
+            context: &self.context,
+            ignore: self.ignore.as_ref(),
         };
+        let mounted = mount_all(&run.mounts, &step.mounts, &self.mounts, &sources)
+            .map_err(StepError::Other)?;
         let mut env = run.env;
         if run.needs_home {
             env.insert("HOME".into(), self.users.home(self.user.0));
         }
+        env.extend(mounted.env.clone());
+        let result = self.spawn(stage, step, run.command, &env);
+        let unmounted = mounted.unmount().map_err(StepError::Other);
+        result.and(unmounted)
+    }
+
+    fn spawn(
+        &self,
+        stage: &ChainStage,
+        step: &Step,
+        command: RunCommand,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), StepError> {
+        let (argv, script) = self.argv(command)?;
+        let Some((program, rest)) = argv.split_first() else {
+            return Err(StepError::Other("empty command".into()));
+        };
         let prefix = format!("[{} {}]", stage.stage.id(), step.line);
         let (reader, writer) = std::io::pipe().map_err(|e| StepError::Other(e.to_string()))?;
         let child = {
@@ -520,7 +544,7 @@ impl Runner {
             command
                 .args(rest)
                 .env_clear()
-                .envs(&env)
+                .envs(env)
                 .current_dir(self.rules.workdir())
                 .uid(self.user.0)
                 .gid(self.user.1)

@@ -8,6 +8,7 @@
 //! (durations, ports, modes, stage names) that other layers share.
 
 mod flags;
+mod mount;
 mod parse;
 mod values;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lexer::Heredoc;
 
+pub use mount::{BindMount, CacheMount, RunMount, SecretMount, Sharing, TmpfsMount, parse_mount};
 pub use parse::parse_instruction;
 pub use values::{
     is_remote, valid_duration, valid_octal_mode, valid_stage_name, written_as_directory,
@@ -182,6 +184,10 @@ pub struct RunArgs {
     pub command: CommandForm,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heredocs: Vec<Heredoc>,
+    /// `--mount` values as written, in order ([`parse_mount`] reads them
+    /// once expanded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

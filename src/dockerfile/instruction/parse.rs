@@ -330,15 +330,35 @@ fn parse_run(
     rest: &str,
     heredocs: &[Heredoc],
 ) -> Result<Instruction, InstructionError> {
+    // `--mount` may be given many times; the other flags once.
+    let (mount_words, flag_words): (Vec<String>, Vec<String>) = flag_words
+        .iter()
+        .cloned()
+        .partition(|w| w == "--mount" || w.starts_with("--mount="));
+    let mut mounts = Vec::with_capacity(mount_words.len());
+    for word in mount_words {
+        let spec = match word.strip_prefix("--mount=") {
+            Some(spec) if !spec.is_empty() => spec.to_string(),
+            _ => {
+                return Err(InstructionError::MissingFlagValue {
+                    flag: "mount".into(),
+                });
+            }
+        };
+        if !spec.contains('$') {
+            super::mount::parse_mount(&spec).map_err(|reason| InstructionError::BadFlagValue {
+                flag: "mount".into(),
+                value: spec.clone(),
+                reason,
+            })?;
+        }
+        mounts.push(spec);
+    }
     parse_flags(
-        flag_words,
+        &flag_words,
         &FlagRules {
             accepted: &[],
             refused: &[
-                (
-                    "mount",
-                    "RUN --mount is not supported yet: COPY what the step needs instead",
-                ),
                 ("network", "RUN --network is not supported"),
                 ("security", "RUN --security is not supported"),
                 ("device", "RUN --device is not supported"),
@@ -359,7 +379,11 @@ fn parse_run(
         CommandForm::Exec(_) => Vec::new(),
         CommandForm::Shell(_) => heredocs.to_vec(),
     };
-    Ok(Instruction::Run(RunArgs { command, heredocs }))
+    Ok(Instruction::Run(RunArgs {
+        command,
+        heredocs,
+        mounts,
+    }))
 }
 
 fn parse_expose(rest: &str) -> Result<Instruction, InstructionError> {
@@ -537,9 +561,22 @@ mod tests {
             parse("COPY --chown=1 --chown=2 a b"),
             Err(InstructionError::DuplicateFlag { .. })
         ));
+        let Ok(Instruction::Run(run)) =
+            parse("RUN --mount=type=cache,target=/x --mount=type=secret,id=t,target=$T true")
+        else {
+            panic!("two mounts parse")
+        };
+        assert_eq!(
+            run.mounts,
+            ["type=cache,target=/x", "type=secret,id=t,target=$T"]
+        );
         assert!(matches!(
-            parse("RUN --mount=type=cache,target=/x true"),
-            Err(InstructionError::Unsupported(_))
+            parse("RUN --mount=type=ssh true"),
+            Err(InstructionError::BadFlagValue { .. })
+        ));
+        assert!(matches!(
+            parse("RUN --mount true"),
+            Err(InstructionError::MissingFlagValue { .. })
         ));
         assert!(matches!(
             parse("WORKDIR --x /a"),

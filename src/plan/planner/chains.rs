@@ -8,6 +8,7 @@ use super::Planner;
 use super::bases::Base;
 use super::exports::Exports;
 use super::walk::StageFacts;
+use crate::dockerfile::RunMount;
 use crate::plan::{
     AssemblePlan, Chain, ChainRole, ChainStage, CopySource, FinalImage, RuntimePlan,
 };
@@ -153,10 +154,12 @@ impl Planner<'_> {
                 .iter()
                 .map(|&index| self.chain_stage(index, c, layout, &facts[index], exports))
                 .collect();
-            let needs_context = stages
-                .iter()
-                .flat_map(|s| &s.steps)
-                .any(|s| matches!(s.source, Some(CopySource::Context)));
+            let needs_context = stages.iter().flat_map(|s| &s.steps).any(|s| {
+                matches!(s.source, Some(CopySource::Context))
+                    || s.mounts
+                        .iter()
+                        .any(|m| matches!(&m.mount, RunMount::Bind(b) if b.from.is_none()))
+            });
             let is_runtime = target_runs && path.last() == Some(&target);
             chains.push(Chain {
                 id: layout.ids[c].clone(),

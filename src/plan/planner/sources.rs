@@ -5,7 +5,8 @@ use super::scope::Scope;
 use super::{Planner, instruction_error};
 use crate::dockerfile::instruction::{is_remote, written_as_directory};
 use crate::dockerfile::{
-    CopyArgs, DockerfileError, Instruction, InstructionError, Stage, Statement, stages_before,
+    CopyArgs, DockerfileError, Instruction, InstructionError, RunMount, Stage, Statement,
+    parse_mount, stages_before,
 };
 
 /// Where a COPY/ADD takes its files, as resolved.
@@ -57,6 +58,39 @@ impl Planner<'_> {
             .map(|source| self.expand_needed(statement, scope, "source path", source))
             .collect::<Result<Vec<_>, _>>()?;
         self.copy_from(stage, statement, from, paths)
+    }
+
+    /// A RUN's `--mount`, expanded with the Dockerfile's variables (one
+    /// known only at run time is an error, as for `COPY --from`), with the
+    /// stage or image its `from=` names.
+    pub(super) fn resolve_mount(
+        &mut self,
+        stage: &Stage,
+        statement: &Statement,
+        spec: &str,
+        scope: &Scope,
+    ) -> Result<(RunMount, Option<Origin>), DockerfileError> {
+        let expanded = self.expand_needed(statement, scope, "--mount", spec)?;
+        let mount = parse_mount(&expanded).map_err(|reason| {
+            instruction_error(
+                statement,
+                InstructionError::BadFlagValue {
+                    flag: "mount".into(),
+                    value: expanded.clone(),
+                    reason,
+                },
+            )
+        })?;
+        let origin = match (mount.from(), mount.source()) {
+            (Some(from), Some(source)) => Some(self.copy_from(
+                stage,
+                statement,
+                from.to_string(),
+                vec![source.to_string()],
+            )?),
+            _ => None,
+        };
+        Ok((mount, origin))
     }
 
     /// What the parser could not check before expansion: several sources

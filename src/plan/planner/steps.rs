@@ -7,7 +7,7 @@ use super::exports::Exports;
 use super::sources::Origin;
 use super::walk::{StageFacts, StepFacts};
 use crate::dockerfile::{Instruction, Stage, Statement};
-use crate::plan::{Consumer, CopySource, Step};
+use crate::plan::{Consumer, CopySource, PlannedMount, Step};
 
 impl Planner<'_> {
     /// A stage's steps with their sources resolved; `chain` is the chain
@@ -36,7 +36,19 @@ impl Planner<'_> {
             let source = step_facts.origin.as_ref().map(|origin| {
                 self.step_source(statement, origin, &consumer, chain, layout, exports)
             });
-            steps.push(step(statement, step_facts, source));
+            let mounts = step_facts
+                .mounts
+                .iter()
+                .map(|(mount, origin)| PlannedMount {
+                    mount: mount.clone(),
+                    source: origin.as_ref().map(|origin| {
+                        self.step_source(statement, origin, &consumer, chain, layout, exports)
+                    }),
+                })
+                .collect();
+            let mut step = step(statement, step_facts, source);
+            step.mounts = mounts;
+            steps.push(step);
         }
         steps
     }
@@ -105,5 +117,6 @@ fn step(statement: &Statement, facts: &StepFacts, source: Option<CopySource>) ->
         instruction: statement.instruction.clone(),
         source,
         args: facts.args.clone(),
+        mounts: Vec::new(),
     }
 }

@@ -10,7 +10,8 @@ use super::scope::{Binding, Scope};
 use super::sources::Origin;
 use super::{Planner, from_error, instruction_error};
 use crate::dockerfile::{
-    ArgDeclaration, DockerfileError, Instruction, InstructionError, KeyValue, Stage, Statement,
+    ArgDeclaration, DockerfileError, Instruction, InstructionError, KeyValue, RunMount, Stage,
+    Statement,
 };
 use crate::plan::ArgBinding;
 
@@ -21,6 +22,9 @@ pub(super) struct StepFacts {
     pub(super) origin: Option<Origin>,
     /// An ARG's bindings, in order.
     pub(super) args: Vec<ArgBinding>,
+    /// A RUN's `--mount`s, expanded, each with the stage or image its
+    /// `from=` reads.
+    pub(super) mounts: Vec<(RunMount, Option<Origin>)>,
 }
 
 /// What the walk learnt of one stage.
@@ -147,8 +151,14 @@ impl Planner<'_> {
                 step.args = self.walk_arg(statement, declarations, facts);
             }
             Instruction::Env(pairs) => self.walk_env(statement, pairs, facts),
-            Instruction::Run(_) => {
+            Instruction::Run(run) => {
                 facts.first_run.get_or_insert(statement.line);
+                for spec in &run.mounts {
+                    match self.resolve_mount(stage, statement, spec, &facts.end) {
+                        Ok(mount) => step.mounts.push(mount),
+                        Err(error) => facts.errors.push(error),
+                    }
+                }
             }
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 match self.resolve_copy(stage, statement, copy, &facts.end) {
