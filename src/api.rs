@@ -70,6 +70,74 @@ pub struct ImageBuildSpec {
     /// Rebuild when what the last build used has moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<Triggers>,
+    /// Build secrets for `RUN --mount=type=secret,id=…`: each id's value
+    /// is a key of a Secret in the build's namespace. Only the pod whose
+    /// RUN asks for an id gets it, and only that RUN sees it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<BuildSecret>,
+    /// The volumes behind `RUN --mount=type=cache`: one claim per cache id
+    /// and namespace (`slimforge-cache-…`, labelled `slimforge.dev/cache`),
+    /// shared by the namespace's builds and kept after them. These settings
+    /// apply when a claim is made; the size is also the limit the cache is
+    /// trimmed to (least recently used files first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_volumes: Option<CacheVolumes>,
+}
+
+/// One build secret: `id` as the Dockerfile names it, its value from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSecret {
+    pub id: String,
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the build's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// How cache volumes are made (defaults: the operator's, 5Gi, the
+/// cluster's default class, ReadWriteOnce).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheVolumes {
+    /// A quantity such as `5Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {
+        "type": "string",
+        "enum": ["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]
+    }))]
+    pub access_modes: Vec<String>,
+}
+
+/// Bytes of a Kubernetes quantity (`5Gi`, `500M`, `1073741824`); `None`
+/// for anything else (fractions, `m`, exponents).
+pub fn quantity_bytes(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(multiplier)
 }
 
 /// What the operator watches for a build that has finished: a moved base

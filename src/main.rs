@@ -136,6 +136,15 @@ enum Command {
         #[arg(long, env = "SLIMFORGE_TRIGGER_FLOOR", default_value = "1m",
               value_parser = parse_duration_arg)]
         trigger_floor: std::time::Duration,
+        /// The size of a `RUN --mount=type=cache` volume when the
+        /// ImageBuild's `spec.cacheVolumes.size` gives none.
+        #[arg(long, env = "SLIMFORGE_CACHE_VOLUME_SIZE",
+              default_value = slimforge::controller::pods::DEFAULT_CACHE_VOLUME_SIZE)]
+        cache_volume_size: String,
+        /// The StorageClass of cache volumes when the spec gives none
+        /// (default: the cluster's default class).
+        #[arg(long, env = "SLIMFORGE_CACHE_VOLUME_CLASS")]
+        cache_volume_class: Option<String>,
     },
     /// Build an ImageBuild locally: the same pods as in a cluster, run by podman.
     ///
@@ -161,6 +170,10 @@ enum Command {
         /// context's credentialsSecret, which is not read locally.
         #[arg(long)]
         git_credentials: Option<PathBuf>,
+        /// A build secret for `RUN --mount=type=secret`, as buildx takes it:
+        /// `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable).
+        #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+        secrets: Vec<slimforge::local::LocalSecret>,
     },
 }
 
@@ -618,6 +631,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             helper_binary,
             push_secret,
             git_credentials,
+            secrets,
         } => {
             let options = slimforge::local::BuildOptions {
                 manifest: file,
@@ -625,6 +639,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 helper_binary,
                 push_secret,
                 git_credentials,
+                secrets,
             };
             let report = slimforge::local::build(&options).await?;
             if let Some(summary) = slimforge::local::size_summary(&report.status) {
@@ -645,10 +660,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             lease_namespace,
             concurrency,
             trigger_floor,
+            cache_volume_size,
+            cache_volume_class,
         } => {
+            if slimforge::api::quantity_bytes(&cache_volume_size).is_none_or(|b| b == 0) {
+                anyhow::bail!(
+                    "--cache-volume-size `{cache_volume_size}`: expected a quantity such as 5Gi"
+                );
+            }
             let options = slimforge::controller::run::ControllerOptions {
                 settings: slimforge::controller::Settings {
                     helper_image,
+                    cache_volume_size,
+                    cache_volume_class: cache_volume_class.filter(|c| !c.is_empty()),
                     ..Default::default()
                 },
                 namespaces: slimforge::controller::run::parse_namespaces(

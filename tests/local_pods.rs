@@ -46,6 +46,24 @@ spec:
   output: {image: "127.0.0.1:5000/goapp:v1", insecure: true}
 "#;
 
+/// RUN mounts: a build secret from `--secret` and a memory volume.
+const MOUNTS_BUILD: &str = r#"
+apiVersion: slimforge.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: goapp, namespace: demo, uid: u-1, generation: 1}
+spec:
+  context:
+    inline: {app.go: "package main"}
+  dockerfile: |
+    FROM golang AS builder
+    COPY app.go .
+    RUN --mount=type=secret,id=token,required --mount=type=cache,target=/root/.cache/go-build go build app.go
+    FROM busybox
+    COPY --from=builder /go/app /usr/local/bin/app
+  secrets: [{id: token, secretRef: {name: tokens, key: token}}]
+  output: {image: "127.0.0.1:5000/goapp:v1", insecure: true}
+"#;
+
 /// Every JSON path where two values differ; list items of named objects
 /// are addressed by name (`volumes[helper]`), others by `*`.
 fn differences(a: &Value, b: &Value, path: &str, out: &mut BTreeSet<String>) {
@@ -77,7 +95,9 @@ fn differences(a: &Value, b: &Value, path: &str, out: &mut BTreeSet<String>) {
                 };
                 if p != q {
                     // A whole named item replaced counts as that item.
-                    if p["name"] == q["name"] && p.get("secret").is_some() {
+                    if p["name"] == q["name"]
+                        && (p.get("secret").is_some() || p.get("projected").is_some())
+                    {
                         out.insert(child);
                         continue;
                     }
@@ -99,7 +119,7 @@ fn local_pods_differ_from_the_cluster_by_exactly_the_listed_changes() {
         .map(|d| d.path.to_string())
         .collect();
     let mut seen = BTreeSet::new();
-    for manifest in [BUILD, GIT_BUILD] {
+    for manifest in [BUILD, GIT_BUILD, MOUNTS_BUILD] {
         seen.extend(local_differences(manifest, &listed));
     }
     assert_eq!(seen, listed, "every listed difference is real");
@@ -123,6 +143,7 @@ fn the_context_pod_runs_with_the_host_network_and_the_chains_without() {
         auth_dir: None,
         config_map: None,
         git_credentials_dir: Some(Path::new("/tmp/git-credentials")),
+        secrets_dir: Some(Path::new("/dev/shm/slimforge-secrets-x")),
     };
     for unit in build_units(&ib, &validated.plan) {
         let local = local_pod(&objects.pod(&unit, 0, None), &inputs);
@@ -169,6 +190,7 @@ fn local_differences(manifest: &str, listed: &BTreeSet<String>) -> BTreeSet<Stri
         auth_dir: Some(Path::new("/tmp/auth")),
         config_map: Some("goapp-g1-context"),
         git_credentials_dir: Some(Path::new("/tmp/git-credentials")),
+        secrets_dir: Some(Path::new("/dev/shm/slimforge-secrets-x")),
     };
     let mut seen = BTreeSet::new();
     for unit in build_units(&ib, &validated.plan) {

@@ -313,6 +313,13 @@ impl Shell for ClusterShell {
         create(&self.claims(), "PersistentVolumeClaim", claim).await
     }
 
+    async fn create_cache_claim(
+        &mut self,
+        claim: &PersistentVolumeClaim,
+    ) -> Result<(), ClusterError> {
+        create(&self.claims(), "PersistentVolumeClaim", claim).await
+    }
+
     async fn delete_claim(&mut self, name: &str) -> Result<(), ClusterError> {
         delete(&self.claims(), "PersistentVolumeClaim", name).await
     }
@@ -464,6 +471,35 @@ pub async fn dereference(
                 field.into(),
                 format!("Secret {name} not found in namespace {namespace}"),
             ));
+        }
+    }
+    // Build secrets: each Secret, and its key (a value never leaves the API).
+    for (i, secret) in ib.spec.secrets.iter().enumerate() {
+        let reference = &secret.secret_ref;
+        let found = get_optional::<Secret>(client, namespace, "Secret", &reference.name).await?;
+        let has_key = found.as_ref().is_some_and(|s| {
+            s.data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(&reference.key))
+                || s.string_data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(&reference.key))
+        });
+        let missing = match (found, has_key) {
+            (None, _) => Some(format!(
+                "Secret {} not found in namespace {namespace} (build secret `{}`)",
+                reference.name, secret.id
+            )),
+            (Some(_), false) => Some(format!(
+                "Secret {} has no key `{}` (build secret `{}`)",
+                reference.name, reference.key, secret.id
+            )),
+            (Some(_), true) => None,
+        };
+        if let Some(what) = missing {
+            observed
+                .missing
+                .push((format!("spec.secrets[{i}].secretRef"), what));
         }
     }
     if let Some(context) = &ib.spec.context.config_map {

@@ -45,6 +45,13 @@ pub trait Shell {
     /// Creates the workspace claim (one that exists already is no error).
     async fn create_claim(&mut self, claim: &PersistentVolumeClaim) -> Result<(), Self::Error>;
 
+    /// Creates a cache volume's claim unless it exists: it belongs to no
+    /// build and is never deleted with one.
+    async fn create_cache_claim(
+        &mut self,
+        claim: &PersistentVolumeClaim,
+    ) -> Result<(), Self::Error>;
+
     /// Deletes a claim (one that is gone already is no error).
     async fn delete_claim(&mut self, name: &str) -> Result<(), Self::Error>;
 
@@ -122,6 +129,9 @@ async fn apply<S: Shell>(shell: &mut S, decision: &Decision) -> Result<Created, 
     }
     if let Some(claim) = &decision.create_claim {
         shell.create_claim(claim).await?;
+    }
+    for claim in &decision.cache_claims {
+        shell.create_cache_claim(claim).await?;
     }
     for pod in &decision.create_pods {
         let created = shell.create_pod(pod).await?;
@@ -244,6 +254,15 @@ spec:
         async fn create_claim(&mut self, claim: &PersistentVolumeClaim) -> Result<(), String> {
             let name = claim.meta().name.clone().unwrap_or_default();
             self.calls.push(format!("create claim {name}"));
+            Ok(())
+        }
+
+        async fn create_cache_claim(
+            &mut self,
+            claim: &PersistentVolumeClaim,
+        ) -> Result<(), String> {
+            let name = claim.meta().name.clone().unwrap_or_default();
+            self.calls.push(format!("create cache claim {name}"));
             Ok(())
         }
 

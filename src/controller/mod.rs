@@ -60,6 +60,11 @@ pub struct Settings {
     pub max_pod_retries: u32,
     /// A build's deadline when the spec gives none.
     pub default_timeout: Duration,
+    /// Cache volumes' size when the spec gives none (`--cache-volume-size`).
+    pub cache_volume_size: String,
+    /// Cache volumes' StorageClass when the spec gives none; `None`: the
+    /// cluster's default.
+    pub cache_volume_class: Option<String>,
 }
 
 impl Default for Settings {
@@ -69,6 +74,8 @@ impl Default for Settings {
             helper_path: "/slimforge".into(),
             max_pod_retries: 2,
             default_timeout: Duration::from_secs(30 * 60),
+            cache_volume_size: pods::DEFAULT_CACHE_VOLUME_SIZE.into(),
+            cache_volume_class: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The credentials a local build hands its pods: the push auth file (found
 //! where docker and podman keep it) and git credentials, each as a private
-//! copy only the pods' non-root uid can read.
+//! copy only the pods' non-root uid can read; build secrets, in memory,
+//! for the chain pods (root) that mount them.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -95,4 +96,110 @@ fn effective_uid() -> u32 {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap_or(0)
+}
+
+/// A build secret given to `slimforge build`, as buildx takes one:
+/// `id=ID,src=FILE` (also `source=`, or `type=file`), or `id=ID,env=VAR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSecret {
+    pub id: String,
+    pub source: SecretSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::str::FromStr for LocalSecret {
+    type Err = String;
+
+    /// As buildx reads `--secret`: `id=…` with `src=`/`source=` or `env=`;
+    /// a lone `id` takes the variable of that name.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut id = None;
+        let mut source = None;
+        for field in text.split(',') {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| format!("`{field}`: expected KEY=VALUE"))?;
+            match key {
+                "id" => id = Some(value.to_string()),
+                "src" | "source" => source = Some(SecretSource::File(PathBuf::from(value))),
+                "env" => source = Some(SecretSource::Env(value.to_string())),
+                "type" if value == "file" || value == "env" => {}
+                _ => return Err(format!("`{field}`: expected id=, src= or env=")),
+            }
+        }
+        let id = id
+            .filter(|i| !i.is_empty() && !i.contains('/'))
+            .ok_or("expected id=ID (a name without `/`)")?;
+        let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
+        Ok(LocalSecret { id, source })
+    }
+}
+
+/// The build secrets, each a file named by its id, in a directory only
+/// root reads: in memory (`/dev/shm`) where there is one. Removed when the
+/// returned directory is dropped.
+pub(super) fn secrets_dir(secrets: &[LocalSecret]) -> Result<tempfile::TempDir, LocalError> {
+    let io = |what: String| move |e: std::io::Error| LocalError::Io(format!("{what}: {e}"));
+    let shm = Path::new("/dev/shm");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("slimforge-secrets-");
+    let dir = if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    }
+    .map_err(io("a directory for the build secrets".into()))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(io(dir.path().display().to_string()))?;
+    for secret in secrets {
+        let value = match &secret.source {
+            SecretSource::File(path) => std::fs::read(path).map_err(|e| {
+                LocalError::Invalid(format!(
+                    "--secret id={}: {}: {e}",
+                    secret.id,
+                    path.display()
+                ))
+            })?,
+            SecretSource::Env(name) => std::env::var_os(name)
+                .ok_or_else(|| {
+                    LocalError::Invalid(format!(
+                        "--secret id={}: the variable {name} is not set",
+                        secret.id
+                    ))
+                })?
+                .into_encoded_bytes(),
+        };
+        let file = dir.path().join(&secret.id);
+        std::fs::write(&file, value)
+            .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)))
+            .map_err(io(format!("build secret {}", secret.id)))?;
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_read_as_buildx_reads_them() {
+        let file: LocalSecret = "id=npm,src=/tmp/token".parse().unwrap();
+        assert_eq!(file.source, SecretSource::File("/tmp/token".into()));
+        let env: LocalSecret = "id=token,env=TOKEN".parse().unwrap();
+        assert_eq!(env.source, SecretSource::Env("TOKEN".into()));
+        let bare: LocalSecret = "id=TOKEN".parse().unwrap();
+        assert_eq!(bare.source, SecretSource::Env("TOKEN".into()));
+        assert!(
+            "src=/x"
+                .parse::<LocalSecret>()
+                .unwrap_err()
+                .contains("id=ID")
+        );
+        assert!("id=a,colour=red".parse::<LocalSecret>().is_err());
+    }
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
+pub use self::credentials::{LocalSecret, SecretSource};
 use self::manifest::Manifest;
 use self::podman::{Podman, PodmanError};
 use self::pods::local_config_map;
@@ -73,6 +74,10 @@ pub struct BuildOptions {
     /// A directory with `username` and `password` for a git context's
     /// `credentialsSecret` (the Secret itself is not read locally).
     pub git_credentials: Option<PathBuf>,
+    /// Build secrets (`--secret id=ID,src=FILE`): the values of
+    /// `spec.secrets`, whose Secrets are not read locally, and of any other
+    /// id a RUN mounts.
+    pub secrets: Vec<LocalSecret>,
 }
 
 /// How the build ended.
@@ -85,7 +90,8 @@ pub struct BuildReport {
 
 /// Builds the manifest's ImageBuild with podman; cleans up whatever happens.
 pub async fn build(options: &BuildOptions) -> Result<BuildReport, LocalError> {
-    let manifest = Manifest::load(&options.manifest)?;
+    let mut manifest = Manifest::load(&options.manifest)?;
+    add_local_secrets(&mut manifest.image_build, options);
     let workdir = tempfile::Builder::new()
         .prefix("slimforge-build-")
         .tempdir()
@@ -114,9 +120,14 @@ async fn run(
     let validated = validate_manifest(manifest)?;
     let git_credentials_dir = check_references(manifest, options, workdir)?;
     let (auth, auth_dir) = push_credentials(&mut ib, options, workdir)?;
+    // In memory until this function returns: the build is over by then.
+    let secrets_dir = (!options.secrets.is_empty())
+        .then(|| credentials::secrets_dir(&options.secrets))
+        .transpose()?;
     shell.set_inputs(PodInputs {
         auth_dir,
         git_credentials_dir,
+        secrets_dir: secrets_dir.as_ref().map(|d| d.path().to_path_buf()),
         context_config_map: manifest
             .context_config_map()
             .map(|cm| local_config_map(cm, &format!("{}-g1-context", ib.name_any()))),
@@ -247,10 +258,34 @@ fn check_references(
         }
         (_, false) => None,
     };
+    for (i, secret) in ib.spec.secrets.iter().enumerate() {
+        if !options.secrets.iter().any(|s| s.id == secret.id) {
+            missing.push(format!(
+                "spec.secrets[{i}]: Secrets are not read locally: give build secret `{}` with --secret id={},src=FILE",
+                secret.id, secret.id
+            ));
+        }
+    }
     if !missing.is_empty() {
         return Err(LocalError::Invalid(missing.join("; ")));
     }
     Ok(git_credentials)
+}
+
+/// Each `--secret` id becomes an entry of `spec.secrets` (whose Secret is
+/// never read locally).
+fn add_local_secrets(ib: &mut ImageBuild, options: &BuildOptions) {
+    for secret in &options.secrets {
+        if !ib.spec.secrets.iter().any(|s| s.id == secret.id) {
+            ib.spec.secrets.push(crate::api::BuildSecret {
+                id: secret.id.clone(),
+                secret_ref: crate::api::SecretKeyRef {
+                    name: "slimforge-build".into(),
+                    key: secret.id.clone(),
+                },
+            });
+        }
+    }
 }
 
 /// `--helper-image`, else this binary published next to the output image

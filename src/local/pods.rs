@@ -6,7 +6,7 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{ConfigMap, HostPathVolumeSource, Pod, PodSpec, Volume};
 
-use crate::contract::{AUTH_MOUNT, GIT_CREDENTIALS_MOUNT};
+use crate::contract::{AUTH_MOUNT, GIT_CREDENTIALS_MOUNT, SECRETS_MOUNT};
 
 /// One way a local pod differs from the cluster's, and why.
 pub struct LocalDifference {
@@ -29,6 +29,18 @@ pub const LOCAL_DIFFERENCES: &[LocalDifference] = &[
     LocalDifference {
         path: "spec.volumes[git-credentials]",
         why: "podman's Secret volumes crash or arrive base64-encoded: the git credentials come from a host path (`slimforge build --git-credentials DIR`), readable only by the context pod's uid",
+    },
+    LocalDifference {
+        path: "spec.volumes[build-secrets]",
+        why: "podman's Secret volumes crash or arrive base64-encoded: the build secrets (`slimforge build --secret`) come from a host directory in memory (/dev/shm), a file per id, readable by root only",
+    },
+    LocalDifference {
+        path: "spec.volumes[memory].name",
+        why: "podman shares an emptyDir between every pod that names it alike: the name is made unique per pod",
+    },
+    LocalDifference {
+        path: "spec.containers[*].volumeMounts[memory].name",
+        why: "follows the emptyDir's unique name",
     },
     LocalDifference {
         path: "spec.volumes[helper].name",
@@ -56,6 +68,8 @@ pub struct LocalPodInputs<'a> {
     pub config_map: Option<&'a str>,
     /// The directory holding `username` and `password` for a git context, if any.
     pub git_credentials_dir: Option<&'a Path>,
+    /// The directory holding the build secrets, if any.
+    pub secrets_dir: Option<&'a Path>,
 }
 
 /// The cluster's pod, changed for podman as [`LOCAL_DIFFERENCES`] lists.
@@ -63,6 +77,7 @@ pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs<'_>) -> Pod {
     let mut local = pod.clone();
     let name = local.metadata.name.as_deref().unwrap_or_default();
     let helper_volume = format!("{name}-helper");
+    let memory_volume = format!("{name}-memory");
     let Some(spec) = local.spec.as_mut() else {
         return local;
     };
@@ -71,12 +86,17 @@ pub fn local_pod(pod: &Pod, inputs: &LocalPodInputs<'_>) -> Pod {
     }
     for volume in spec.volumes.iter_mut().flatten() {
         localise_volume(volume, &helper_volume, inputs);
+        if volume.name == "memory" {
+            volume.name.clone_from(&memory_volume);
+        }
     }
     let containers = spec.init_containers.iter_mut().flatten();
     for container in containers.chain(spec.containers.iter_mut()) {
         for mount in container.volume_mounts.iter_mut().flatten() {
             if mount.name == "helper" {
                 mount.name.clone_from(&helper_volume);
+            } else if mount.name == "memory" {
+                mount.name.clone_from(&memory_volume);
             }
         }
     }
@@ -96,6 +116,9 @@ fn localise_volume(volume: &mut Volume, helper_volume: &str, inputs: &LocalPodIn
                 inputs.git_credentials_dir,
                 GIT_CREDENTIALS_MOUNT,
             );
+        }
+        "build-secrets" => {
+            *volume = host_directory("build-secrets", inputs.secrets_dir, SECRETS_MOUNT);
         }
         "context" => {
             if let (Some(name), Some(config_map)) = (inputs.config_map, volume.config_map.as_mut())

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, PersistentVolumeClaim, Pod};
+
+use crate::contract::{CACHE_ID_ANNOTATION, CACHE_LABEL};
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -34,6 +36,8 @@ pub(super) struct PodInputs {
     pub auth_dir: Option<PathBuf>,
     /// The directory holding `username` and `password` for a git context.
     pub git_credentials_dir: Option<PathBuf>,
+    /// The directory holding the build secrets, a file per id.
+    pub secrets_dir: Option<PathBuf>,
     /// The context ConfigMap from the manifest under its per-build name.
     pub context_config_map: Option<ConfigMap>,
     /// The Dockerfile that ConfigMap holds under `dockerfilePath`.
@@ -118,6 +122,39 @@ impl Shell for PodmanShell {
             .await?;
         self.claims.push((name.clone(), build));
         self.volumes.push(name);
+        Ok(())
+    }
+
+    /// A named volume kept between builds, labelled with its cache id.
+    async fn create_cache_claim(
+        &mut self,
+        claim: &PersistentVolumeClaim,
+    ) -> Result<(), LocalError> {
+        let name = claim.name_any();
+        let label = claim
+            .labels()
+            .get(CACHE_LABEL)
+            .map(|hash| format!("{CACHE_LABEL}={hash}"))
+            .unwrap_or_default();
+        let id = claim
+            .annotations()
+            .get(CACHE_ID_ANNOTATION)
+            .map(|id| format!("{CACHE_ID_ANNOTATION}={id}"))
+            .unwrap_or_default();
+        self.podman
+            .run(&[
+                "volume",
+                "create",
+                "--ignore",
+                "--label",
+                "app.kubernetes.io/managed-by=slimforge",
+                "--label",
+                &label,
+                "--label",
+                &id,
+                &name,
+            ])
+            .await?;
         Ok(())
     }
 
@@ -279,6 +316,7 @@ impl PodmanShell {
                 .as_ref()
                 .and_then(|cm| cm.metadata.name.as_deref()),
             git_credentials_dir: self.inputs.git_credentials_dir.as_deref(),
+            secrets_dir: self.inputs.secrets_dir.as_deref(),
         }
     }
 

@@ -20,6 +20,17 @@ spec:
   output: {image: "registry.example/app:v1"}
 "#;
 
+/// An inline-context build of `dockerfile`.
+pub(super) fn image_build(dockerfile: &str) -> ImageBuild {
+    let mut ib = git_build();
+    ib.spec.context = serde_json::from_value(serde_json::json!({"inline": {"a": "a"}}))
+        .expect("an inline context");
+    ib.spec.dockerfile_path = None;
+    ib.spec.dockerfile = Some(dockerfile.to_string());
+    ib.spec.platform = None;
+    ib
+}
+
 pub(super) fn git_build() -> ImageBuild {
     serde_yaml::from_str(GIT_BUILD).expect("the fixture parses")
 }

@@ -10,6 +10,8 @@
 //! - `containers`: the containers of the chain, extraction, probe and
 //!   assembly pods, and their volumes and mounts.
 //! - `context_pod`: the git build's context pod, which clones the repository.
+//! - `mounts`: the volumes of RUN `--mount`s (caches, secrets, memory) and
+//!   the cache claims.
 //! - `security`: the restricted and stage security contexts.
 
 mod cache;
@@ -17,11 +19,13 @@ mod containers;
 mod context_pod;
 #[cfg(test)]
 mod fixtures;
+mod mounts;
 mod objects;
 mod security;
 mod units;
 
 pub use self::containers::builder_images;
+pub use self::mounts::DEFAULT_CACHE_VOLUME_SIZE;
 pub use self::objects::{BuildObjects, DEFAULT_WORKSPACE_SIZE, claim_name, pod_name};
 pub use self::security::{restricted_container_security, restricted_pod_security};
 pub use self::units::{

@@ -186,7 +186,17 @@ impl BuildObjects<'_> {
         );
         let (init, main) = match &unit.kind {
             UnitKind::Chain { id, runtime } => {
-                self.chain_containers(unit, id, *runtime, env, context_mounts)
+                let (init, mut main) =
+                    self.chain_containers(unit, id, *runtime, env, context_mounts);
+                if let Some(chain) = plan.chain(id) {
+                    let run_mounts = self.run_mount_volumes(chain);
+                    volumes.extend(run_mounts.volumes);
+                    main.volume_mounts
+                        .get_or_insert_with(Vec::new)
+                        .extend(run_mounts.mounts);
+                    main.env.get_or_insert_with(Vec::new).extend(run_mounts.env);
+                }
+                (init, main)
             }
             UnitKind::Extraction { id } => self.extraction_containers(unit, id, env),
             UnitKind::Probe => self.probe_containers(unit, env),

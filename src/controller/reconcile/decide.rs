@@ -7,6 +7,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
+use crate::contract::CACHE_ID_ANNOTATION;
+
 use super::pod_results::{disruption, image_status, is_disruption, pod_failure};
 use super::{
     Decision, POLL, Pass, Planned, PodPhase, notice, pin_node, spec_timeout_text, truncate,
@@ -201,9 +203,36 @@ impl Pass<'_> {
             // The first pod isn't scheduled yet; the rest follow it to its node.
             Vec::new()
         } else {
-            ready.into_iter().take(1).collect()
+            // The first pod decides the node. One that mounts cache volumes
+            // goes first: the scheduler puts it where those volumes can be
+            // (a node-bound volume's node), and the build follows it there.
+            let mounts_caches = |u: &&&Unit| match (&u.kind, planned.objects.plan) {
+                (UnitKind::Chain { id, .. }, Some(plan)) => {
+                    plan.chain(id).is_some_and(|c| !c.cache_ids().is_empty())
+                }
+                _ => false,
+            };
+            let first = ready.iter().find(mounts_caches).or(ready.first()).copied();
+            first.into_iter().collect()
         };
         for unit in to_start {
+            if let (UnitKind::Chain { id, .. }, Some(plan)) = (&unit.kind, planned.objects.plan)
+                && let Some(chain) = plan.chain(id)
+            {
+                let ids = chain.cache_ids();
+                for claim in planned.objects.cache_claims(plan) {
+                    let id = claim
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(CACHE_ID_ANNOTATION));
+                    if id.is_some_and(|id| ids.contains(id))
+                        && !decision.cache_claims.contains(&claim)
+                    {
+                        decision.cache_claims.push(claim);
+                    }
+                }
+            }
             let pod = planned.objects.pod(unit, 0, node.as_deref());
             decision.events.push(notice(
                 Reason::PodCreated,

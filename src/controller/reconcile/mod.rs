@@ -168,6 +168,9 @@ pub struct Observed {
 #[derive(Debug, Clone, Default)]
 pub struct Decision {
     pub create_claim: Option<PersistentVolumeClaim>,
+    /// Cache volumes the pods to create mount: made when missing, never
+    /// owned by the build, never deleted with it.
+    pub cache_claims: Vec<PersistentVolumeClaim>,
     pub create_pods: Vec<Pod>,
     pub delete_pods: Vec<String>,
     pub delete_claims: Vec<String>,

@@ -9,6 +9,7 @@ use super::MAX_PLAN_BYTES;
 use crate::api::{ImageBuild, ImageBuildSpec, MAX_INLINE_CONTEXT_BYTES};
 use crate::controller::Settings;
 use crate::controller::status::Reason;
+use crate::dockerfile::RunMount;
 use crate::plan::{BuildPlan, PlanRequest};
 use crate::schema::{DockerfileSource, dockerfile_source};
 
@@ -77,6 +78,7 @@ pub fn plan_spec(
         ))
     })?;
     check_plan_runs_in_pods(&plan)?;
+    check_required_secrets(spec, &plan)?;
     Ok(Validated { plan, timeout })
 }
 
@@ -124,6 +126,33 @@ fn check_plan_runs_in_pods(plan: &BuildPlan) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Every secret a RUN mounts with `required` is in `spec.secrets` (one
+/// that is not required and not there is skipped, as BuildKit does).
+fn check_required_secrets(spec: &ImageBuildSpec, plan: &BuildPlan) -> Result<(), Invalid> {
+    let steps = plan
+        .chains
+        .iter()
+        .flat_map(|c| &c.stages)
+        .flat_map(|s| &s.steps);
+    for step in steps {
+        for planned in &step.mounts {
+            if let RunMount::Secret(secret) = &planned.mount
+                && secret.required
+                && !spec.secrets.iter().any(|s| s.id == secret.id)
+            {
+                return Err(Invalid {
+                    reason: Reason::SecretNotFound,
+                    message: format!(
+                        "line {}: RUN --mount=type=secret,id={} is required and spec.secrets has no id {}: add {{id: {}, secretRef: {{name: SECRET, key: KEY}}}}",
+                        step.line, secret.id, secret.id, secret.id
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks everything but the Dockerfile (which a git context provides only
 /// after the clone); returns the build's timeout.
 pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, Invalid> {
@@ -160,6 +189,40 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
             ) {
                 return Err(invalid(format!(
                     "spec.workspace.accessModes[{i}] `{mode}`: expected ReadWriteOnce, ReadWriteMany or ReadWriteOncePod"
+                )));
+            }
+        }
+    }
+    for (i, secret) in spec.secrets.iter().enumerate() {
+        if secret.id.is_empty() || secret.id.contains('/') || secret.id == "." || secret.id == ".."
+        {
+            return Err(invalid(format!(
+                "spec.secrets[{i}].id `{}`: expected a name without `/`",
+                secret.id
+            )));
+        }
+        if spec.secrets[..i].iter().any(|s| s.id == secret.id) {
+            return Err(invalid(format!(
+                "spec.secrets[{i}].id `{}`: given twice",
+                secret.id
+            )));
+        }
+    }
+    if let Some(volumes) = &spec.cache_volumes {
+        if let Some(size) = &volumes.size
+            && crate::api::quantity_bytes(size).is_none_or(|b| b == 0)
+        {
+            return Err(invalid(format!(
+                "spec.cacheVolumes.size `{size}`: expected a quantity such as 5Gi or 500M"
+            )));
+        }
+        for (i, mode) in volumes.access_modes.iter().enumerate() {
+            if !matches!(
+                mode.as_str(),
+                "ReadWriteOnce" | "ReadWriteMany" | "ReadWriteOncePod"
+            ) {
+                return Err(invalid(format!(
+                    "spec.cacheVolumes.accessModes[{i}] `{mode}`: expected ReadWriteOnce, ReadWriteMany or ReadWriteOncePod"
                 )));
             }
         }
