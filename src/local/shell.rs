@@ -141,11 +141,15 @@ impl Shell for PodmanShell {
             .get(CACHE_ID_ANNOTATION)
             .map(|id| format!("{CACHE_ID_ANNOTATION}={id}"))
             .unwrap_or_default();
-        self.podman
+        // Kept between builds: made once (podman 4.3 has no `--ignore`).
+        if self.podman.run(&["volume", "exists", &name]).await.is_ok() {
+            return Ok(());
+        }
+        let created = self
+            .podman
             .run(&[
                 "volume",
                 "create",
-                "--ignore",
                 "--label",
                 "app.kubernetes.io/managed-by=slimforge",
                 "--label",
@@ -154,7 +158,13 @@ impl Shell for PodmanShell {
                 &id,
                 &name,
             ])
-            .await?;
+            .await;
+        // Another build may have made it meanwhile.
+        if let Err(e) = created
+            && self.podman.run(&["volume", "exists", &name]).await.is_err()
+        {
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -22,9 +22,9 @@
 //!   skipped (as BuildKit does). The value is never logged.
 //!
 //! What was at a target is moved aside to a hidden sibling during the RUN
-//! and put back after; where nothing was, an empty directory is left (as
-//! BuildKit leaves the mount point), but for secrets, which leave nothing,
-//! not even the parents made for them. A symlink is what the RUN sees at
+//! and put back after; where nothing was, an empty directory (an empty
+//! file for a file) is left, as BuildKit leaves the mount point, but for
+//! secrets, which leave nothing, not even the parents made for them. A symlink is what the RUN sees at
 //! the target (`readlink` and `realpath` tell); a RUN that replaces it
 //! keeps its own.
 
@@ -402,8 +402,13 @@ fn unplace(placed: Placed) -> Result<(), String> {
             let _ = fs::remove_dir_all(hidden).or_else(|_| fs::remove_file(hidden));
         }
         None if ours && placed.leave_dir => {
-            fs::create_dir(target)
-                .and_then(|()| fs::set_permissions(target, fs::Permissions::from_mode(0o755)))
+            // A file's mount point is an empty file, a directory's an empty directory.
+            let (made, mode) = if placed.backing.is_file() {
+                (File::create(target).map(|_| ()), 0o644)
+            } else {
+                (fs::create_dir(target), 0o755)
+            };
+            made.and_then(|()| fs::set_permissions(target, fs::Permissions::from_mode(mode)))
                 .map_err(|e| io(target, e))?;
         }
         None => {}
@@ -564,7 +569,11 @@ mod tests {
             fs::read_to_string(context.join("go.mod")).unwrap(),
             "module x\n"
         );
-        assert!(seen.is_dir(), "an empty mount point stays: {seen:?}");
+        let left = fs::metadata(&seen).unwrap();
+        assert!(
+            left.is_file() && left.len() == 0,
+            "an empty mount point stays: {seen:?}"
+        );
         assert_eq!(
             fs::read_dir(f.workspace.tmp()).unwrap().count(),
             0,

@@ -68,8 +68,14 @@ impl Planner<'_> {
                 Err(error) => errors.push(error.clone()),
             }
             errors.extend(stage.errors.iter().cloned());
-            for step in &stage.steps {
-                if let Some(Origin::Stage { index, .. }) = &step.origin {
+            let mount_origins = stage.steps.iter().flat_map(|s| s.mounts.iter());
+            let origins = stage
+                .steps
+                .iter()
+                .filter_map(|s| s.origin.as_ref())
+                .chain(mount_origins.filter_map(|(_, origin)| origin.as_ref()));
+            for origin in origins {
+                if let Origin::Stage { index, .. } = origin {
                     needed[*index] = true;
                 }
             }
