@@ -268,6 +268,18 @@ enum CacheCommand {
         #[arg(long)]
         spec: Option<PathBuf>,
     },
+    /// List the local `RUN --mount=type=cache` volumes: id, size, volume.
+    /// (In a cluster: `kubectl get pvc -l slimforge.dev/cache`.)
+    List,
+    /// Remove local cache volumes by id (or all); one a build is using is
+    /// refused. (In a cluster: `kubectl delete pvc -l slimforge.dev/cache`.)
+    Drop {
+        /// Cache ids, as `slimforge cache list` shows them.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -611,6 +623,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Stage(command) => run_stage(command),
+        Command::Cache(CacheCommand::List) => {
+            for cache in slimforge::local::list_caches().await? {
+                out(&format!(
+                    "{}\t{}\t{}\n",
+                    cache.id,
+                    slimforge::api::human_size(cache.bytes),
+                    cache.volume
+                ))?;
+            }
+            Ok(())
+        }
+        Command::Cache(CacheCommand::Drop { ids, all }) => {
+            for volume in slimforge::local::drop_caches(&ids, all).await? {
+                out(&format!("{volume}\n"))?;
+            }
+            Ok(())
+        }
         Command::Cache(CacheCommand::Restore { spec }) => {
             let spec = slimforge::cache::entry::RestoreSpec::load(spec.as_deref())?;
             // Into a workspace's exports/: its shared directories made as

@@ -1008,3 +1008,125 @@ fn a_moved_branch_rebuilds_only_the_chain_whose_files_changed() {
     assert_eq!(support::podman_run(reference, &[]), "a1\nb2\n");
     drop(daemon);
 }
+
+/// `RUN --mount` in the cluster: a build secret from a Secret reaches only
+/// the pod whose RUN mounts it, as a reference, and is found in no log,
+/// event or status; a cache mount's claim is made once, outlives the build
+/// and is warm for the next; a missing Secret is `Ready=False` naming it.
+#[test]
+fn run_mounts_take_secrets_by_reference_and_keep_caches_between_builds() {
+    let (cluster, ns) = operator_and_namespace("mounts", "baseline");
+    let (_, busybox) = cluster.base_images();
+    let value = format!("tok-{}", support::unique_name("v"));
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "create",
+        "secret",
+        "generic",
+        "tokens",
+        &format!("--from-literal=token={value}"),
+    ]);
+    let dockerfile = format!(
+        "FROM {busybox} AS fetch\n\
+         RUN --mount=type=secret,id=token,required sha256sum /run/secrets/token | cut -c1-64 > /hash\n\
+         FROM {busybox} AS counted\n\
+         ARG RUN_NUMBER\n\
+         RUN --mount=type=cache,id=counter,target=/c,sharing=locked echo $RUN_NUMBER >> /c/runs && wc -l < /c/runs > /count\n\
+         FROM {busybox}\n\
+         COPY --from=fetch /hash /hash\n\
+         COPY --from=counted /count /count\n\
+         CMD [\"cat\", \"/hash\", \"/count\"]\n"
+    );
+    let spec = json!({
+        "context": {"inline": {}},
+        "dockerfile": dockerfile,
+        "buildArgs": {"RUN_NUMBER": "1"},
+        "secrets": [{"id": "token", "secretRef": {"name": "tokens", "key": "token"}}],
+        "cacheVolumes": {"size": "64Mi"},
+    });
+    apply_build(cluster, &ns, "mounts", spec.clone());
+    let done = wait_finished(cluster, &ns, "mounts", 1);
+    let status = &done["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    let hash = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(value.as_bytes()))
+    };
+    let printed = support::podman_run(status["image"]["reference"].as_str().unwrap(), &[]);
+    assert_eq!(
+        printed.split_whitespace().collect::<Vec<_>>(),
+        [hash.as_str(), "1"]
+    );
+
+    // The Secret, by reference, in the one pod that mounts it.
+    for pod in pods(cluster, &ns) {
+        let text = pod.to_string();
+        assert!(!text.contains(&value), "a pod spec holds the value: {text}");
+        let role = pod["metadata"]["labels"]["slimforge.dev/role"]
+            .as_str()
+            .unwrap_or_default();
+        let stage = pod["metadata"]["annotations"].to_string();
+        let mounts_secret = text.contains(r#""name":"tokens""#);
+        assert_eq!(
+            mounts_secret,
+            role == "chain" && stage.contains("fetch"),
+            "{role} {stage}"
+        );
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let logs = cluster.kubectl(&["-n", &ns.name, "logs", name, "--all-containers"]);
+        assert!(
+            !String::from_utf8_lossy(&logs.stdout).contains(&value),
+            "{name}'s log"
+        );
+    }
+    let events = cluster.kubectl_ok(&["-n", &ns.name, "get", "events", "-o", "json"]);
+    assert!(!events.contains(&value));
+    assert!(!done.to_string().contains(&value));
+
+    // The cache's claim: made once, labelled, owned by no build.
+    let claim_name = slimforge::contract::cache_volume("counter");
+    let claim = get_json(cluster, &ns, &["pvc", &claim_name]);
+    assert_eq!(
+        claim["metadata"]["labels"]["slimforge.dev/cache"],
+        slimforge::contract::cache_hash("counter")
+    );
+    assert_eq!(
+        claim["metadata"]["annotations"]["slimforge.dev/cache-id"],
+        "counter"
+    );
+    assert!(claim["metadata"]["ownerReferences"].is_null(), "{claim}");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "64Mi");
+
+    // The next build finds what the first left there.
+    let mut edited = spec.clone();
+    edited["buildArgs"] = json!({"RUN_NUMBER": "2"});
+    apply_build(cluster, &ns, "mounts", edited);
+    let done = wait_finished(cluster, &ns, "mounts", 2);
+    let status = &done["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    let printed = support::podman_run(status["image"]["reference"].as_str().unwrap(), &[]);
+    assert_eq!(
+        printed.split_whitespace().collect::<Vec<_>>(),
+        [hash.as_str(), "2"]
+    );
+
+    // The Secret gone: the next build waits for it, naming it.
+    cluster.kubectl_ok(&["-n", &ns.name, "delete", "secret", "tokens"]);
+    let mut edited = spec;
+    edited["buildArgs"] = json!({"RUN_NUMBER": "3"});
+    apply_build(cluster, &ns, "mounts", edited);
+    let waiting = cluster.wait("Ready=False", Duration::from_secs(120), || {
+        let ib = get_json(cluster, &ns, &["imagebuild", "mounts"]);
+        (ib["status"]["observedGeneration"] == 3
+            && ready_condition(&ib).is_some_and(|c| c["status"] == "False"))
+        .then_some(ib)
+    });
+    let ready = ready_condition(&waiting).unwrap();
+    assert_eq!(ready["reason"], "SecretNotFound", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.secrets[0].secretRef") && message.contains("Secret tokens"),
+        "{message}"
+    );
+}

@@ -168,6 +168,37 @@ CMD ["/app"]
     assert_eq!(digest(&first), digest(&second), "the same image");
     assert!(!contains(&image_bytes(&second, true), "compiles-seen"));
     assert_eq!(podman_run(&second, &[]).trim(), r#"{"status":"OK"}"#);
+
+    // Listed with its size, then dropped.
+    let listed = slimforge_cache(&["list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&format!("{id}\t")))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{listed}"));
+    assert!(line.contains(" MB\t") || line.contains(" kB\t"), "{line}");
+    slimforge_cache(&["drop", &id]);
+    assert!(!slimforge_cache(&["list"]).contains(&id));
+    assert!(
+        !podman(&["volume", "exists", &slimforge::contract::cache_volume(&id)])
+            .status
+            .success()
+    );
+}
+
+/// `slimforge cache ARGS`, which must succeed; its stdout.
+fn slimforge_cache(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_slimforge"))
+        .envs(podman_env())
+        .arg("cache")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A final stage that runs with a cache mount: the snapshot holds the
@@ -256,8 +287,9 @@ CMD ["cat", "/hash", "/mode", "/length"]
     );
 }
 
-/// Binds from the context and from a stage: visible in the RUN, writes
-/// discarded, nothing left in the stage but the empty mount point.
+/// Binds from the context and from a stage (a path, or its whole root
+/// without the pod's mount points): visible in the RUN, writes discarded,
+/// nothing left in the stage but the empty mount point.
 #[test]
 fn binds_show_files_during_the_run_only() {
     let reg = Registry::start();
@@ -271,6 +303,9 @@ RUN --mount=type=bind,source=go.mod,target=go.mod,rw \
     cat go.mod > /seen-context && echo changed >> go.mod
 RUN --mount=type=bind,from=deps,source=/deps,target=/mnt/deps \
     cat /mnt/deps/x > /seen-stage
+RUN --mount=type=bind,from=deps,target=/mnt/root \
+    test -f /mnt/root/deps/x -a -x /mnt/root/bin/sh \
+ && test ! -e /mnt/root/.slimforge/exports -a ! -e /mnt/root/proc/self
 RUN test ! -s /src/go.mod && test -z "$(ls -A /mnt/deps)" \
  && cat /seen-context /seen-stage > /seen
 

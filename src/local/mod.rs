@@ -9,6 +9,7 @@
 //! image (`helper`), the pods in podman (`shell`) and what the user is told
 //! (`progress`).
 
+mod caches;
 mod credentials;
 mod helper;
 mod lock;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
+pub use self::caches::{LocalCache, drop_caches, list_caches};
 pub use self::credentials::{LocalSecret, SecretSource};
 use self::manifest::Manifest;
 use self::podman::{Podman, PodmanError};

@@ -588,8 +588,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Writes the export archive `out` of `pattern` (absolute, or relative to
 /// `/`; may be a glob) read under `root`: every match and everything below
-/// it, named by its matched path without the leading `/` (`go/app`), with
-/// owners, modes, xattrs, symlinks and hard links; gzip-compressed; mode 0644.
+/// it but, under `/`, the mount points below a match, named by its matched
+/// path without the leading `/` (`go/app`), with owners, modes, xattrs,
+/// symlinks and hard links; gzip-compressed; mode 0644.
 pub fn write_export(root: &Path, pattern: &str, out: &Path) -> Result<usize, FsError> {
     let matches = match_source(root, pattern, None)?;
     if matches.is_empty() {
@@ -603,17 +604,34 @@ pub fn write_export(root: &Path, pattern: &str, out: &Path) -> Result<usize, FsE
     let tmp = PathBuf::from(tmp);
     let mut writer = LayerWriter::create(&tmp, LayerOptions::default())?;
     let mut entries = 0;
+    // Below a match, the pod's mount points (the workspace, the helper,
+    // RUN mounts' volumes, /proc) are not the stage's files.
+    let mount_points: std::collections::BTreeSet<PathBuf> = if root == Path::new("/") {
+        fs::read("/proc/self/mountinfo")
+            .map(|text| crate::rootfs::snapshot::mount_points(&text))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p != Path::new("/"))
+            .collect()
+    } else {
+        Default::default()
+    };
     for found in matches {
         let name = Path::new("/").join(&found.rel);
         // The match itself is followed when it is a symlink (as COPY does).
         let disk = fs::canonicalize(&found.disk).map_err(io_err(&found.disk))?;
-        writer.add_as_is(&disk, &name)?;
-        entries += 1;
+        // The root itself has no name in an archive: its contents do.
+        if name != Path::new("/") {
+            writer.add_as_is(&disk, &name)?;
+            entries += 1;
+        }
         if fs::symlink_metadata(&disk).is_ok_and(|m| m.is_dir()) {
             for entry in walkdir::WalkDir::new(&disk)
                 .min_depth(1)
                 .follow_links(false)
                 .sort_by_file_name()
+                .into_iter()
+                .filter_entry(|e| !mount_points.contains(e.path()))
             {
                 let entry = entry.map_err(|e| FsError::Io {
                     path: disk.clone(),
