@@ -1084,6 +1084,35 @@ fn run_mounts_take_secrets_by_reference_and_keep_caches_between_builds() {
     assert!(!events.contains(&value));
     assert!(!done.to_string().contains(&value));
 
+    // Nor in any file of the workspace (a host path on this machine),
+    // compressed or not.
+    let workspace = get_json(cluster, &ns, &["pvc", "mounts-g1-workspace"]);
+    let volume = workspace["spec"]["volumeName"].as_str().unwrap();
+    let pv: Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "pv", volume, "-o", "json"])).unwrap();
+    let dir = pv["spec"]["hostPath"]["path"].as_str().unwrap();
+    let files: Vec<_> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .collect();
+    assert!(files.len() > 3, "the workspace's files: {files:?}");
+    for file in files {
+        let mut bytes = std::fs::read(file.path()).unwrap();
+        // Exports and layers are gzip-compressed: read what they hold.
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut plain)
+                .unwrap();
+            bytes = plain;
+        }
+        assert!(
+            !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+            "{}",
+            file.path().display()
+        );
+    }
+
     // The cache's claim: made once, labelled, owned by no build.
     let claim_name = slimforge::contract::cache_volume("counter");
     let claim = get_json(cluster, &ns, &["pvc", &claim_name]);

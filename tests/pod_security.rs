@@ -675,7 +675,8 @@ spec:
 "#;
 
 /// A final stage with RUN: the runtime chain; a ConfigMap context (a
-/// configMap volume in the pods that read it).
+/// configMap volume in the pods that read it); RUN mounts (a cache claim,
+/// a projected build secret, a memory volume).
 const RUNTIME: &str = r#"
 apiVersion: slimforge.dev/v1alpha1
 kind: ImageBuild
@@ -686,13 +687,15 @@ spec:
   dockerfile: |
     FROM golang:1.22 AS build
     COPY src/app.go .
-    RUN go build -o /out/app app.go
+    RUN --mount=type=cache,target=/root/.cache/go-build --mount=type=secret,id=token \
+        go build -o /out/app app.go
     FROM debian:12-slim
     COPY --from=build /out/app /usr/local/bin/app
     COPY src/app.go /src/app.go
-    RUN chmod 0755 /usr/local/bin/app && useradd app
+    RUN --mount=type=tmpfs,target=/scratch chmod 0755 /usr/local/bin/app && useradd app
     USER app
     CMD ["app"]
+  secrets: [{id: token, secretRef: {name: tokens, key: token}}]
   output: {image: "registry.example/rt:v1", pushSecret: regcred}
 "#;
 

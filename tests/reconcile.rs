@@ -1554,3 +1554,41 @@ fn a_rebase_that_does_not_fit_falls_back_to_the_build_and_says_why() {
         );
     }
 }
+
+/// A ReadWriteOnce build starts one pod until it is scheduled: the one that
+/// mounts a cache volume goes first, so the scheduler puts the build where
+/// that (perhaps node-bound) volume can be; its claim is made just before,
+/// and no other pod's creation asks for it again.
+#[test]
+fn the_pod_that_mounts_a_cache_starts_first_and_its_claim_before_it() {
+    let yaml = SEED.replace(
+        "    FROM golang:1.22 AS builder\n",
+        "    FROM busybox AS plain\n    RUN echo plain > /plain\n\n    FROM golang:1.22 AS builder\n",
+    )
+    .replace(
+        "    RUN CGO_ENABLED=0 go build app.go\n",
+        "    RUN --mount=type=cache,target=/root/.cache/go-build CGO_ENABLED=0 go build app.go\n",
+    )
+    .replace(
+        "    COPY --from=builder /go/app .\n",
+        "    COPY --from=builder /go/app .\n    COPY --from=plain /plain /plain\n",
+    );
+    let mut world = World::new(image_build(&yaml));
+    let first = world.step();
+    assert_eq!(first.create_pods.len(), 1);
+    let pod = serde_json::to_string(&first.create_pods[0]).unwrap();
+    let claim = slimforge::contract::cache_volume("/root/.cache/go-build");
+    assert!(pod.contains(&claim), "the cache's pod first: {pod}");
+    let claims: Vec<_> = first
+        .cache_claims
+        .iter()
+        .map(|c| c.meta().name.clone().unwrap())
+        .collect();
+    assert_eq!(claims, [claim]);
+    let second = world.step();
+    assert!(!second.create_pods.is_empty());
+    assert!(
+        second.cache_claims.is_empty(),
+        "the plain chain and the probe mount no cache"
+    );
+}

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 
 use super::FORMAT;
 use super::context::ContextIndex;
-use crate::dockerfile::Instruction;
-use crate::dockerfile::expand_word;
+use crate::dockerfile::instruction::BindMount;
 use crate::dockerfile::instruction::is_remote;
+use crate::dockerfile::{Instruction, RunMount, expand_word};
 use crate::plan::{
     AssemblePlan, BuildPlan, Chain, ChainRole, CopySource, Export, Extraction, FinalImage, Step,
 };
@@ -73,8 +73,20 @@ pub fn context_digests(
             let (_, words) = source_words(step, plan.escape)?;
             digests.insert(reads_id(&words), index.digest_for(&words));
         }
+        for mount in &step.mounts {
+            if let (RunMount::Bind(bind), None) = (&mount.mount, &mount.source) {
+                let words = bind_words(bind);
+                digests.insert(reads_id(&words), index.digest_for(&words));
+            }
+        }
     }
     Ok(digests)
+}
+
+/// What a bind mount of the context reads, as a COPY source would name it.
+fn bind_words(bind: &BindMount) -> Vec<String> {
+    let source = bind.source.trim_start_matches('/');
+    vec![if source.is_empty() { "." } else { source }.to_string()]
 }
 
 /// A COPY/ADD's keyword and its source words as the helper will read them
@@ -361,7 +373,10 @@ impl Keyer<'_, '_> {
     /// Steps of a stage run by chain `own` (`None`: the assembly): each
     /// instruction as parsed (no line numbers in it, so moving it changes
     /// nothing), its ARG bindings (how build args reach a key: only the
-    /// ARGs the stage declares are there) and what its COPY/ADD reads.
+    /// ARGs the stage declares are there), what its COPY/ADD reads, and
+    /// what its RUN `--mount`s read: bound context files, a stage's or an
+    /// image's. Never a cache's content nor a secret's value (Docker's
+    /// keys leave them out too).
     fn steps(&mut self, h: &mut Hasher, own: Option<&str>, steps: &[Step]) -> Result<(), KeyError> {
         h.count(steps.len());
         for step in steps {
@@ -369,49 +384,78 @@ impl Keyer<'_, '_> {
             h.json(&step.args);
             match &step.source {
                 None => h.str("none"),
-                Some(CopySource::Inline) => h.str("inline"),
-                Some(CopySource::Context) => {
-                    h.str("context");
-                    self.context(h, step)?;
+                Some(source) => {
+                    let words = source_words(step, self.inputs.plan.escape)?.1;
+                    self.source(h, own, step, source, words)?;
                 }
-                Some(CopySource::Stage {
-                    chain,
-                    stage,
-                    paths,
-                    exports: _,
-                }) => {
-                    if own == Some(chain.as_str()) {
-                        // An earlier stage of this chain: its steps are in
-                        // this key already.
-                        h.str("own stage");
-                    } else {
-                        h.str("stage");
-                        let by = own.unwrap_or("the final image");
-                        h.str(&self.unit(chain, by)?);
+            }
+            h.count(step.mounts.len());
+            for mount in &step.mounts {
+                match (&mount.mount, &mount.source) {
+                    (_, Some(source)) => self.source(h, own, step, source, Vec::new())?,
+                    (RunMount::Bind(bind), None) => {
+                        self.source(h, own, step, &CopySource::Context, bind_words(bind))?;
                     }
-                    h.str(stage);
-                    h.list(paths);
-                }
-                Some(CopySource::Image {
-                    extraction,
-                    image: _,
-                    paths,
-                    exports: _,
-                }) => {
-                    h.str("image");
-                    let by = own.unwrap_or("the final image");
-                    h.str(&self.unit(extraction, by)?);
-                    h.list(paths);
+                    (_, None) => h.str("none"),
                 }
             }
         }
         Ok(())
     }
 
-    /// The context files a COPY/ADD may read: their digest, or the opaque
-    /// context's identity.
-    fn context(&self, h: &mut Hasher, step: &Step) -> Result<(), KeyError> {
-        let (keyword, words) = source_words(step, self.inputs.plan.escape)?;
+    /// What one COPY/ADD source (or a mount's) reads: `words`, for the
+    /// context.
+    fn source(
+        &mut self,
+        h: &mut Hasher,
+        own: Option<&str>,
+        step: &Step,
+        source: &CopySource,
+        words: Vec<String>,
+    ) -> Result<(), KeyError> {
+        match source {
+            CopySource::Inline => h.str("inline"),
+            CopySource::Context => {
+                h.str("context");
+                self.context(h, step, words)?;
+            }
+            CopySource::Stage {
+                chain,
+                stage,
+                paths,
+                exports: _,
+            } => {
+                if own == Some(chain.as_str()) {
+                    // An earlier stage of this chain: its steps are in
+                    // this key already.
+                    h.str("own stage");
+                } else {
+                    h.str("stage");
+                    let by = own.unwrap_or("the final image");
+                    h.str(&self.unit(chain, by)?);
+                }
+                h.str(stage);
+                h.list(paths);
+            }
+            CopySource::Image {
+                extraction,
+                image: _,
+                paths,
+                exports: _,
+            } => {
+                h.str("image");
+                let by = own.unwrap_or("the final image");
+                h.str(&self.unit(extraction, by)?);
+                h.list(paths);
+            }
+        }
+        Ok(())
+    }
+
+    /// The context files a COPY/ADD (or a bind mount) may read, `words`:
+    /// their digest, or the opaque context's identity.
+    fn context(&self, h: &mut Hasher, step: &Step, words: Vec<String>) -> Result<(), KeyError> {
+        let keyword = step.instruction.keyword();
         match &self.inputs.context {
             ContextIdentity::None => {
                 return Err(KeyError::NoContext {
@@ -899,6 +943,54 @@ COPY --from=c /out-c /c
         // A COPY the digests do not cover can't be keyed.
         let err = keys_of(DOCKERFILE, ContextIdentity::Digests(&BTreeMap::new())).unwrap_err();
         assert!(matches!(err, KeyError::NoContext { .. }), "{err}");
+    }
+
+    #[test]
+    fn run_mounts_key_what_they_read_and_never_a_cache_or_a_secret() {
+        let mut case = base();
+        case.dockerfile = case.dockerfile.replace(
+            "RUN ls /src > /out-b",
+            "RUN --mount=type=bind,source=other.txt,target=/o --mount=type=cache,target=/c \\\n  --mount=type=secret,id=t ls /src > /out-b",
+        );
+        let before = compute(&case);
+        // A bound context file is read: b moves (and the image), a and c not.
+        let mut changed = case.clone();
+        set(&mut changed.files, "other.txt", "changed");
+        let after = compute(&changed);
+        assert_ne!(after.units["b"], before.units["b"]);
+        assert_ne!(after.image, before.image);
+        assert_eq!(after.units["a"], before.units["a"]);
+        assert_eq!(after.units["c"], before.units["c"]);
+        // Where the files are (a git context), the digests key alike.
+        let plan = PlanRequest {
+            dockerfile: case.dockerfile.clone(),
+            ..PlanRequest::default()
+        }
+        .plan()
+        .unwrap();
+        let pairs: Vec<(&str, &str)> = case
+            .files
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let digests = context_digests(&plan, &index(&pairs)).unwrap();
+        assert_eq!(digests.len(), 3, "a's COPY, b's COPY, b's bind: {digests:?}");
+        assert_eq!(
+            keys_of(&case.dockerfile, ContextIdentity::Digests(&digests)).unwrap(),
+            keys_of(&case.dockerfile, ContextIdentity::Index(&index(&pairs))).unwrap()
+        );
+
+        // A bind from stage a: b now moves with a.
+        let mut from_a = base();
+        from_a.dockerfile = from_a.dockerfile.replace(
+            "RUN ls /src > /out-b",
+            "RUN --mount=type=bind,from=a,source=/out-a,target=/x ls /src > /out-b",
+        );
+        let before = compute(&from_a);
+        let mut changed = from_a.clone();
+        changed.dockerfile = changed.dockerfile.replace("> /out-a", ">> /out-a");
+        let after = compute(&changed);
+        assert_ne!(after.units["b"], before.units["b"]);
     }
 
     #[test]
