@@ -289,11 +289,13 @@ CMD ["cat", "/hash", "/mode", "/length"]
 
 /// Binds from the context and from a stage (a path, or its whole root
 /// without the pod's mount points): visible in the RUN, writes discarded,
-/// nothing left in the stage but the empty mount point.
+/// nothing left in the stage but the empty mount point. A cache seeded
+/// from a stage when it is made, and kept as the next RUN left it.
 #[test]
 fn binds_show_files_during_the_run_only() {
     let reg = Registry::start();
     let name = unique_name("bind");
+    let seeded = unique_name("seeded");
     let dockerfile = r#"FROM {busybox} AS deps
 RUN mkdir /deps && echo from-stage > /deps/x
 
@@ -306,24 +308,29 @@ RUN --mount=type=bind,from=deps,source=/deps,target=/mnt/deps \
 RUN --mount=type=bind,from=deps,target=/mnt/root \
     test -f /mnt/root/deps/x -a -x /mnt/root/bin/sh \
  && test ! -e /mnt/root/.slimforge/exports -a ! -e /mnt/root/proc/self
+RUN --mount=type=cache,id=SEEDED,target=/c,from=deps,source=/deps \
+    cat /c/x > /seen-seed && echo used > /c/used
+RUN --mount=type=cache,id=SEEDED,target=/c,from=deps,source=/deps \
+    test -f /c/used && cmp /c/x /seen-seed
 RUN test ! -s /src/go.mod && test -z "$(ls -A /mnt/deps)" \
- && cat /seen-context /seen-stage > /seen
+ && cat /seen-context /seen-stage /seen-seed > /seen
 
 FROM {busybox}
 COPY --from=builder /seen /seen
 CMD ["cat", "/seen"]
 "#;
+    let dockerfile = dockerfile.replace("SEEDED", &seeded);
     let ib = manifest(
         &reg,
         &name,
-        dockerfile,
+        &dockerfile,
         &[("go.mod", "module example.com/app\n")],
         json!({}),
     );
     let image = pushed(&slimforge_build(&ib, &[]));
     assert_eq!(
         podman_run(&image, &[]).lines().collect::<Vec<_>>(),
-        ["module example.com/app", "from-stage"]
+        ["module example.com/app", "from-stage", "from-stage"]
     );
 }
 

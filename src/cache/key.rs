@@ -974,7 +974,11 @@ COPY --from=c /out-c /c
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let digests = context_digests(&plan, &index(&pairs)).unwrap();
-        assert_eq!(digests.len(), 3, "a's COPY, b's COPY, b's bind: {digests:?}");
+        assert_eq!(
+            digests.len(),
+            3,
+            "a's COPY, b's COPY, b's bind: {digests:?}"
+        );
         assert_eq!(
             keys_of(&case.dockerfile, ContextIdentity::Digests(&digests)).unwrap(),
             keys_of(&case.dockerfile, ContextIdentity::Index(&index(&pairs))).unwrap()

@@ -116,7 +116,7 @@ pub const REBASE_ENV: &str = "SLIMFORGE_REBASE";
 pub const RECIPE_ENV: &str = "SLIMFORGE_RECIPE";
 /// The variables above: the pods' plumbing, never part of a RUN's or the
 /// image's environment.
-pub const POD_ENV: [&str; 8] = [
+pub const POD_ENV: [&str; 9] = [
     PLAN_ENV,
     CONTEXT_ENV,
     WORKDIR_ENV,
@@ -125,6 +125,7 @@ pub const POD_ENV: [&str; 8] = [
     RESTORE_ENV,
     REBASE_ENV,
     RECIPE_ENV,
+    CACHE_LIMITS_ENV,
 ];
 
 /// The build context, in the workspace.

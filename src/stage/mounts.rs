@@ -309,12 +309,21 @@ fn fill(
         return Err(format!("{source}: no such file or directory in from="));
     }
     if into.exists() {
-        // A cache being seeded: its (empty) directory takes the contents.
-        for entry in fs::read_dir(&found).map_err(|e| format!("{source}: {e}"))? {
-            let entry = entry.map_err(|e| format!("{source}: {e}"))?;
-            fs::rename(entry.path(), into.join(entry.file_name()))
-                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-        }
+        // A cache being seeded, on its own volume: a copy of the contents.
+        let root = SourceRoot {
+            dir: &found,
+            ignore: None,
+        };
+        let matches = match_sources(&root, &[".".to_string()]).map_err(|e| e.to_string())?;
+        let request = CopyRequest {
+            destination: into.to_path_buf(),
+            destination_is_dir: true,
+            owner: (0, 0),
+            chmod: None,
+            extract_archives: false,
+        };
+        copy_matches(&root, &matches, &request, &mut HardLinks::default())
+            .map_err(|e| e.to_string())?;
     } else {
         fs::rename(&found, into).map_err(|e| format!("{}: {e}", found.display()))?;
     }
