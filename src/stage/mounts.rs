@@ -9,6 +9,7 @@
 //!   with the mount's `mode`, `uid` and `gid`, and seeded from `from=` when
 //!   it is made. After the RUN the volume is kept under its limit
 //!   ([`CACHE_LIMITS_ENV`]): the least recently used files go first.
+//!   `ro` is not enforced: without a mount there is no read-only view.
 //! - `type=bind`: a copy of the context's (`.dockerignore` applied) or the
 //!   stage export's `source`, in the workspace's `tmp/`, thrown away after
 //!   the RUN: writes are discarded, `rw` or not (without `rw` they are not
