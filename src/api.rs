@@ -74,6 +74,7 @@ pub struct ImageBuildSpec {
     /// is a key of a Secret in the build's namespace. Only the pod whose
     /// RUN asks for an id gets it, and only that RUN sees it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 64))]
     pub secrets: Vec<BuildSecret>,
     /// The volumes behind `RUN --mount=type=cache`: one claim per cache id
     /// and namespace (`slimforge-cache-…`, labelled `slimforge.dev/cache`),

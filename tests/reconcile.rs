@@ -1592,3 +1592,70 @@ fn the_pod_that_mounts_a_cache_starts_first_and_its_claim_before_it() {
         "the plain chain and the probe mount no cache"
     );
 }
+
+/// What RUN mounts ask of the spec: a required secret it lists, a bounded
+/// number of cache claims, well-formed secret entries and cache sizes.
+/// Each refusal names the line or the field and starts no pod.
+#[test]
+fn run_mount_inputs_are_checked_before_any_pod() {
+    let with_run = |run: &str, extra: &str| {
+        SEED.replace(
+            "    RUN CGO_ENABLED=0 go build app.go\n",
+            &format!("    {run}\n"),
+        )
+        .replace("  timeout: 10m\n", &format!("  timeout: 10m\n{extra}"))
+    };
+    let caches: String = (0..17)
+        .map(|i| format!("--mount=type=cache,id=c{i},target=/c{i} "))
+        .collect();
+    let many_secrets: String = (0..65)
+        .map(|i| format!("    - {{id: s{i}, secretRef: {{name: s, key: k}}}}\n"))
+        .collect();
+    for (yaml, reason, needle) in [
+        (
+            with_run("RUN --mount=type=secret,id=npm,required npm ci", ""),
+            "SecretNotFound",
+            "line 4: RUN --mount=type=secret,id=npm is required and spec.secrets has no id npm",
+        ),
+        (
+            with_run(&format!("RUN {caches}true"), ""),
+            "InvalidDockerfile",
+            "line 4: RUN --mount=type=cache,id=c16: more than 16 cache ids in one build",
+        ),
+        (
+            with_run(
+                "RUN true",
+                "  secrets:\n    - {id: a/b, secretRef: {name: s, key: k}}\n",
+            ),
+            "InvalidSpec",
+            "spec.secrets[0].id `a/b`: expected a name without `/`",
+        ),
+        (
+            with_run("RUN true", &format!("  secrets:\n{many_secrets}")),
+            "InvalidSpec",
+            "spec.secrets: 65 entries, more than the 64 allowed",
+        ),
+        (
+            with_run("RUN true", "  cacheVolumes: {size: lots}\n"),
+            "InvalidSpec",
+            "spec.cacheVolumes.size `lots`: expected a quantity such as 5Gi or 500M",
+        ),
+    ] {
+        let mut world = World::new(image_build(&yaml));
+        let decision = world.step();
+        let (status, got, message) = world.ready();
+        assert_eq!(
+            (status.as_str(), got.as_str()),
+            ("False", reason),
+            "{message}"
+        );
+        assert!(message.contains(needle), "{message}");
+        assert!(decision.create_pods.is_empty() && decision.cache_claims.is_empty());
+    }
+    // A secret neither required nor listed is skipped: the build goes on.
+    let mut world = World::new(image_build(&with_run(
+        "RUN --mount=type=secret,id=optional cat /run/secrets/optional || true",
+        "",
+    )));
+    assert_eq!(world.step().create_pods.len(), 1);
+}

@@ -203,7 +203,7 @@ fn slimforge_cache(args: &[&str]) -> String {
 
 /// A final stage that runs with a cache mount: the snapshot holds the
 /// empty mount point, not the cache's files, and the image's own files
-/// at the target come back after the RUN.
+/// at the target come back after the RUN. A tmpfs is empty after its RUN.
 #[test]
 fn a_runtime_stage_cache_mount_leaves_only_its_mount_point() {
     let reg = Registry::start();
@@ -215,6 +215,9 @@ RUN mkdir -p /var/cache/app && echo image > /var/cache/app/own
 RUN --mount=type=cache,id={id},target=/var/cache/app \
     test ! -e /var/cache/app/own && echo cached > /var/cache/app/in-cache
 RUN --mount=type=cache,id={id},target=/seen cat /seen/in-cache > /copied
+RUN --mount=type=tmpfs,target=/scratch,size=1m \
+    echo x > /scratch/f && test "$(stat -L -c %a /scratch)" = 1777
+RUN test -d /scratch && test -z "$(ls -A /scratch)"
 CMD ["sh", "-c", "ls -A /var/cache/app; cat /copied"]
 "#
     );

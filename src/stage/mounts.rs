@@ -644,6 +644,51 @@ mod tests {
     }
 
     #[test]
+    fn a_second_user_waits_on_locked_and_gets_a_fresh_cache_on_private() {
+        let f = fixture();
+        let id = f.dir.path().join("cache-volume").display().to_string();
+        let held = mount(
+            &f,
+            &[&format!("type=cache,id={id},target=/a,sharing=locked")],
+        )
+        .unwrap();
+        fs::write(f.paths.root.join("a/file"), "first").unwrap();
+        // A private user while it is held: its own, empty directory.
+        let private = mount(
+            &f,
+            &[&format!("type=cache,id={id},target=/b,sharing=private")],
+        )
+        .unwrap();
+        assert!(!f.paths.root.join("b/file").exists());
+        private.unmount().unwrap();
+        // A locked user waits until the first is done.
+        let (done, waited) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let m = mount(
+                &f,
+                &[&format!("type=cache,id={id},target=/c,sharing=locked")],
+            )
+            .unwrap();
+            done.send(fs::read_to_string(f.paths.root.join("c/file")).unwrap())
+                .unwrap();
+            m.unmount().unwrap();
+        });
+        assert!(
+            waited
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .is_err()
+        );
+        held.unmount().unwrap();
+        assert_eq!(
+            waited
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap(),
+            "first"
+        );
+        waiter.join().unwrap();
+    }
+
+    #[test]
     fn a_cache_over_its_limit_loses_its_oldest_files() {
         let dir = tempfile::tempdir().unwrap();
         for (i, name) in ["old", "mid", "new"].iter().enumerate() {

@@ -78,7 +78,7 @@ pub fn plan_spec(
         ))
     })?;
     check_plan_runs_in_pods(&plan)?;
-    check_required_secrets(spec, &plan)?;
+    check_run_mounts(spec, &plan)?;
     Ok(Validated { plan, timeout })
 }
 
@@ -126,16 +126,34 @@ fn check_plan_runs_in_pods(plan: &BuildPlan) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The most entries of `spec.secrets`.
+pub const MAX_BUILD_SECRETS: usize = 64;
+
+/// The most cache ids one build mounts: each is a claim in the namespace,
+/// and a Dockerfile must not be able to make hundreds.
+pub const MAX_CACHE_IDS: usize = 16;
+
 /// Every secret a RUN mounts with `required` is in `spec.secrets` (one
-/// that is not required and not there is skipped, as BuildKit does).
-fn check_required_secrets(spec: &ImageBuildSpec, plan: &BuildPlan) -> Result<(), Invalid> {
+/// that is not required and not there is skipped, as BuildKit does), and
+/// the build mounts at most [`MAX_CACHE_IDS`] caches.
+fn check_run_mounts(spec: &ImageBuildSpec, plan: &BuildPlan) -> Result<(), Invalid> {
     let steps = plan
         .chains
         .iter()
         .flat_map(|c| &c.stages)
         .flat_map(|s| &s.steps);
+    let mut caches = std::collections::BTreeSet::new();
     for step in steps {
         for planned in &step.mounts {
+            if let RunMount::Cache(cache) = &planned.mount
+                && caches.insert(cache.id.as_str())
+                && caches.len() > MAX_CACHE_IDS
+            {
+                return Err(Invalid::dockerfile(format!(
+                    "line {}: RUN --mount=type=cache,id={}: more than {MAX_CACHE_IDS} cache ids in one build",
+                    step.line, cache.id
+                )));
+            }
             if let RunMount::Secret(secret) = &planned.mount
                 && secret.required
                 && !spec.secrets.iter().any(|s| s.id == secret.id)
@@ -192,6 +210,12 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
                 )));
             }
         }
+    }
+    if spec.secrets.len() > MAX_BUILD_SECRETS {
+        return Err(invalid(format!(
+            "spec.secrets: {} entries, more than the {MAX_BUILD_SECRETS} allowed",
+            spec.secrets.len()
+        )));
     }
     for (i, secret) in spec.secrets.iter().enumerate() {
         if secret.id.is_empty() || secret.id.contains('/') || secret.id == "." || secret.id == ".."
