@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, PersistentVolumeClaim, Pod};
-
-use crate::contract::{CACHE_ID_ANNOTATION, CACHE_LABEL};
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -20,7 +18,9 @@ use super::pods::{LocalPodInputs, local_pod, non_root_refusal, uses_host_network
 use super::progress::{PodTiming, Progress};
 use crate::api::ImageBuild;
 use crate::cache::lookup::{CacheView, LookupRequest, look_up};
-use crate::contract::{ASSEMBLE_RESULT, CONTEXT_RESULT, PROBE_RESULT, chain_result};
+use crate::contract::{
+    ASSEMBLE_RESULT, CACHE_ID_ANNOTATION, CACHE_LABEL, CONTEXT_RESULT, PROBE_RESULT, chain_result,
+};
 use crate::controller::driver::{Created, Shell};
 use crate::controller::pods::{BuildId, UnitIdentity};
 use crate::controller::reconcile::{BuildEvent, Observed, PodPhase, PodState, current_build};

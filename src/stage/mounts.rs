@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::contract::{CACHE_LIMITS_ENV, MEMORY_MOUNT, SECRETS_MOUNT, Workspace, cache_mount};
@@ -246,7 +246,13 @@ fn mount_one(
                 .memory
                 .join(format!("secret-{}-{index}", std::process::id()));
             mounted.memory.push(copy.clone());
-            fs::write(&copy, &value)
+            // Made readable by root alone, then given to its owner and mode.
+            File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&copy)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, &value))
                 .and_then(|()| std::os::unix::fs::chown(&copy, Some(secret.uid), Some(secret.gid)))
                 .and_then(|()| fs::set_permissions(&copy, fs::Permissions::from_mode(secret.mode)))
                 .map_err(|e| format!("secret `{}`: {e}", secret.id))?;

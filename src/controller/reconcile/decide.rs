@@ -7,15 +7,13 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
-use crate::contract::CACHE_ID_ANNOTATION;
-
 use super::pod_results::{disruption, image_status, is_disruption, pod_failure};
 use super::{
     Decision, POLL, Pass, Planned, PodPhase, notice, pin_node, spec_timeout_text, truncate,
     ttl_requeue, warning,
 };
 use crate::api::{Phase, human_size};
-use crate::contract::AssembleResult;
+use crate::contract::{AssembleResult, CACHE_ID_ANNOTATION};
 use crate::controller::pods::{Unit, UnitKind, claim_name};
 use crate::controller::status::{BuildState, Reason, conditions};
 
