@@ -12,7 +12,8 @@ use slimforge::cache::lookup::{CacheView, ContextRef};
 use slimforge::contract::{CACHE_STORE_ENV, REBASE_ENV, RECIPE_ENV, RebaseRequest};
 use slimforge::controller::pods::{BuildId, REBASE_UNIT};
 use slimforge::controller::reconcile::{
-    Decision, Observed, PodPhase, PodState, Waiting, current_build,
+    CACHE_WAIT, Decision, FRESH_CACHES_ANNOTATION, Observed, PodPhase, PodState, Waiting,
+    current_build,
 };
 use slimforge::controller::status::{READY, RECONCILING, STALLED, find};
 use slimforge::controller::{
@@ -175,6 +176,11 @@ fn new_pod(pod: &Pod) -> PodState {
         label(meta, ATTEMPT_LABEL).parse().unwrap(),
     );
     state.node = Some("node-a".into());
+    // As the cluster shell reads it from the pod.
+    state.fresh_caches = meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(FRESH_CACHES_ANNOTATION));
     state
 }
 
@@ -1658,4 +1664,78 @@ fn run_mount_inputs_are_checked_before_any_pod() {
         "",
     )));
     assert_eq!(world.step().create_pods.len(), 1);
+}
+
+/// A chain pod that waits for its cache volumes (a ReadWriteOnce claim
+/// attached to another node, or held by a build that waits for this one)
+/// and starts no container within CACHE_WAIT is made again with empty
+/// caches, and stays so when it is retried; a pod that started is left.
+#[test]
+fn a_pod_kept_waiting_for_its_caches_is_made_again_with_empty_ones() {
+    let yaml = SEED.replace(
+        "    RUN CGO_ENABLED=0 go build app.go\n",
+        "    RUN --mount=type=cache,target=/root/.cache/go-build CGO_ENABLED=0 go build app.go\n",
+    );
+    let wait = SignedDuration::try_from(CACHE_WAIT).unwrap();
+    let claim = slimforge::contract::cache_volume("/root/.cache/go-build");
+    let mut world = World::new(image_build(&yaml));
+    world.step();
+    let created = world.now;
+    world.pod_mut(1).created = Some(created);
+    // Just under the wait: nothing.
+    world.now = created + wait - SignedDuration::from_secs(5);
+    let decision = world.step();
+    assert!(
+        decision.delete_pods.is_empty(),
+        "{:?}",
+        decision.delete_pods
+    );
+    // Past it, with no container started: attempt 1, with empty caches.
+    world.now = created + wait + SignedDuration::from_secs(5);
+    let decision = world.step();
+    assert_eq!(decision.delete_pods, ["goapp-g1-1"]);
+    let retried = decision
+        .create_pods
+        .iter()
+        .find(|p| p.meta().name.as_deref() == Some("goapp-g1-1-r1"))
+        .expect("attempt 1 of the builder");
+    let json = serde_json::to_string(retried).unwrap();
+    assert!(!json.contains(&claim), "no claim: {json}");
+    assert!(json.contains(FRESH_CACHES_ANNOTATION), "{json}");
+    let volume = serde_json::to_value(&retried.spec.as_ref().unwrap().volumes).unwrap();
+    let cache = volume
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str().is_some_and(|n| n.starts_with("cache-")))
+        .unwrap();
+    assert_eq!(cache["emptyDir"], serde_json::json!({}), "{cache}");
+    assert!(
+        decision
+            .events
+            .iter()
+            .any(|e| e.warning && e.note.contains("with empty caches")),
+        "{:?}",
+        decision.events
+    );
+    // Evicted later: still empty caches, never the claim again.
+    let pod = world.pod_mut(1);
+    assert!(pod.fresh_caches);
+    pod.phase = PodPhase::Failed;
+    pod.reason = Some("Evicted".into());
+    let decision = world.step();
+    let again = serde_json::to_string(&decision.create_pods).unwrap();
+    assert!(
+        again.contains("goapp-g1-1-r2") && !again.contains(&claim),
+        "{again}"
+    );
+
+    // A pod whose containers started has its volumes: it is never replaced.
+    let mut world = World::new(image_build(&yaml));
+    world.step();
+    let pod = world.pod_mut(1);
+    pod.created = Some(created);
+    pod.containers_started = true;
+    world.now = created + wait + wait;
+    assert!(world.step().delete_pods.is_empty());
 }

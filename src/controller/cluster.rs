@@ -632,6 +632,15 @@ pub fn pod_state(pod: &Pod) -> Option<PodState> {
         waiting,
         reason: status.reason.clone(),
         deleting: pod.meta().deletion_timestamp.is_some(),
+        created: pod.meta().creation_timestamp.clone().map(|t| t.0),
+        containers_started: statuses.iter().any(|s| {
+            s.state
+                .as_ref()
+                .is_some_and(|state| state.running.is_some() || state.terminated.is_some())
+        }),
+        fresh_caches: pod
+            .annotations()
+            .contains_key(crate::controller::pods::FRESH_CACHES_ANNOTATION),
     })
 }
 

@@ -25,7 +25,7 @@ mod security;
 mod units;
 
 pub use self::containers::builder_images;
-pub use self::mounts::DEFAULT_CACHE_VOLUME_SIZE;
+pub use self::mounts::{DEFAULT_CACHE_VOLUME_SIZE, FRESH_CACHES_ANNOTATION};
 pub use self::objects::{BuildObjects, DEFAULT_WORKSPACE_SIZE, claim_name, pod_name};
 pub use self::security::{restricted_container_security, restricted_pod_security};
 pub use self::units::{

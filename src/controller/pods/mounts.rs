@@ -26,6 +26,10 @@ use crate::controller::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::dockerfile::RunMount;
 use crate::plan::{BuildPlan, Chain};
 
+/// On a chain pod whose cache volumes are empty directories: its claims
+/// could not be attached in time ([`crate::controller::reconcile::CACHE_WAIT`]).
+pub const FRESH_CACHES_ANNOTATION: &str = "slimforge.dev/fresh-caches";
+
 /// Cache volumes' size when neither the spec nor the operator says.
 pub const DEFAULT_CACHE_VOLUME_SIZE: &str = "5Gi";
 /// Room in the memory volume for secret copies, beside the tmpfs sizes.
@@ -95,6 +99,38 @@ impl BuildObjects<'_> {
                 ..Default::default()
             })
             .collect()
+    }
+
+    /// `unit`'s pod, with its cache volumes as empty directories when
+    /// `fresh_caches` (the claims could not be reached): the RUNs start
+    /// with empty caches, and nothing they leave is kept.
+    pub fn pod_with_caches(
+        &self,
+        unit: &super::Unit,
+        attempt: u32,
+        node: Option<&str>,
+        fresh_caches: bool,
+    ) -> k8s_openapi::api::core::v1::Pod {
+        let mut pod = self.pod(unit, attempt, node);
+        if !fresh_caches {
+            return pod;
+        }
+        pod.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(FRESH_CACHES_ANNOTATION.into(), "true".into());
+        let volumes = pod
+            .spec
+            .iter_mut()
+            .flat_map(|s| s.volumes.iter_mut().flatten());
+        for volume in volumes.filter(|v| v.name.starts_with("cache-")) {
+            *volume = Volume {
+                name: volume.name.clone(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            };
+        }
+        pod
     }
 
     /// What `chain`'s RUN `--mount`s need of its pod.

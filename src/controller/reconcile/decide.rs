@@ -9,8 +9,8 @@ use kube::Resource;
 
 use super::pod_results::{disruption, image_status, is_disruption, pod_failure};
 use super::{
-    Decision, POLL, Pass, Planned, PodPhase, notice, pin_node, spec_timeout_text, truncate,
-    ttl_requeue, warning,
+    CACHE_WAIT, Decision, POLL, Pass, Planned, PodPhase, notice, pin_node, spec_timeout_text,
+    truncate, ttl_requeue, warning,
 };
 use crate::api::{Phase, human_size};
 use crate::contract::{AssembleResult, CACHE_ID_ANNOTATION};
@@ -42,7 +42,54 @@ impl Pass<'_> {
             return failed;
         }
         self.retry_disrupted_pods(planned, decision);
+        self.drop_unreachable_caches(planned, decision);
         self.disrupted_past_retries(planned)
+    }
+
+    /// A chain pod that has waited [`CACHE_WAIT`] without starting a
+    /// container (its ReadWriteOnce cache claims are attached to another
+    /// node, bound to one it cannot run on, or held by a build that waits
+    /// for this one's) is made again with empty caches: the build goes on
+    /// without them rather than wait, perhaps for ever.
+    pub(super) fn drop_unreachable_caches(&self, planned: &Planned<'_>, decision: &mut Decision) {
+        for (unit, pod) in planned.with_pods() {
+            let mounts_caches = match (&unit.kind, planned.objects.plan) {
+                (UnitKind::Chain { id, .. }, Some(plan)) => {
+                    plan.chain(id).is_some_and(|c| !c.cache_ids().is_empty())
+                }
+                _ => false,
+            };
+            let waited = pod.created.is_some_and(|created| {
+                self.now.duration_since(created)
+                    > jiff::SignedDuration::try_from(CACHE_WAIT).unwrap_or_default()
+            });
+            if !mounts_caches
+                || pod.fresh_caches
+                || pod.phase != PodPhase::Pending
+                || pod.containers_started
+                || pod.deleting
+                || !waited
+            {
+                continue;
+            }
+            let node = pin_node(&planned.objects, &planned.latest);
+            decision.create_pods.push(planned.objects.pod_with_caches(
+                unit,
+                pod.attempt + 1,
+                node.as_deref(),
+                true,
+            ));
+            decision.delete_pods.push(pod.name.clone());
+            decision.events.push(warning(
+                Reason::PodRetried,
+                &format!(
+                    "pod {} waited {}s for its cache volumes without starting; retrying as attempt {} with empty caches (nothing it caches is kept)",
+                    pod.name,
+                    CACHE_WAIT.as_secs(),
+                    pod.attempt + 1
+                ),
+            ));
+        }
     }
 
     /// A new attempt for each disrupted pod that has retries left.
@@ -55,9 +102,12 @@ impl Pass<'_> {
                 continue;
             }
             let node = pin_node(&planned.objects, &planned.latest);
-            decision
-                .create_pods
-                .push(planned.objects.pod(unit, pod.attempt + 1, node.as_deref()));
+            decision.create_pods.push(planned.objects.pod_with_caches(
+                unit,
+                pod.attempt + 1,
+                node.as_deref(),
+                pod.fresh_caches,
+            ));
             if !pod.deleting {
                 decision.delete_pods.push(pod.name.clone());
             }

@@ -13,7 +13,7 @@ mod dereference;
 mod pod_results;
 pub mod validate;
 
-pub use super::pods::BuildId;
+pub use super::pods::{BuildId, FRESH_CACHES_ANNOTATION};
 pub use validate::{
     Invalid, MAX_TIMEOUT, Validated, parse_duration, plan_spec, validate, validate_spec,
 };
@@ -38,6 +38,9 @@ use crate::plan::BuildPlan;
 const MAX_PLAN_BYTES: usize = 100 * 1024;
 /// How often to look again while pods run (watches usually come first).
 const POLL: Duration = Duration::from_secs(5);
+/// How long a chain pod may wait for its cache volumes (no container
+/// started) before it is made again with empty ones.
+pub const CACHE_WAIT: Duration = Duration::from_secs(180);
 /// How often to look again for a missing Secret or ConfigMap.
 const MISSING_RETRY: Duration = Duration::from_secs(60);
 /// Characters of a failure message kept in the status.
@@ -94,6 +97,13 @@ pub struct PodState {
     pub reason: Option<String>,
     /// It has a deletion timestamp.
     pub deleting: bool,
+    /// When the API server made it (`None`: not known, as locally).
+    pub created: Option<Timestamp>,
+    /// Some container of it (an init container too) has started: its
+    /// volumes were attached and mounted.
+    pub containers_started: bool,
+    /// Its cache volumes were replaced by empty ones ([`FRESH_CACHES_ANNOTATION`]).
+    pub fresh_caches: bool,
 }
 
 impl PodState {
@@ -120,6 +130,9 @@ impl PodState {
             waiting: None,
             reason: None,
             deleting: false,
+            created: None,
+            containers_started: false,
+            fresh_caches: false,
         }
     }
 
