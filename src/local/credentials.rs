@@ -140,20 +140,28 @@ impl std::str::FromStr for LocalSecret {
     }
 }
 
+/// The prefix of a build's secrets directory; the owning process's id
+/// follows, then `-` and a random part.
+const SECRETS_PREFIX: &str = "slimforge-secrets-";
+
 /// The build secrets, each a file named by its id, in a directory only
 /// root reads: in memory (`/dev/shm`) where there is one. Removed when the
-/// returned directory is dropped.
+/// returned directory is dropped; one a killed build left (its process is
+/// gone) is removed first.
 pub(super) fn secrets_dir(secrets: &[LocalSecret]) -> Result<tempfile::TempDir, LocalError> {
     let io = |what: String| move |e: std::io::Error| LocalError::Io(format!("{what}: {e}"));
     let shm = Path::new("/dev/shm");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("slimforge-secrets-");
-    let dir = if shm.is_dir() {
-        builder.tempdir_in(shm)
+    let parent = if shm.is_dir() {
+        shm.to_path_buf()
     } else {
-        builder.tempdir()
-    }
-    .map_err(io("a directory for the build secrets".into()))?;
+        std::env::temp_dir()
+    };
+    remove_orphaned_secrets(&parent);
+    let prefix = format!("{SECRETS_PREFIX}{}-", std::process::id());
+    let dir = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempdir_in(&parent)
+        .map_err(io("a directory for the build secrets".into()))?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
         .map_err(io(dir.path().display().to_string()))?;
     for secret in secrets {
@@ -182,9 +190,49 @@ pub(super) fn secrets_dir(secrets: &[LocalSecret]) -> Result<tempfile::TempDir, 
     Ok(dir)
 }
 
+/// Removes the secrets directories under `parent` whose process is gone
+/// (a build killed before it could remove its own).
+fn remove_orphaned_secrets(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SECRETS_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_builds_secrets_are_removed_and_a_running_ones_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        // Above the kernel's largest pid: no such process.
+        let orphan = parent.path().join(format!("{SECRETS_PREFIX}4194305-abc"));
+        let running = parent
+            .path()
+            .join(format!("{SECRETS_PREFIX}{}-abc", std::process::id()));
+        let other = parent.path().join("slimforge-secrets-notapid");
+        for dir in [&orphan, &running, &other] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("token"), "value").unwrap();
+        }
+        remove_orphaned_secrets(parent.path());
+        assert!(!orphan.exists());
+        assert!(running.join("token").exists() && other.exists());
+    }
 
     #[test]
     fn secrets_are_read_as_buildx_reads_them() {
