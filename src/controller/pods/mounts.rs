@@ -24,7 +24,7 @@ use crate::contract::{
 };
 use crate::controller::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::dockerfile::RunMount;
-use crate::plan::{BuildPlan, Chain};
+use crate::plan::Chain;
 
 /// On a chain pod whose cache volumes are empty directories: its claims
 /// could not be attached in time ([`crate::controller::reconcile::CACHE_WAIT`]).
@@ -63,11 +63,19 @@ impl BuildObjects<'_> {
         (size, class, modes)
     }
 
-    /// The claims of every cache id the plan's chains mount: made when
-    /// missing, never owned by a build (they outlive it), never changed.
-    pub fn cache_claims(&self, plan: &BuildPlan) -> Vec<PersistentVolumeClaim> {
-        let ids: std::collections::BTreeSet<String> =
-            plan.chains.iter().flat_map(Chain::cache_ids).collect();
+    /// The cache ids `unit`'s pod mounts (none but a chain's).
+    pub fn unit_cache_ids(&self, unit: &super::Unit) -> Vec<String> {
+        match (&unit.kind, self.plan) {
+            (super::UnitKind::Chain { id, .. }, Some(plan)) => {
+                plan.chain(id).map(Chain::cache_ids).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The claims of cache `ids`: made when missing, never owned by a
+    /// build (they outlive it), never changed.
+    pub fn cache_claims(&self, ids: &[String]) -> Vec<PersistentVolumeClaim> {
         let (size, class, modes) = self.cache_volume_settings();
         ids.iter()
             .map(|id| PersistentVolumeClaim {
@@ -284,7 +292,8 @@ mod tests {
             limit,
             Some(Quantity(((1 << 20) + SECRETS_ROOM).to_string()))
         );
-        let claims = objects.cache_claims(&plan);
+        let ids: Vec<String> = plan.chains.iter().flat_map(Chain::cache_ids).collect();
+        let claims = objects.cache_claims(&ids);
         assert_eq!(claims.len(), 1);
         assert!(
             claims[0].metadata.owner_references.is_none(),

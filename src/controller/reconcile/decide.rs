@@ -13,7 +13,7 @@ use super::{
     truncate, ttl_requeue, warning,
 };
 use crate::api::{Phase, human_size};
-use crate::contract::{AssembleResult, CACHE_ID_ANNOTATION};
+use crate::contract::AssembleResult;
 use crate::controller::pods::{Unit, UnitKind, claim_name};
 use crate::controller::status::{BuildState, Reason, conditions};
 
@@ -53,12 +53,7 @@ impl Pass<'_> {
     /// without them rather than wait, perhaps for ever.
     pub(super) fn drop_unreachable_caches(&self, planned: &Planned<'_>, decision: &mut Decision) {
         for (unit, pod) in planned.with_pods() {
-            let mounts_caches = match (&unit.kind, planned.objects.plan) {
-                (UnitKind::Chain { id, .. }, Some(plan)) => {
-                    plan.chain(id).is_some_and(|c| !c.cache_ids().is_empty())
-                }
-                _ => false,
-            };
+            let mounts_caches = !planned.objects.unit_cache_ids(unit).is_empty();
             let waited = pod.created.is_some_and(|created| {
                 self.now.duration_since(created)
                     > jiff::SignedDuration::try_from(CACHE_WAIT).unwrap_or_default()
@@ -254,31 +249,17 @@ impl Pass<'_> {
             // The first pod decides the node. One that mounts cache volumes
             // goes first: the scheduler puts it where those volumes can be
             // (a node-bound volume's node), and the build follows it there.
-            let mounts_caches = |u: &&&Unit| match (&u.kind, planned.objects.plan) {
-                (UnitKind::Chain { id, .. }, Some(plan)) => {
-                    plan.chain(id).is_some_and(|c| !c.cache_ids().is_empty())
-                }
-                _ => false,
-            };
+            let mounts_caches = |u: &&&Unit| !planned.objects.unit_cache_ids(u).is_empty();
             let first = ready.iter().find(mounts_caches).or(ready.first()).copied();
             first.into_iter().collect()
         };
         for unit in to_start {
-            if let (UnitKind::Chain { id, .. }, Some(plan)) = (&unit.kind, planned.objects.plan)
-                && let Some(chain) = plan.chain(id)
+            for claim in planned
+                .objects
+                .cache_claims(&planned.objects.unit_cache_ids(unit))
             {
-                let ids = chain.cache_ids();
-                for claim in planned.objects.cache_claims(plan) {
-                    let id = claim
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(CACHE_ID_ANNOTATION));
-                    if id.is_some_and(|id| ids.contains(id))
-                        && !decision.cache_claims.contains(&claim)
-                    {
-                        decision.cache_claims.push(claim);
-                    }
+                if !decision.cache_claims.contains(&claim) {
+                    decision.cache_claims.push(claim);
                 }
             }
             let pod = planned.objects.pod(unit, 0, node.as_deref());

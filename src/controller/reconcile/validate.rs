@@ -200,16 +200,8 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
         ));
     }
     if let Some(workspace) = &spec.workspace {
-        for (i, mode) in workspace.access_modes.iter().enumerate() {
-            if !matches!(
-                mode.as_str(),
-                "ReadWriteOnce" | "ReadWriteMany" | "ReadWriteOncePod"
-            ) {
-                return Err(invalid(format!(
-                    "spec.workspace.accessModes[{i}] `{mode}`: expected ReadWriteOnce, ReadWriteMany or ReadWriteOncePod"
-                )));
-            }
-        }
+        check_access_modes("spec.workspace.accessModes", &workspace.access_modes)
+            .map_err(invalid)?;
     }
     if spec.secrets.len() > MAX_BUILD_SECRETS {
         return Err(invalid(format!(
@@ -240,16 +232,8 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
                 "spec.cacheVolumes.size `{size}`: expected a quantity such as 5Gi or 500M"
             )));
         }
-        for (i, mode) in volumes.access_modes.iter().enumerate() {
-            if !matches!(
-                mode.as_str(),
-                "ReadWriteOnce" | "ReadWriteMany" | "ReadWriteOncePod"
-            ) {
-                return Err(invalid(format!(
-                    "spec.cacheVolumes.accessModes[{i}] `{mode}`: expected ReadWriteOnce, ReadWriteMany or ReadWriteOncePod"
-                )));
-            }
-        }
+        check_access_modes("spec.cacheVolumes.accessModes", &volumes.access_modes)
+            .map_err(invalid)?;
     }
     let context = &spec.context;
     let sources = [
@@ -308,6 +292,21 @@ pub fn validate_spec(ib: &ImageBuild, settings: &Settings) -> Result<Duration, I
     }
     dockerfile_source(spec).map_err(|e| invalid(format!("spec: {e}")))?;
     Ok(timeout)
+}
+
+/// Each of `modes` is one a claim may ask for.
+fn check_access_modes(field: &str, modes: &[String]) -> Result<(), String> {
+    for (i, mode) in modes.iter().enumerate() {
+        if !matches!(
+            mode.as_str(),
+            "ReadWriteOnce" | "ReadWriteMany" | "ReadWriteOncePod"
+        ) {
+            return Err(format!(
+                "{field}[{i}] `{mode}`: expected ReadWriteOnce, ReadWriteMany or ReadWriteOncePod"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn field_of_plan_error(inline: bool) -> &'static str {
